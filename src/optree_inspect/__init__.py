@@ -1,0 +1,24 @@
+"""optree_inspect: find, read, change and describe what is inside an optax optimizer state."""
+
+from jax.tree_util import keystr as keystr
+
+from ._errors import AmbiguousMatchError as AmbiguousMatchError
+from ._errors import NoMatchError as NoMatchError
+from ._errors import QueryError as QueryError
+from ._errors import QuerySyntaxError as QuerySyntaxError
+from ._errors import ScheduledHyperparameterError as ScheduledHyperparameterError
+from ._resolve import Match as Match
+from ._resolve import find as find
+from ._resolve import get as get
+
+__all__ = [
+    "AmbiguousMatchError",
+    "Match",
+    "NoMatchError",
+    "QueryError",
+    "QuerySyntaxError",
+    "ScheduledHyperparameterError",
+    "find",
+    "get",
+    "keystr",
+]

@@ -1,0 +1,54 @@
+"""The demo: `python -m optree_inspect`.
+
+Builds the README's chained, scheduled optimizer, trains a tiny model a few steps, and reads the
+learning rate with `get`, eagerly and inside `jax.jit`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import optree_inspect as oi
+
+
+def main() -> None:
+    key_w, key_x = jax.random.split(jax.random.key(0))
+    params = {"dense": {"w": 0.1 * jax.random.normal(key_w, (3, 1)), "b": jnp.zeros(1)}}
+    inputs = jax.random.normal(key_x, (32, 3))
+    targets = inputs @ jnp.array([[1.0], [-2.0], [0.5]])
+
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, warmup_steps=5, decay_steps=50)
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.inject_hyperparams(optax.adamw)(learning_rate=schedule),
+    )
+    state = tx.init(params)
+
+    def loss(params: Any) -> jax.Array:
+        prediction = inputs @ params["dense"]["w"] + params["dense"]["b"]
+        return jnp.mean((prediction - targets) ** 2)
+
+    @jax.jit
+    def step(params: Any, state: Any) -> tuple[Any, Any, jax.Array, jax.Array]:
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, value, oi.get(state, "learning_rate")
+
+    for number in range(8):
+        params, state, value, lr = step(params, state)
+        print(f"step {number}: loss {float(value):.4f}, learning_rate {float(lr):.6f}")
+
+    print("\nWhat the state holds:")
+    for match in oi.find(state, lambda path, node: not jax.tree_util.all_leaves([node]) or path == ()):
+        if match.path:
+            print(f"  {oi.keystr(match.path)}: {type(match.value).__name__}")
+    print(f"\noi.get(state, 'learning_rate') = {float(oi.get(state, 'learning_rate')):.6f}")
+    print(f"its path: {oi.keystr(oi.find(state, 'learning_rate')[0].path)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,419 @@
+"""Resolving a query against a tree: `find` and `get` (DESIGN.md sections 1, 2 and 5)."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import itertools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
+
+from ._errors import AmbiguousMatchError, NoMatchError, bounded, listing
+from ._optax_states import missing_hyperparameter_hint
+from ._query import (
+    KEY_TYPES,
+    SCHEDULE_BOOKKEEPING,
+    Attr,
+    Component,
+    ExactQuery,
+    FlatIndex,
+    Item,
+    KeyEntry,
+    KeyPath,
+    Name,
+    PatternQuery,
+    PredicateQuery,
+    Query,
+    Step,
+    TypeQuery,
+    parse_query,
+)
+from ._tree import (
+    _MISSING,
+    StructureIndex,
+    child_at,
+    children_with_keys,
+    structure_index,
+    value_at,
+    walk_with_paths,
+)
+
+_UNSET: Any = object()
+_CONTAINER_NAMES = frozenset({"tuple", "list", "dict", "OrderedDict", "defaultdict", "NoneType"})
+
+
+class Match(NamedTuple):
+    """One node that a query selects: its JAX key path and the node itself."""
+
+    path: KeyPath
+    value: Any
+
+
+def find(tree: Any, query: Any, /) -> list[Match]:
+    """Every node of `tree` that `query` selects, in pre-order; `[]` when none does.
+
+    **Arguments:**
+    - `tree`: any JAX pytree, such as an optax optimizer state.
+    - `query`: a key path, a keystr, a pattern, a type or a predicate (see the README).
+
+    **Returns:** a list of `Match(path, value)`, `path` a JAX key path.
+
+    ```python
+    >>> import jax.numpy as jnp, optax, optree_inspect as oi
+    >>> state = optax.adam(1e-3).init({"w": jnp.zeros(2)})
+    >>> [oi.keystr(m.path) for m in oi.find(state, "mu.*")]
+    ["[0].mu['w']"]
+
+    ```
+    """
+    return [Match(path, value) for path, value in _resolve(tree, parse_query(query))]
+
+
+def get(tree: Any, query: Any, /, default: Any = _UNSET) -> Any:
+    """The single node of `tree` that `query` selects.
+
+    **Raises:** `NoMatchError` when nothing matches and no `default` is given (with `default=`,
+    even `None`, that is returned instead); `AmbiguousMatchError` when several nodes match.
+
+    ```python
+    >>> import jax.numpy as jnp, optax, optree_inspect as oi
+    >>> tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+    >>> oi.get(tx.init({"w": jnp.zeros(2)}), "learning_rate")
+    Array(0.001, dtype=float32)
+
+    ```
+    """
+    parsed = parse_query(query)
+    matches = _resolve(tree, parsed, missing_ok=default is not _UNSET)
+    if len(matches) == 1:
+        return matches[0][1]
+    if not matches:
+        if default is not _UNSET:
+            return default
+        raise no_match_error(tree, parsed)
+    raise ambiguous_error(tree, parsed, [path for path, _ in matches])
+
+
+def resolve_one(tree: Any, query: Query) -> tuple[KeyPath, Any]:
+    """The path and node of the single match of `query`, with `get`'s errors."""
+    matches = _resolve(tree, query)
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise no_match_error(tree, query)
+    raise ambiguous_error(tree, query, [path for path, _ in matches])
+
+
+def resolve_all(tree: Any, query: Query) -> list[tuple[KeyPath, Any]]:
+    """The paths and nodes of every match of `query`."""
+    return _resolve(tree, query)
+
+
+def _resolve(tree: Any, query: Query, missing_ok: bool = True) -> list[tuple[KeyPath, Any]]:
+    if isinstance(query, ExactQuery):
+        found = _walk_exact(tree, query.steps)
+        if found is None:
+            if missing_ok:
+                return []
+            raise no_match_error(tree, query)
+        return [found]
+    if isinstance(query, PredicateQuery):
+        return [(path, node) for path, node in walk_with_paths(tree) if query.predicate(path, node)]
+    if isinstance(query, TypeQuery) and _has_custom_instancecheck(query.cls):
+        return [(path, node) for path, node in walk_with_paths(tree) if isinstance(node, query.cls)]
+    index = structure_index(tree)
+    numbers = matching_nodes(index, query)
+    return [(path, value_at(tree, path)) for path in map(index.path, numbers)]
+
+
+def _has_custom_instancecheck(cls: type) -> bool:
+    # jax.Array and ABCs accept instances (such as tracers) that are not subclasses.
+    return type(cls).__instancecheck__ is not type.__instancecheck__
+
+
+def matching_nodes(index: StructureIndex, query: PatternQuery | TypeQuery) -> tuple[int, ...]:
+    """The numbers of the nodes of `index` that `query` selects, memoised on the index."""
+    memo_key = query
+    found = index.results.get(memo_key)
+    if found is None:
+        if isinstance(query, TypeQuery):
+            found = tuple(n for n, kind in enumerate(index.types) if issubclass(kind, query.cls))
+        else:
+            found = tuple(_match_pattern(index, query.components, query.enters_schedule_bookkeeping))
+        index.results[memo_key] = found
+    return found
+
+
+# Patterns --------------------------------------------------------------------------------------
+
+
+def _component_matches(component: Component, index: StructureIndex, node: int) -> bool:
+    """Whether `component` matches the edge into `node` (its key, or its type's name)."""
+    if isinstance(component, Item):
+        key = index.keys[node]
+        if isinstance(key, DictKey):
+            return type(key.key) is type(component.key) and key.key == component.key
+        return isinstance(key, SequenceKey) and type(component.key) is int and key.idx == component.key
+    type_name = index.types[node].__name__
+    if component.is_glob:
+        text = index.texts[node]
+        return (node > 0 and fnmatch.fnmatchcase(text, component.text)) or fnmatch.fnmatchcase(
+            type_name, component.text
+        )
+    return (node > 0 and index.texts[node] == component.text) or type_name == component.text
+
+
+def _last_candidates(index: StructureIndex, last: Component) -> Sequence[int]:
+    if isinstance(last, Name) and not last.is_glob:
+        by_text = index.by_text.get(last.text, [])
+        by_type = index.by_type_name.get(last.text, [])
+        return sorted({*by_text, *by_type}) if by_type else by_text
+    if isinstance(last, Item):
+        return index.by_text.get(str(last.key), [])
+    return range(len(index))
+
+
+def _prefix_matches(index: StructureIndex, prefix: Sequence[Component], node: int) -> bool:
+    """Whether `prefix` matches a subsequence of the edges above `node` (greedy is optimal)."""
+    if not prefix:
+        return True
+    position = 0
+    for ancestor in index.ancestors(node):
+        if _component_matches(prefix[position], index, ancestor):
+            position += 1
+            if position == len(prefix):
+                return True
+    return False
+
+
+def _pattern_selects(index: StructureIndex, components: Sequence[Component], enters: bool, node: int) -> bool:
+    return (
+        (enters or not index.in_bookkeeping[node])
+        and _component_matches(components[-1], index, node)
+        and _prefix_matches(index, components[:-1], node)
+    )
+
+
+def _match_pattern(index: StructureIndex, components: Sequence[Component], enters: bool) -> list[int]:
+    return [
+        node
+        for node in _last_candidates(index, components[-1])
+        if _pattern_selects(index, components, enters, node)
+    ]
+
+
+# Exact paths -----------------------------------------------------------------------------------
+
+
+def _step_matches(step: Step | KeyEntry, key: KeyEntry) -> bool:
+    if isinstance(step, KEY_TYPES):
+        return step == key
+    if isinstance(step, Attr):
+        return isinstance(key, GetAttrKey) and key.name == step.name
+    if isinstance(step, FlatIndex):
+        return isinstance(key, FlattenedIndexKey) and key.key == step.index
+    if isinstance(key, DictKey):
+        return type(key.key) is type(step.key) and key.key == step.key
+    return isinstance(key, SequenceKey) and type(step.key) is int and key.idx == step.key
+
+
+def _exact_key(node: Any, step: Step | KeyEntry) -> KeyEntry | None:
+    """The key of `node`'s child that `step` names, looked up in O(1) where JAX's layout allows."""
+    if isinstance(step, KEY_TYPES):
+        return step if child_at(node, step) is not _MISSING else None
+    if isinstance(step, Item):
+        for key in (DictKey(step.key), SequenceKey(step.key) if type(step.key) is int else None):
+            if key is not None and child_at(node, key) is not _MISSING:
+                return key
+    elif isinstance(step, Attr) and child_at(node, GetAttrKey(step.name)) is not _MISSING:
+        return GetAttrKey(step.name)
+    for key, _ in children_with_keys(node) or ():
+        if _step_matches(step, key):
+            return key
+    return None
+
+
+def _walk_exact(tree: Any, steps: Sequence[Step | KeyEntry]) -> tuple[KeyPath, Any] | None:
+    node, path = tree, []
+    for step in steps:
+        key = _exact_key(node, step)
+        if key is None:
+            return None
+        path.append(key)
+        node = child_at(node, key)
+    return tuple(path), node
+
+
+# Errors ----------------------------------------------------------------------------------------
+
+
+def _query_text(query: Query) -> str:
+    if isinstance(query, (ExactQuery, PatternQuery)):
+        return repr(bounded(query.text))
+    if isinstance(query, TypeQuery):
+        return query.cls.__name__
+    return "the predicate"
+
+
+def no_match_error(tree: Any, query: Query) -> NoMatchError:
+    """A NoMatchError that says where an exact path stops, or suggests names that exist."""
+    text = _query_text(query)
+    if isinstance(query, ExactQuery):
+        node, done = tree, list[KeyEntry]()
+        for step in query.steps:
+            key = _exact_key(node, step)
+            if key is None:
+                children = [str(k) for k, _ in children_with_keys(node) or ()]
+                where = "".join(str(k) for k in done) or "the root"
+                what = type(node).__name__
+                if not children:
+                    return NoMatchError(f"No node at {text}: {where} is a {what} with no children.")
+                return NoMatchError(
+                    f"No node at {text}: {where} ({what}) has no child {_step_text(step)}; its "
+                    f"children are:\n{listing(children)}"
+                )
+            done.append(key)
+            node = child_at(node, key)
+    if isinstance(query, PredicateQuery):
+        return NoMatchError("No node satisfies the predicate.")
+    if isinstance(query, TypeQuery):
+        return NoMatchError(f"No node of type {text} in the tree.")
+    assert isinstance(query, PatternQuery)
+    index = structure_index(tree)
+    lines = [f"No node matches {text}."]
+    last = query.components[-1]
+    if isinstance(last, Name):
+        hint = missing_hyperparameter_hint(index, last.text)
+        if hint:
+            lines.append(hint)
+    vocabulary = list(index.by_text.keys() - {""}) + [
+        name for name in index.by_type_name if name not in _CONTAINER_NAMES
+    ]
+    wanted = [c.text for c in query.components if isinstance(c, Name) and not c.is_glob]
+    close = sorted({s for w in wanted for s in difflib.get_close_matches(w, vocabulary, n=4)} - set(wanted))
+    if close:
+        lines.append(f"Close names in the tree: {', '.join(close[:8])}.")
+    if any(index.in_bookkeeping) and not query.enters_schedule_bookkeeping:
+        in_schedules = [n for n in _match_pattern(index, query.components, True) if index.in_bookkeeping[n]]
+        if in_schedules:
+            lines.append(
+                f"It matches schedule bookkeeping, which a pattern enters only when it names "
+                f"{SCHEDULE_BOOKKEEPING!r}: {shortest_query(index, in_schedules[0])!r}."
+            )
+    return NoMatchError("\n".join(lines))
+
+
+def _step_text(step: Step | KeyEntry) -> str:
+    if isinstance(step, Attr):
+        return f".{step.name}"
+    if isinstance(step, Item):
+        return f"[{step.key!r}]"
+    if isinstance(step, FlatIndex):
+        return f"[<flat index {step.index}>]"
+    return str(step)
+
+
+def ambiguous_error(tree: Any, query: Query, paths: list[KeyPath]) -> AmbiguousMatchError:
+    """An AmbiguousMatchError that lists (capped) candidates, each with a query for it alone."""
+    index = structure_index(tree)
+    numbers = {index.path(n): n for n in _candidate_numbers(index, paths)}
+    rows = []
+    for path in paths[:8]:
+        path_text = "".join(str(k) for k in path) or "<root>"
+        number = numbers.get(path)
+        query_for = repr(shortest_query(index, number)) if number is not None else repr(path_text)
+        rows.append(f"{path_text}  ->  get(tree, {query_for})")
+    return AmbiguousMatchError(
+        f"{_query_text(query)} matches {len(paths)} nodes; use a query that selects one:\n"
+        f"{listing(rows, len(paths))}"
+    )
+
+
+def _candidate_numbers(index: StructureIndex, paths: list[KeyPath]) -> list[int]:
+    wanted = set(paths[:8])
+    found = []
+    for path in wanted:
+        node = 0
+        for key in path:
+            node = next((c for c in index.children(node) if index.keys[c] == key), -1)
+            if node < 0:
+                break
+        if node >= 0:
+            found.append(node)
+    return found
+
+
+# Shortest unique query -------------------------------------------------------------------------
+
+
+def _name_component(text: str) -> bool:
+    return bool(text) and text.strip() == text and not any(c in text for c in ".[]*?")
+
+
+def _options(index: StructureIndex, node: int) -> list[tuple[str, Component]]:
+    """The pattern components that match the edge into `node`: its key, then its type's name."""
+    options: list[tuple[str, Component]] = []
+    key = index.keys[node]
+    text = index.texts[node]
+    if node > 0 and _name_component(text):
+        options.append((text, Name(text, False)))
+    elif isinstance(key, DictKey):
+        options.append((f"[{key.key!r}]", Item(key.key)))
+    type_name = index.types[node].__name__
+    if type_name not in _CONTAINER_NAMES and not index.is_leaf[node] and type_name != text:
+        options.append((type_name, Name(type_name, False)))
+    return options
+
+
+def _join(parts: Sequence[str]) -> str:
+    return "".join(p if i == 0 or p.startswith("[") else "." + p for i, p in enumerate(parts))
+
+
+def shortest_query(index: StructureIndex, node: int) -> str:
+    """The shortest pattern that selects `node` alone (fewest components, then fewest indices and
+    characters), or its keystr when no pattern of up to four components does."""
+    cached = index.short_queries.get(node)
+    if cached is not None:
+        return cached
+    best = _search_shortest(index, node)
+    if best is None:
+        best = "".join(str(k) for k in index.path(node))
+    index.short_queries[node] = best
+    return best
+
+
+def _search_shortest(index: StructureIndex, node: int) -> str | None:
+    if node == 0:
+        return None
+    ancestor_options = [opt for a in index.ancestors(node) for opt in _options(index, a)]
+    for size in range(0, 4):
+        found = []
+        for last_text, last in _options(index, node):
+            candidates = _last_candidates(index, last)
+            for prefix in itertools.combinations(ancestor_options, size):
+                parts = [*(t for t, _ in prefix), last_text]
+                if parts[0].startswith("["):
+                    continue
+                components = [*(c for _, c in prefix), last]
+                enters = any(t == SCHEDULE_BOOKKEEPING for t in parts)
+                if _selects_only(index, components, enters, node, candidates):
+                    found.append(_join(parts))
+        if found:
+            return min(found, key=lambda q: (sum(p.isdigit() for p in q.split(".")), len(q), q))
+    return None
+
+
+def _selects_only(
+    index: StructureIndex,
+    components: Sequence[Component],
+    enters: bool,
+    node: int,
+    candidates: Sequence[int],
+) -> bool:
+    if not _pattern_selects(index, components, enters, node):
+        return False
+    return not any(
+        other != node and _pattern_selects(index, components, enters, other) for other in candidates
+    )

@@ -1,0 +1,231 @@
+"""Walking a pytree through JAX's registry, and the structure index that floating queries ride on.
+
+The index records, for every node in pre-order, its edge from the parent, its type and its parent.
+It is built by one walk of the tree and cached under the tree's `PyTreeDef`; see `structure_index`
+for why a cached index can never describe another tree than the one it is used for.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
+
+from ._query import SCHEDULE_BOOKKEEPING, KeyEntry, KeyPath
+
+_REGISTRY = jax.tree_util.default_registry
+_DICT_TYPES = (dict, collections.OrderedDict, collections.defaultdict)
+_MISSING = object()
+INJECT_STATE_NAMES = frozenset({"InjectStatefulHyperparamsState", "InjectHyperparamsState"})
+
+
+def is_namedtuple(node: object) -> bool:
+    return isinstance(node, tuple) and hasattr(type(node), "_fields")
+
+
+def children_with_keys(node: Any) -> list[tuple[KeyEntry, Any]] | None:
+    """The `(key, child)` pairs of `node` in flatten order, or `None` for a leaf.
+
+    >>> children_with_keys({"b": 1, "a": 2})
+    [(DictKey(key='a'), 2), (DictKey(key='b'), 1)]
+    """
+    flat = _REGISTRY.flatten_one_level_with_keys(node)
+    if flat is None:
+        return None
+    pairs = list(flat[0])
+    if is_namedtuple(node) and len(pairs) > 1 and pairs[0][0] == pairs[1][0]:
+        # jax 0.10.2 gives every NamedTuple child the first field's key (jax issue 39297).
+        pairs = [
+            (GetAttrKey(name), child) for name, (_, child) in zip(type(node)._fields, pairs, strict=True)
+        ]
+    return pairs
+
+
+def edge_text(key: KeyEntry | None) -> str:
+    """How a pattern name sees an edge: a dict key as text, a field name, an index in decimal."""
+    if isinstance(key, DictKey):
+        return str(key.key)
+    if isinstance(key, SequenceKey):
+        return str(key.idx)
+    if isinstance(key, GetAttrKey):
+        return key.name
+    if isinstance(key, FlattenedIndexKey):
+        return str(key.key)
+    return ""
+
+
+def child_at(node: Any, key: KeyEntry) -> Any:
+    """The child of `node` under `key`, or `_MISSING`; O(1) for dicts, sequences and NamedTuples."""
+    kind = type(node)
+    if kind in _DICT_TYPES:
+        return node.get(key.key, _MISSING) if isinstance(key, DictKey) else _MISSING
+    if kind is tuple or kind is list:
+        if isinstance(key, SequenceKey) and 0 <= key.idx < len(node):
+            return node[key.idx]
+        return _MISSING
+    if is_namedtuple(node) and isinstance(key, GetAttrKey):
+        return getattr(node, key.name) if key.name in kind._fields else _MISSING
+    for child_key, child in children_with_keys(node) or ():
+        if child_key == key:
+            return child
+    return _MISSING
+
+
+def value_at(tree: Any, path: KeyPath) -> Any:
+    """The node at an exact key path that is known to exist."""
+    node = tree
+    for key in path:
+        node = child_at(node, key)
+    return node
+
+
+def _keys_follow_structure(node: Any, pairs: list[tuple[KeyEntry, Any]]) -> bool:
+    """Whether the keys of `node` are fixed by its treedef (its type and aux data).
+
+    True for JAX's built-in containers and NamedTuples, for dataclass-based nodes keyed by their
+    fields (`register_dataclass`, `flax.struct`, `eqx.Module`), for nnx Variables and for mapping
+    nodes that keep their keys in their aux data (`nnx.State`). Any other custom node could in
+    principle derive keys from something the treedef does not see.
+    """
+    kind = type(node)
+    if kind in _DICT_TYPES or kind is tuple or kind is list or node is None or is_namedtuple(node):
+        return True
+    if dataclasses.is_dataclass(kind):
+        names = {f.name for f in dataclasses.fields(kind)}
+        return all(isinstance(k, GetAttrKey) and k.name in names for k, _ in pairs)
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is not None and isinstance(node, nnx.Variable):
+        return True
+    if all(isinstance(k, DictKey) for k, _ in pairs):
+        aux = _REGISTRY.flatten_one_level(node)
+        keys = aux[1] if aux is not None else None
+        return isinstance(keys, tuple) and list(keys) == [k.key for k, _ in pairs]
+    return False
+
+
+@dataclass
+class StructureIndex:
+    """Every node of one tree structure, in pre-order, as parallel lists indexed by node number."""
+
+    keys: list[KeyEntry | None] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    types: list[type] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    is_leaf: list[bool] = field(default_factory=list)
+    leaf_counts: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    """How many nodes each node's subtree holds, itself included (pre-order: a contiguous run)."""
+    in_bookkeeping: list[bool] = field(default_factory=list)
+    cacheable: bool = True
+    by_text: dict[str, list[int]] = field(default_factory=dict)
+    by_type_name: dict[str, list[int]] = field(default_factory=dict)
+    results: dict[object, tuple[int, ...]] = field(default_factory=dict)
+    """Memoised query results: the index is immutable, so they stay right for its structure."""
+    short_queries: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def path(self, node: int) -> KeyPath:
+        keys: list[KeyEntry | None] = []
+        while node > 0:
+            keys.append(self.keys[node])
+            node = self.parents[node]
+        return tuple(k for k in reversed(keys) if k is not None)
+
+    def ancestors(self, node: int) -> list[int]:
+        """The ancestors of `node`, root first, not including `node`."""
+        chain = []
+        while node > 0:
+            node = self.parents[node]
+            chain.append(node)
+        return chain[::-1]
+
+    def children(self, node: int) -> Iterator[int]:
+        """The children of `node` in flatten order."""
+        child, end = node + 1, node + self.sizes[node]
+        while child < end:
+            yield child
+            child += self.sizes[child]
+
+
+def build_index(tree: Any) -> StructureIndex:
+    """One pre-order walk of `tree` through JAX's registry."""
+    index = StructureIndex()
+    stack: list[tuple[Any, KeyEntry | None, int, bool]] = [(tree, None, -1, False)]
+    while stack:
+        node, key, parent, bookkeeping = stack.pop()
+        number = len(index.keys)
+        pairs = children_with_keys(node)
+        kind = type(node)
+        index.keys.append(key)
+        index.texts.append(edge_text(key))
+        index.types.append(kind)
+        index.parents.append(parent)
+        index.is_leaf.append(pairs is None)
+        index.leaf_counts.append(1 if pairs is None else 0)
+        index.sizes.append(1)
+        index.in_bookkeeping.append(bookkeeping)
+        index.by_text.setdefault(index.texts[-1], []).append(number)
+        index.by_type_name.setdefault(kind.__name__, []).append(number)
+        if pairs is None:
+            continue
+        if index.cacheable and not _keys_follow_structure(node, pairs):
+            index.cacheable = False
+        enters = kind.__name__ in INJECT_STATE_NAMES
+        for child_key, child in reversed(pairs):
+            child_bookkeeping = bookkeeping or (
+                enters and isinstance(child_key, GetAttrKey) and child_key.name == SCHEDULE_BOOKKEEPING
+            )
+            stack.append((child, child_key, number, child_bookkeeping))
+    for number in range(len(index.keys) - 1, 0, -1):
+        parent = index.parents[number]
+        index.leaf_counts[parent] += index.leaf_counts[number]
+        index.sizes[parent] += index.sizes[number]
+    return index
+
+
+_CACHE: collections.OrderedDict[Any, StructureIndex] = collections.OrderedDict()
+_CACHE_SIZE = 32
+
+
+def structure_index(tree: Any) -> StructureIndex:
+    """The structure index of `tree`, from the cache when a tree of the same structure was seen.
+
+    The cache is keyed on `jax.tree.structure(tree)`. Two trees with equal treedefs have the same
+    node types, the same aux data and the same children counts, so they have the same pre-order,
+    types and leaf ranges; their keys agree too for every node that `_keys_follow_structure`
+    accepts. An index that has any other node is never stored, so a cached index always describes
+    exactly the tree it is looked up for.
+    """
+    treedef = jax.tree.structure(tree)
+    try:
+        index = _CACHE.get(treedef)
+    except TypeError:  # unhashable aux data
+        return build_index(tree)
+    if index is not None:
+        _CACHE.move_to_end(treedef)
+        return index
+    index = build_index(tree)
+    if index.cacheable:
+        _CACHE[treedef] = index
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return index
+
+
+def walk_with_paths(tree: Any) -> Iterator[tuple[KeyPath, Any]]:
+    """Every `(path, node)` of `tree` in pre-order, for predicates that must see real nodes."""
+    stack: list[tuple[KeyPath, Any]] = [((), tree)]
+    while stack:
+        path, node = stack.pop()
+        yield path, node
+        pairs = children_with_keys(node)
+        for key, child in reversed(pairs or ()):
+            stack.append(((*path, key), child))

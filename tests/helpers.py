@@ -1,0 +1,84 @@
+"""Optax states shared by many tests: the seed optimizer and every wrapper of optax-states.md."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PARAMS = {"dense1": {"w": jnp.ones((4, 4)), "b": jnp.zeros(4)}, "head": {"w": jnp.ones((4, 2))}}
+LABELS = {"dense1": {"w": "decay", "b": "no_decay"}, "head": {"w": "decay"}}
+MASK = {"dense1": {"w": True, "b": False}, "head": {"w": True}}
+
+
+def schedule() -> optax.Schedule:
+    return optax.warmup_cosine_decay_schedule(0.0, 1e-3, warmup_steps=10, decay_steps=100)
+
+
+def seed_optimizer() -> optax.GradientTransformation:
+    """The README's optimizer: clip, then adamw with a scheduled learning rate."""
+    return optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.inject_hyperparams(optax.adamw)(learning_rate=schedule()),
+    )
+
+
+def layered_params(layers: int) -> dict[str, Any]:
+    return {f"layer{i}": {"w": jnp.zeros((4, 4)), "b": jnp.zeros(4)} for i in range(layers)}
+
+
+def trained(
+    tx: optax.GradientTransformation, params: Any = PARAMS, steps: int = 2, grads: Any = None, **extra: Any
+) -> Any:
+    """The state of `tx` after `steps` jitted updates with constant gradients."""
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params) if grads is None else grads
+
+    @jax.jit
+    def step(state: Any) -> Any:
+        return tx.update(grads, state, params, **extra)[1]
+
+    for _ in range(steps):
+        state = step(state)
+    return state
+
+
+WRAPPED: dict[str, Callable[[], optax.GradientTransformation]] = {
+    "chain": seed_optimizer,
+    "named_chain": lambda: optax.named_chain(
+        ("clip", optax.clip_by_global_norm(1.0)),
+        ("body", optax.inject_hyperparams(optax.adamw)(learning_rate=schedule())),
+    ),
+    "partition": lambda: optax.partition(
+        {
+            "decay": optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3),
+            "no_decay": optax.inject_hyperparams(optax.sgd)(learning_rate=1e-2),
+        },
+        LABELS,
+    ),
+    "masked": lambda: optax.masked(optax.inject_hyperparams(optax.adam)(learning_rate=1e-3), MASK),
+    "multi_steps": lambda: optax.MultiSteps(
+        optax.inject_hyperparams(optax.adam)(learning_rate=schedule()), every_k_schedule=2
+    ).gradient_transformation(),
+    "apply_if_finite": lambda: optax.apply_if_finite(
+        optax.inject_hyperparams(optax.adam)(learning_rate=1e-3), 3
+    ),
+    "lookahead": lambda: optax.lookahead(optax.inject_hyperparams(optax.adam)(learning_rate=1e-3), 2, 0.5),
+    "inject_constant": lambda: optax.inject_hyperparams(optax.adam)(learning_rate=1e-3),
+    "inject_scheduled": lambda: optax.inject_hyperparams(optax.adam)(learning_rate=schedule()),
+    "conditionally_mask": lambda: optax.conditionally_mask(
+        optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), lambda step: step % 2 == 0
+    ),
+}
+"""Every wrapper of optax-states.md around an injected optimizer with one `learning_rate`."""
+
+
+def wrapped_state(name: str) -> Any:
+    tx = WRAPPED[name]()
+    if name == "lookahead":
+        grads = jax.tree.map(jnp.ones_like, PARAMS)
+        return trained(tx, optax.LookaheadParams.init_synced(PARAMS), grads=grads)
+    return trained(tx)
