@@ -2,6 +2,7 @@
 
 from jax.tree_util import keystr as keystr
 
+from ._edit import set as set
 from ._errors import AmbiguousMatchError as AmbiguousMatchError
 from ._errors import NoMatchError as NoMatchError
 from ._errors import QueryError as QueryError
@@ -21,4 +22,5 @@ __all__ = [
     "find",
     "get",
     "keystr",
+    "set",
 ]

@@ -1,7 +1,7 @@
 """The demo: `python -m optree_inspect`.
 
-Builds the README's chained, scheduled optimizer, trains a tiny model a few steps, and reads the
-learning rate with `get`, eagerly and inside `jax.jit`.
+Builds the README's chained, scheduled optimizer, trains a tiny model a few steps, reads the
+learning rate with `get` and sets the weight decay with `set`, inside `jax.jit`.
 """
 
 from __future__ import annotations
@@ -33,14 +33,17 @@ def main() -> None:
         return jnp.mean((prediction - targets) ** 2)
 
     @jax.jit
-    def step(params: Any, state: Any) -> tuple[Any, Any, jax.Array, jax.Array]:
+    def step(params: Any, state: Any, weight_decay: float) -> tuple[Any, Any, jax.Array, jax.Array]:
+        state = oi.set(state, "weight_decay", weight_decay)  # in-graph: no retrace per value
         value, grads = jax.value_and_grad(loss)(params)
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state, value, oi.get(state, "learning_rate")
 
     for number in range(8):
-        params, state, value, lr = step(params, state)
+        weight_decay = 1e-4 if number < 4 else 1e-2
+        params, state, value, lr = step(params, state, weight_decay)
         print(f"step {number}: loss {float(value):.4f}, learning_rate {float(lr):.6f}")
+    print(f"jitted step traced {step._cache_size()} time(s) for two weight decays")
 
     print("\nWhat the state holds:")
     for match in oi.find(state, lambda path, node: not jax.tree_util.all_leaves([node]) or path == ()):

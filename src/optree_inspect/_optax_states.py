@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._tree import INJECT_STATE_NAMES, StructureIndex
 
@@ -95,19 +95,40 @@ def missing_hyperparameter_hint(index: StructureIndex, name: str) -> str | None:
     )
 
 
-def schedule_of(index: StructureIndex, node: int) -> int | None:
-    """For an injected hyperparameter driven by a schedule, its `hyperparams_states` entry.
+class ScheduledSlot(NamedTuple):
+    """An injected hyperparameter that a schedule recomputes at every update (node numbers)."""
 
-    `node` is scheduled when it is `hyperparams[k]` of an inject state (or a node inside it, such
-    as the `.value` of an nnx Variable) and the same state has `hyperparams_states[k]`.
-    """
-    chain = [*index.ancestors(node), node]
-    for depth in range(len(chain) - 2):
-        state, field, entry = chain[depth], chain[depth + 1], chain[depth + 2]
-        if index.types[state].__name__ in INJECT_STATE_NAMES and index.texts[field] == "hyperparams":
-            for sibling in index.children(state):
-                if index.texts[sibling] == "hyperparams_states":
-                    for schedule in index.children(sibling):
-                        if index.keys[schedule] == index.keys[entry]:
-                            return schedule
-    return None
+    hyperparams: int
+    entry: int
+    schedule_state: int
+
+
+def scheduled_slots(index: StructureIndex) -> list[ScheduledSlot]:
+    """Every `hyperparams[k]` of an inject state whose `hyperparams_states` has a `k`, memoised."""
+    if index.scheduled is None:
+        slots = []
+        for state in sorted(inject_state_nodes(index)):
+            fields = {index.texts[child]: child for child in index.children(state)}
+            if "hyperparams" not in fields or "hyperparams_states" not in fields:
+                continue
+            schedules = {index.keys[s]: s for s in index.children(fields["hyperparams_states"])}
+            for entry in index.children(fields["hyperparams"]):
+                if index.keys[entry] in schedules:
+                    slots.append(ScheduledSlot(fields["hyperparams"], entry, schedules[index.keys[entry]]))
+        index.scheduled = slots
+    return index.scheduled
+
+
+def schedule_step_query(index: StructureIndex, slot: ScheduledSlot) -> str:
+    """A query for the schedule's step counter, `hyperparams_states.<name>.count` when unique."""
+    from ._resolve import find_in_index, shortest_query
+
+    step = next((c for c in index.children(slot.schedule_state) if index.texts[c] == "count"), None)
+    target = slot.schedule_state if step is None else step
+    explicit = f"hyperparams_states.{index.texts[slot.entry]}" + ("" if step is None else ".count")
+    try:
+        if find_in_index(index, explicit) == (target,):
+            return explicit
+    except ValueError:  # a name that is not a pattern component
+        pass
+    return shortest_query(index, target)

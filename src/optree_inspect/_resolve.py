@@ -146,6 +146,13 @@ def matching_nodes(index: StructureIndex, query: PatternQuery | TypeQuery) -> tu
     return found
 
 
+def find_in_index(index: StructureIndex, pattern: str) -> tuple[int, ...]:
+    """The nodes of `index` that the pattern string selects."""
+    parsed = parse_query(pattern)
+    assert isinstance(parsed, PatternQuery)
+    return matching_nodes(index, parsed)
+
+
 # Patterns --------------------------------------------------------------------------------------
 
 
@@ -318,7 +325,7 @@ def _step_text(step: Step | KeyEntry) -> str:
 def ambiguous_error(tree: Any, query: Query, paths: list[KeyPath]) -> AmbiguousMatchError:
     """An AmbiguousMatchError that lists (capped) candidates, each with a query for it alone."""
     index = structure_index(tree)
-    numbers = {index.path(n): n for n in _candidate_numbers(index, paths)}
+    numbers = {path: index.number_of(path) for path in paths[:8]}
     rows = []
     for path in paths[:8]:
         path_text = "".join(str(k) for k in path) or "<root>"
@@ -329,20 +336,6 @@ def ambiguous_error(tree: Any, query: Query, paths: list[KeyPath]) -> AmbiguousM
         f"{_query_text(query)} matches {len(paths)} nodes; use a query that selects one:\n"
         f"{listing(rows, len(paths))}"
     )
-
-
-def _candidate_numbers(index: StructureIndex, paths: list[KeyPath]) -> list[int]:
-    wanted = set(paths[:8])
-    found = []
-    for path in wanted:
-        node = 0
-        for key in path:
-            node = next((c for c in index.children(node) if index.keys[c] == key), -1)
-            if node < 0:
-                break
-        if node >= 0:
-            found.append(node)
-    return found
 
 
 # Shortest unique query -------------------------------------------------------------------------

@@ -128,6 +128,7 @@ class StructureIndex:
     results: dict[object, tuple[int, ...]] = field(default_factory=dict)
     """Memoised query results: the index is immutable, so they stay right for its structure."""
     short_queries: dict[int, str] = field(default_factory=dict)
+    scheduled: list[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -146,6 +147,15 @@ class StructureIndex:
             node = self.parents[node]
             chain.append(node)
         return chain[::-1]
+
+    def number_of(self, path: KeyPath) -> int | None:
+        """The node at `path`, or None."""
+        node = 0
+        for key in path:
+            node = next((c for c in self.children(node) if self.keys[c] == key), -1)
+            if node < 0:
+                return None
+        return node
 
     def children(self, node: int) -> Iterator[int]:
         """The children of `node` in flatten order."""
