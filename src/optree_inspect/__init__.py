@@ -2,6 +2,10 @@
 
 from jax.tree_util import keystr as keystr
 
+from ._describe import Description as Description
+from ._describe import Row as Row
+from ._describe import describe as describe
+from ._describe import hyperparams as hyperparams
 from ._edit import set as set
 from ._errors import AmbiguousMatchError as AmbiguousMatchError
 from ._errors import NoMatchError as NoMatchError
@@ -14,13 +18,17 @@ from ._resolve import get as get
 
 __all__ = [
     "AmbiguousMatchError",
+    "Description",
     "Match",
     "NoMatchError",
     "QueryError",
     "QuerySyntaxError",
+    "Row",
     "ScheduledHyperparameterError",
+    "describe",
     "find",
     "get",
+    "hyperparams",
     "keystr",
     "set",
 ]

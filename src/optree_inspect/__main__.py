@@ -32,8 +32,11 @@ def main() -> None:
         prediction = inputs @ params["dense"]["w"] + params["dense"]["b"]
         return jnp.mean((prediction - targets) ** 2)
 
+    traces = []
+
     @jax.jit
     def step(params: Any, state: Any, weight_decay: float) -> tuple[Any, Any, jax.Array, jax.Array]:
+        traces.append(1)
         state = oi.set(state, "weight_decay", weight_decay)  # in-graph: no retrace per value
         value, grads = jax.value_and_grad(loss)(params)
         updates, state = tx.update(grads, state, params)
@@ -43,14 +46,24 @@ def main() -> None:
         weight_decay = 1e-4 if number < 4 else 1e-2
         params, state, value, lr = step(params, state, weight_decay)
         print(f"step {number}: loss {float(value):.4f}, learning_rate {float(lr):.6f}")
-    print(f"jitted step traced {step._cache_size()} time(s) for two weight decays")
+    print(f"the jitted step was traced {len(traces)} time(s) for two weight decays")
 
-    print("\nWhat the state holds:")
-    for match in oi.find(state, lambda path, node: not jax.tree_util.all_leaves([node]) or path == ()):
-        if match.path:
-            print(f"  {oi.keystr(match.path)}: {type(match.value).__name__}")
+    print("\noi.describe(state):")
+    print(oi.describe(state))
     print(f"\noi.get(state, 'learning_rate') = {float(oi.get(state, 'learning_rate')):.6f}")
     print(f"its path: {oi.keystr(oi.find(state, 'learning_rate')[0].path)}")
+    print(f"oi.hyperparams(state, counters=True) = {_floats(oi.hyperparams(state, counters=True))}")
+    try:
+        oi.set(state, "learning_rate", 1e-3)
+    except oi.ScheduledHyperparameterError as error:
+        print(f"\noi.set(state, 'learning_rate', 1e-3) refuses:\n{error}")
+    moved = oi.set(state, "hyperparams_states.learning_rate.count", 40)
+    _, _, _, lr = step(params, moved, 1e-2)
+    print(f"after moving the schedule to step 40, the next learning rate is {float(lr):.6f}")
+
+
+def _floats(values: dict[str, Any]) -> dict[str, float]:
+    return {name: float(f"{float(value):.6g}") for name, value in values.items()}
 
 
 if __name__ == "__main__":

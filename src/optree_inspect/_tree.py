@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -129,6 +130,17 @@ class StructureIndex:
     """Memoised query results: the index is immutable, so they stay right for its structure."""
     short_queries: dict[int, str] = field(default_factory=dict)
     scheduled: list[Any] | None = None
+    layouts: dict[str, Any] = field(default_factory=dict)
+    """Memoised renderings plans (see `_describe`), keyed by their options."""
+
+    @functools.cached_property
+    def leaf_starts(self) -> list[int]:
+        """The flat index (in `jax.tree.leaves` order) of each node's first leaf."""
+        starts, seen = [], 0
+        for number in range(len(self.keys)):
+            starts.append(seen)
+            seen += self.is_leaf[number]
+        return starts
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -201,11 +213,11 @@ def build_index(tree: Any) -> StructureIndex:
     return index
 
 
-_CACHE: collections.OrderedDict[Any, StructureIndex] = collections.OrderedDict()
+_CACHE: dict[Any, StructureIndex] = {}
 _CACHE_SIZE = 32
 
 
-def structure_index(tree: Any) -> StructureIndex:
+def structure_index(tree: Any, treedef: Any = None) -> StructureIndex:
     """The structure index of `tree`, from the cache when a tree of the same structure was seen.
 
     The cache is keyed on `jax.tree.structure(tree)`. Two trees with equal treedefs have the same
@@ -214,19 +226,19 @@ def structure_index(tree: Any) -> StructureIndex:
     accepts. An index that has any other node is never stored, so a cached index always describes
     exactly the tree it is looked up for.
     """
-    treedef = jax.tree.structure(tree)
+    if treedef is None:
+        treedef = jax.tree.structure(tree)
     try:
         index = _CACHE.get(treedef)
     except TypeError:  # unhashable aux data
         return build_index(tree)
     if index is not None:
-        _CACHE.move_to_end(treedef)
         return index
     index = build_index(tree)
     if index.cacheable:
         _CACHE[treedef] = index
-        if len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
+        if len(_CACHE) > _CACHE_SIZE:  # first in, first out: a hit costs one lookup, no reordering
+            del _CACHE[next(iter(_CACHE))]
     return index
 
 

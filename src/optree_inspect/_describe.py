@@ -1,0 +1,435 @@
+"""Rendering: `describe` (text, IPython, HTML) and `hyperparams` (DESIGN.md section 4).
+
+The layout (which nodes are shown, folded, or "like" an earlier one) depends on the structure only,
+so it is memoised on the structure index; each call reads the leaves' shapes and dtypes and the few
+scalars it shows, never other array data.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import itertools
+import math
+import operator
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jax.tree_util import DictKey, GetAttrKey
+
+from ._optax_states import inject_state_nodes, scheduled_slots
+from ._query import KeyPath
+from ._resolve import shortest_query
+from ._tree import StructureIndex, structure_index, value_at
+
+FOLD_LEAVES = 16
+"""A params-shaped subtree with more leaves than this is one line."""
+MAX_CHILDREN = 24
+"""A node shows at most this many children; the rest are counted on one line."""
+
+_CONTAINERS = frozenset(
+    {"dict", "list", "tuple", "OrderedDict", "defaultdict", "NoneType", "State", "MaskedNode"}
+)
+_DTYPE_NAMES = {"float": "f", "bfloat": "bf", "int": "i", "uint": "u", "complex": "c"}
+
+
+class Row(NamedTuple):
+    """One line of a description: the node's path, the shortest query that selects it alone, and
+    what is shown for it."""
+
+    path: KeyPath
+    query: str
+    depth: int
+    label: str
+    type: str
+    summary: str
+    folded: bool
+    like: KeyPath | None
+
+
+class _Line(NamedTuple):
+    node: int
+    depth: int
+    kind: str  # "node", "fold", "like" or "more"
+    other: int  # the node it is like, or how many children were left out
+
+
+class Description:
+    """What `describe` returns: print it, iterate its rows, or show it in IPython or a notebook."""
+
+    def __init__(self, index: StructureIndex, rows: tuple[Row, ...]) -> None:
+        self._index = index
+        self._rows = rows
+
+    @functools.cached_property
+    def rows(self) -> tuple[Row, ...]:
+        """Every shown line, in order, with the shortest query that selects its node alone."""
+        index = self._index
+        return tuple(
+            row._replace(query=shortest_query(index, index.number_of(row.path) or 0) if row.path else "")
+            for row in self._rows
+        )
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __str__(self) -> str:
+        return "\n".join(_text_line(row) for row in self._rows)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        return _html(self._rows)
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        """`{keystr: {"query", "type", "summary"}}` for every shown node, for logs and tests."""
+        return {
+            "".join(str(k) for k in row.path): {"query": row.query, "type": row.type, "summary": row.summary}
+            for row in self.rows
+        }
+
+
+def describe(tree: Any, /) -> Description:
+    """A compact picture of `tree`: one line a node, params-shaped subtrees folded.
+
+    Arrays are summarised as `f32[4,4]` (`weak_f32[]` for weak types), scalars show their value,
+    scheduled hyperparameters are marked, and a non-trivial sharding is shown. A params-shaped
+    subtree (containers and arrays only) of more than 16 leaves is one line with its key, leaf
+    count, dtypes and bytes; one with the structure of a subtree already shown says which it is
+    like. Hyperparameters and counters are never folded. Safe on tracers and on sharded arrays: it
+    reads no array data but the scalars it shows.
+
+    ```python
+    >>> import jax.numpy as jnp, optax, optree_inspect as oi
+    >>> print(oi.describe(optax.adam(1e-3).init({"w": jnp.zeros(3), "b": jnp.zeros(1)})))
+    tuple: 5 leaves, f32/i32, 36 B
+      [0]: ScaleByAdamState
+        count: i32[] = 0
+        mu: dict
+          b: f32[1]
+          w: f32[3]
+        nu: like [0].mu, 2 leaves, f32, 16 B
+      [1]: EmptyState
+
+    ```
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    index = structure_index(tree, treedef)
+    lines = index.layouts.get("text")
+    if lines is None:
+        lines = _layout(index)
+        index.layouts["text"] = lines
+    scheduled = {slot.entry for slot in scheduled_slots(index)}
+    stats = _LeafStats(leaves)
+    rows = tuple(_row(index, leaves, stats, line, scheduled) for line in lines)
+    return Description(index, rows)
+
+
+# Layout (structure only) ------------------------------------------------------------------------
+
+
+def _layout(index: StructureIndex) -> list[_Line]:
+    protected = _protected_nodes(index)
+    seen: dict[tuple[Any, ...], int] = {}
+    lines: list[_Line] = []
+    stack: list[tuple[_Line, bool]] = [(_Line(0, 0, "node", 0), False)]
+    while stack:
+        line, in_region = stack.pop()
+        node, depth = line.node, line.depth
+        if line.kind == "more":
+            lines.append(line)
+            continue
+        # Only the root of a params-shaped region (a mu, nu, trace, params) folds or is "like".
+        foldable = not in_region and node > 0 and node not in protected and _is_params_shaped(index, node)
+        if foldable and index.leaf_counts[node] > 1:
+            signature = _signature(index, node)
+            if signature in seen:
+                lines.append(_Line(node, depth, "like", seen[signature]))
+                continue
+            seen[signature] = node
+        if foldable and index.leaf_counts[node] > FOLD_LEAVES:
+            lines.append(_Line(node, depth, "fold", 0))
+            continue
+        lines.append(line)
+        if _is_variable(index.types[node]):
+            continue  # a Variable is one node: its value is shown on its line
+        children = list(index.children(node))
+        if len(children) > MAX_CHILDREN:
+            stack.append((_Line(node, depth + 1, "more", len(children) - MAX_CHILDREN), True))
+        region = in_region or foldable
+        stack.extend(
+            (_Line(child, depth + 1, "node", 0), region) for child in reversed(children[:MAX_CHILDREN])
+        )
+    return lines
+
+
+def _protected_nodes(index: StructureIndex) -> set[int]:
+    """Nodes never folded: the injected hyperparameters and their schedules' states."""
+    protected: set[int] = set()
+    for state in inject_state_nodes(index):
+        for field in index.children(state):
+            if index.texts[field] in ("hyperparams", "hyperparams_states"):
+                protected.update(range(field, field + index.sizes[field]))
+    return protected
+
+
+def _is_params_shaped(index: StructureIndex, node: int) -> bool:
+    end = node + index.sizes[node]
+    return all(
+        index.is_leaf[n] or index.types[n].__name__ in _CONTAINERS or _is_variable(index.types[n])
+        for n in range(node, end)
+    )
+
+
+def _signature(index: StructureIndex, node: int) -> tuple[Any, ...]:
+    """The structure of a subtree, with `MaskedNode` holes counted as leaves."""
+    end = node + index.sizes[node]
+    kinds = tuple(
+        None if index.is_leaf[n] or index.types[n].__name__ == "MaskedNode" else index.types[n]
+        for n in range(node + 1, end)
+    )
+    return (index.types[node], kinds, tuple(index.keys[node + 1 : end]), tuple(index.sizes[node + 1 : end]))
+
+
+def _is_variable(kind: type) -> bool:
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and issubclass(kind, nnx.Variable)
+
+
+# Rows (structure plus leaf metadata) ------------------------------------------------------------
+
+
+def _label(index: StructureIndex, node: int) -> str:
+    """The edge into `node` as a reader wants it: `count`, `learning_rate`, `[0]`, `['enc.1']`."""
+    key = index.keys[node]
+    if isinstance(key, GetAttrKey):
+        return key.name
+    if isinstance(key, DictKey) and isinstance(key.key, str) and key.key.isidentifier():
+        return key.key
+    return "" if key is None else str(key)
+
+
+def _row(
+    index: StructureIndex, leaves: list[Any], stats: _LeafStats, line: _Line, scheduled: set[int]
+) -> Row:
+    node = line.node
+    path = index.path(node)
+    type_name = index.types[node].__name__
+    query = ""  # filled in lazily by Description.rows
+    start = index.leaf_starts[node]
+    subtree_leaves = leaves[start : start + index.leaf_counts[node]]
+    like = None
+    if line.kind == "more":
+        summary = f"... {line.other} more children"
+        return Row(path, query, line.depth, "", type_name, summary, True, None)
+    if line.kind in ("fold", "like") or node == 0:
+        summary = _aggregate(index, node, stats, line.kind == "fold" or node == 0)
+        if line.kind == "like":
+            like = index.path(line.other)
+            summary = f"like {''.join(str(k) for k in like) or '<root>'}, {summary}"
+        elif node != 0:
+            summary = f"{type_name}, {summary}"
+        else:
+            summary = f"{type_name}: {summary}"
+    elif index.is_leaf[node]:
+        summary = _leaf_summary(subtree_leaves[0])
+    elif _is_variable(index.types[node]):
+        summary = f"{type_name} {_leaf_summary(subtree_leaves[0])}" if subtree_leaves else type_name
+    else:
+        summary = type_name
+    if node in scheduled:
+        summary += " (scheduled)"
+    folded = line.kind in ("fold", "like")
+    return Row(path, query, line.depth, _label(index, node), type_name, summary, folded, like)
+
+
+class _LeafStats:
+    """Each leaf's dtype and the running total of bytes, read once per call (no array data)."""
+
+    def __init__(self, leaves: list[Any]) -> None:
+        nbytes: Iterable[int]
+        try:
+            self.dtypes = list(map(operator.attrgetter("dtype"), leaves))
+            sizes = list(map(operator.attrgetter("size"), leaves))
+            nbytes = map(operator.mul, sizes, map(operator.attrgetter("itemsize"), self.dtypes))
+        except AttributeError:  # some leaves are not arrays
+            self.dtypes = [getattr(leaf, "dtype", None) for leaf in leaves]
+            nbytes = [
+                math.prod(getattr(leaf, "shape", ())) * (d.itemsize if d else 0)
+                for leaf, d in zip(leaves, self.dtypes, strict=True)
+            ]
+        self.cumulative_bytes = [0, *itertools.accumulate(nbytes)]
+
+    def summary(self, start: int, stop: int) -> tuple[list[str], int]:
+        names = sorted({_dtype_name(d) for d in set(self.dtypes[start:stop]) if d is not None})
+        return names, self.cumulative_bytes[stop] - self.cumulative_bytes[start]
+
+
+def _aggregate(index: StructureIndex, node: int, stats: _LeafStats, with_keys: bool) -> str:
+    parts = []
+    if with_keys and node != 0 and not index.is_leaf[node]:
+        count = sum(1 for _ in index.children(node))
+        parts.append(f"{count:,} key{'s' * (count != 1)}")
+    leaf_count, start = index.leaf_counts[node], index.leaf_starts[node]
+    parts.append(f"{leaf_count:,} lea{'ves' if leaf_count != 1 else 'f'}")
+    dtypes, total = stats.summary(start, start + leaf_count)
+    if dtypes:
+        parts.append("/".join(dtypes[:4]) + ("/..." if len(dtypes) > 4 else ""))
+        parts.append(_bytes(total))
+    return ", ".join(parts)
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = str(dtype)
+    if name == "bool":
+        return "bool"
+    for long, short in _DTYPE_NAMES.items():
+        if name.startswith(long) and name[len(long) :].isdigit():
+            return short + name[len(long) :]
+    return name
+
+
+def _bytes(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.3g} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return ""
+
+
+def _leaf_summary(leaf: Any) -> str:
+    if isinstance(leaf, bool | int | float | complex):
+        return f"{type(leaf).__name__} = {leaf}"
+    dtype, shape = getattr(leaf, "dtype", None), getattr(leaf, "shape", None)
+    if dtype is None or shape is None:
+        return type(leaf).__name__
+    weak = "weak_" if getattr(_aval(leaf), "weak_type", False) else ""
+    text = f"{weak}{_dtype_name(dtype)}[{','.join(map(str, shape))}]"
+    value = _scalar_value(leaf)
+    if value is not None:
+        text += f" = {value}"
+    sharding = _sharding_text(leaf)
+    return f"{text} {sharding}" if sharding else text
+
+
+def _aval(leaf: Any) -> Any:
+    try:
+        return jax.typeof(leaf)
+    except TypeError:
+        return None
+
+
+def _scalar_value(leaf: Any) -> str | None:
+    """The value of a concrete 0-d number, read from this process's own copy only."""
+    if getattr(leaf, "ndim", None) != 0 or isinstance(leaf, jax.core.Tracer):
+        return None
+    if not np.issubdtype(np.dtype(leaf.dtype), np.number) and leaf.dtype != np.bool_:
+        return None
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        if not leaf.is_fully_replicated:
+            return None
+        leaf = leaf.addressable_data(0)
+    value = np.asarray(leaf).item()
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _sharding_text(leaf: Any) -> str:
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is None or isinstance(leaf, jax.core.Tracer) or len(sharding.device_set) <= 1:
+        return ""
+    spec = getattr(sharding, "spec", None)
+    if spec is not None and any(axis is not None for axis in spec):
+        return f"@ {spec}"
+    return f"@ replicated({len(sharding.device_set)})"
+
+
+# Text and HTML ---------------------------------------------------------------------------------
+
+
+def _text_line(row: Row) -> str:
+    indent = "  " * row.depth
+    if not row.label:
+        return f"{indent}{row.summary}"
+    return f"{indent}{row.label}: {row.summary}"
+
+
+def _html(rows: tuple[Row, ...]) -> str:
+    """Nested `<details>` for every shown node with children; no JavaScript."""
+    parts = ['<div class="optree-inspect" style="font-family: monospace">']
+    open_depths: list[int] = []
+    for number, row in enumerate(rows):
+        while open_depths and open_depths[-1] >= row.depth:
+            parts.append("</details>")
+            open_depths.pop()
+        text = html.escape(_text_line(row).strip())
+        title = html.escape("".join(str(k) for k in row.path) or "<root>", quote=True)
+        has_children = number + 1 < len(rows) and rows[number + 1].depth > row.depth
+        margin = f"margin-left: {row.depth}em"
+        if has_children:
+            parts.append(f'<details open style="{margin}"><summary title="{title}">{text}</summary>')
+            open_depths.append(row.depth)
+        else:
+            parts.append(f'<div style="{margin}" title="{title}">{text}</div>')
+    parts.extend("</details>" for _ in open_depths)
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+# hyperparams -----------------------------------------------------------------------------------
+
+COUNTER_NAMES = frozenset(
+    {"count", "step", "gradient_step", "mini_step", "step_count", "t", "steps_since_sync"}
+)
+
+
+def _is_counter(index: StructureIndex, node: int) -> bool:
+    """A counter field of an optax state (never a parameter that happens to be called `count`)."""
+    parent = index.types[index.parents[node]].__name__
+    return (
+        index.texts[node] in COUNTER_NAMES
+        and isinstance(index.keys[node], GetAttrKey)
+        and parent not in _CONTAINERS
+        and not index.in_bookkeeping[node]
+    )
+
+
+def hyperparams(tree: Any, /, *, counters: bool = False) -> dict[str, Any]:
+    """Every injected hyperparameter, keyed by its shortest unique query, in tree order.
+
+    Scheduled ones are included with the value of the last update. With `counters=True`, the
+    scalar step counters of the state (`count`, `gradient_step`, ...) are included too, keyed the
+    same way. Values are arrays (nnx Variables are unwrapped), tracers inside `jax.jit`.
+
+    ```python
+    >>> import jax.numpy as jnp, optax, optree_inspect as oi
+    >>> tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)
+    >>> oi.hyperparams(tx.init({"w": jnp.zeros(2)}))
+    {'learning_rate': Array(0.1, dtype=float32), 'momentum': Array(0.9, dtype=float32)}
+
+    ```
+    """
+    index = structure_index(tree)
+    nodes: list[int] = []
+    for state in sorted(inject_state_nodes(index)):
+        for field in index.children(state):
+            if index.texts[field] == "hyperparams":
+                nodes.extend(index.children(field))
+    if counters:
+        nodes.extend(node for node in range(1, len(index)) if _is_counter(index, node))
+    result = {}
+    for node in sorted(set(nodes)):
+        value = value_at(tree, index.path(node))
+        if _is_variable(type(value)):
+            value = value.get_value()
+        result[shortest_query(index, node)] = value
+    return result

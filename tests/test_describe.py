@@ -1,0 +1,215 @@
+"""describe and hyperparams (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+import functools
+import html.parser
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import IPython.lib.pretty
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from flax import nnx
+from flax.training import train_state
+
+import optree_inspect as oi
+from helpers import PARAMS, layered_params, seed_optimizer, trained, wrapped_state
+
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+
+
+@functools.cache
+def states() -> dict[str, Any]:
+    return {
+        "seed_chain": trained(seed_optimizer()),
+        "named_chain": wrapped_state("named_chain"),
+        "partition": wrapped_state("partition"),
+        "multi_steps": wrapped_state("multi_steps"),
+        "train_state": train_state.TrainState.create(apply_fn=None, params=PARAMS, tx=seed_optimizer()),
+        "sgd": optax.sgd(0.1).init(PARAMS),
+        "seed_20k": seed_optimizer().init(layered_params(5000)),
+    }
+
+
+@pytest.mark.parametrize(
+    "name", ["seed_chain", "named_chain", "partition", "multi_steps", "train_state", "sgd", "seed_20k"]
+)
+def test_golden_text(name: str) -> None:
+    expected = (GOLDEN / f"{name}.txt").read_text()
+    assert str(oi.describe(states()[name])) + "\n" == expected
+    assert repr(oi.describe(states()[name])) + "\n" == expected
+
+
+def test_what_the_seed_state_shows() -> None:
+    text = str(oi.describe(trained(seed_optimizer())))
+    assert "      learning_rate: f32[] = 0.0001 (scheduled)" in text
+    assert "    count: i32[] = 2" in text
+    assert "  [1]: InjectStatefulHyperparamsState" in text
+    assert "nu: like [1].inner_state[0].mu, 3 leaves, f32, 112 B" in text
+
+
+def test_a_20000_leaf_state_folds_to_a_screen_and_keeps_hyperparameters() -> None:
+    state = seed_optimizer().init(layered_params(5000))
+    lines = str(oi.describe(state)).splitlines()
+    assert len(lines) < 80
+    assert "        mu: dict, 5,000 keys, 10,000 leaves, f32, 391 KB" in lines
+    assert any("learning_rate: f32[] = 0 (scheduled)" in line for line in lines)
+    assert any(line.strip().startswith("count: i32[]") for line in lines)
+
+
+def test_a_three_layer_mlp_shows_its_params_in_full() -> None:
+    params = {f"dense{i}": {"kernel": jnp.zeros((8, 8)), "bias": jnp.zeros(8)} for i in range(3)}
+    text = str(oi.describe(optax.adam(1e-3).init(params)))
+    for i in range(3):
+        assert f"      dense{i}: dict\n        bias: f32[8]\n        kernel: f32[8,8]" in text
+
+
+def test_wide_nodes_that_cannot_fold_are_capped() -> None:
+    tree = tuple(optax.EmptyState() for _ in range(100))
+    lines = str(oi.describe(tree)).splitlines()
+    assert lines[-1].strip() == "... 76 more children"
+    assert len(lines) == 1 + 24 + 1
+
+
+def test_weak_types_python_scalars_and_dtypes() -> None:
+    tree = {"a": jnp.asarray(1.0), "b": jnp.ones(2, jnp.bfloat16), "c": 3, "d": None, "e": jnp.asarray(True)}
+    rows = {row.label: row.summary for row in oi.describe(tree)}
+    assert rows == {"": "dict: 4 leaves, bf16/bool/f32, 9 B", "a": "weak_f32[] = 1", "b": "bf16[2]",
+                    "c": "int = 3", "d": "NoneType", "e": "bool[] = True"}  # fmt: skip
+
+
+def test_every_row_query_selects_its_node() -> None:
+    for state in states().values():
+        for row in oi.describe(state):
+            assert oi.get(state, row.query) is oi.get(state, row.path), row
+
+
+def test_rows_are_named_tuples_and_to_dict() -> None:
+    description = oi.describe(wrapped_state("partition"))
+    row = next(r for r in description if r.label == "learning_rate" and "0.001" in r.summary)
+    assert row.query == "decay.learning_rate"
+    assert isinstance(row, oi.Row) and row.type == "ArrayImpl"
+    entry = description.to_dict()[".inner_states['decay'].inner_state.hyperparams['learning_rate']"]
+    assert entry == {"query": "decay.learning_rate", "type": "ArrayImpl", "summary": "f32[] = 0.001"}
+
+
+def test_tracers_show_shapes_and_dtypes_without_values() -> None:
+    seen = []
+
+    @jax.jit
+    def inspect(state: Any) -> Any:
+        seen.append(str(oi.describe(state)))
+        return state
+
+    inspect(trained(seed_optimizer()))
+    assert "learning_rate: f32[] (scheduled)" in seen[0]
+    assert "= " not in seen[0]
+
+
+def test_ipython_pretty_and_html() -> None:
+    description = oi.describe(trained(seed_optimizer()))
+    assert IPython.lib.pretty.pretty(description) == str(description)
+    page = description._repr_html_()
+
+    class Checker(html.parser.HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack: list[str] = []
+            self.details = 0
+
+        def handle_starttag(self, tag: str, attrs: Any) -> None:
+            self.stack.append(tag)
+            self.details += tag == "details"
+
+        def handle_endtag(self, tag: str) -> None:
+            assert self.stack.pop() == tag
+
+    checker = Checker()
+    checker.feed(page)
+    assert checker.stack == [] and checker.details >= 5
+    assert "learning_rate: f32[] = 0.0001 (scheduled)" in page
+    assert "<script" not in page
+
+
+def test_nnx_variables_are_one_line() -> None:
+    class Model(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.linear = nnx.Linear(2, 3, rngs=rngs)
+
+    optimizer = nnx.Optimizer(Model(nnx.Rngs(0)), seed_optimizer(), wrt=nnx.Param)
+    text = str(oi.describe(optimizer.opt_state))
+    assert "learning_rate: OptArray f32[] = 0 (scheduled)" in text
+    assert ".value" not in text
+
+
+def test_describe_is_safe_on_sharded_arrays() -> None:
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, numpy as np, optax
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        import optree_inspect as oi
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        state = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3).init({"w": jnp.ones((16, 4))})
+        state = jax.tree.map(
+            lambda x: jax.device_put(x, NamedSharding(mesh, P("data") if x.ndim else P())), state)
+        print(oi.describe(state))
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "learning_rate: f32[] = 0.001 @ replicated(8)" in result.stdout
+    assert "w: f32[16,4] @ P('data',)" in result.stdout
+
+
+# hyperparams -----------------------------------------------------------------------------------
+
+
+def test_hyperparams_keyed_by_shortest_query_in_tree_order() -> None:
+    values = oi.hyperparams(trained(seed_optimizer()))
+    assert list(values) == ["b1", "b2", "eps", "eps_root", "learning_rate", "weight_decay"]
+    assert float(values["learning_rate"]) == pytest.approx(1e-4)
+    state = wrapped_state("partition")
+    partition = oi.hyperparams(state)
+    assert "decay.learning_rate" in partition and "no_decay.learning_rate" in partition
+    for query, value in partition.items():
+        assert oi.get(state, query) is value
+
+
+def test_hyperparams_counters_are_opt_in() -> None:
+    state = wrapped_state("multi_steps")
+    assert "gradient_step" not in oi.hyperparams(state)
+    with_counters = oi.hyperparams(state, counters=True)
+    assert int(with_counters["gradient_step"]) == 1 and int(with_counters["mini_step"]) == 0
+    assert not any("hyperparams_states" in q for q in with_counters)
+    # A parameter called `count` is not a counter; it makes the keystr the only unique query.
+    counters = oi.hyperparams(optax.adam(1e-3).init({"count": jnp.zeros(2)}), counters=True)
+    assert list(counters) == ["[0].count"]
+
+
+def test_hyperparams_under_jit_and_empty() -> None:
+    @jax.jit
+    def metrics(state: Any) -> dict[str, jax.Array]:
+        return oi.hyperparams(state)
+
+    assert float(metrics(trained(seed_optimizer()))["b1"]) == pytest.approx(0.9)
+    assert oi.hyperparams(optax.sgd(0.1).init(PARAMS)) == {}
+
+
+def test_hyperparams_unwraps_nnx_variables() -> None:
+    class Model(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.linear = nnx.Linear(2, 3, rngs=rngs)
+
+    optimizer = nnx.Optimizer(Model(nnx.Rngs(0)), seed_optimizer(), wrt=nnx.Param)
+    values = oi.hyperparams(optimizer.opt_state)
+    assert isinstance(values["b1"], jax.Array)
