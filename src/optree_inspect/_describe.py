@@ -17,10 +17,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import DictKey, GetAttrKey
 
-from ._optax_states import inject_state_nodes, scheduled_slots
+from ._optax_states import inject_state_nodes, scheduled_slot_on
 from ._query import KeyPath
 from ._resolve import shortest_query
 from ._tree import StructureIndex, structure_index, value_at
@@ -129,9 +130,8 @@ def describe(tree: Any, /) -> Description:
     if lines is None:
         lines = _layout(index)
         index.layouts["text"] = lines
-    scheduled = {slot.entry for slot in scheduled_slots(index)}
     stats = _LeafStats(leaves)
-    rows = tuple(_row(index, leaves, stats, line, scheduled) for line in lines)
+    rows = tuple(_row(index, tree, leaves, stats, line) for line in lines)
     return Description(index, rows)
 
 
@@ -219,9 +219,7 @@ def _label(index: StructureIndex, node: int) -> str:
     return "" if key is None else str(key)
 
 
-def _row(
-    index: StructureIndex, leaves: list[Any], stats: _LeafStats, line: _Line, scheduled: set[int]
-) -> Row:
+def _row(index: StructureIndex, tree: Any, leaves: list[Any], stats: _LeafStats, line: _Line) -> Row:
     node = line.node
     path = index.path(node)
     type_name = index.types[node].__name__
@@ -247,7 +245,7 @@ def _row(
         summary = f"{type_name} {_leaf_summary(subtree_leaves[0])}" if subtree_leaves else type_name
     else:
         summary = type_name
-    if node in scheduled:
+    if _is_hyperparameter(index, node) and scheduled_slot_on(tree, path) is not None:
         summary += " (scheduled)"
     folded = line.kind in ("fold", "like")
     return Row(path, query, line.depth, _label(index, node), type_name, summary, folded, like)
@@ -273,6 +271,10 @@ class _LeafStats:
     def summary(self, start: int, stop: int) -> tuple[list[str], int]:
         names = sorted({_dtype_name(d) for d in set(self.dtypes[start:stop]) if d is not None})
         return names, self.cumulative_bytes[stop] - self.cumulative_bytes[start]
+
+
+def _is_hyperparameter(index: StructureIndex, node: int) -> bool:
+    return node > 1 and index.texts[index.parents[node]] == "hyperparams"
 
 
 def _aggregate(index: StructureIndex, node: int, stats: _LeafStats, with_keys: bool) -> str:
@@ -333,7 +335,7 @@ def _scalar_value(leaf: Any) -> str | None:
     """The value of a concrete 0-d number, read from this process's own copy only."""
     if getattr(leaf, "ndim", None) != 0 or isinstance(leaf, jax.core.Tracer):
         return None
-    if not np.issubdtype(np.dtype(leaf.dtype), np.number) and leaf.dtype != np.bool_:
+    if not jnp.issubdtype(leaf.dtype, jnp.number) and leaf.dtype != np.bool_:
         return None
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
         if not leaf.is_fully_replicated:

@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax._src.lax import lax as lax_internal
+from jax.tree_util import DictKey, GetAttrKey
 
 from ._errors import ScheduledHyperparameterError, bounded
-from ._optax_states import schedule_step_query, scheduled_slots
+from ._optax_states import schedule_step_query, scheduled_slot_on
 from ._query import KeyEntry, KeyPath, parse_query
 from ._resolve import _UNSET, no_match_error, resolve_all, resolve_one
 from ._tree import _DICT_TYPES, child_at, children_with_keys, is_namedtuple, structure_index
@@ -92,20 +93,18 @@ def _refuse_overlaps(paths: list[KeyPath]) -> None:
 
 
 def _refuse_scheduled(tree: Any, paths: list[KeyPath]) -> None:
-    index = structure_index(tree)
-    for slot in scheduled_slots(index):
-        entry_path = index.path(slot.entry)
-        for path in paths:
-            if path == index.path(slot.hyperparams) or path[: len(entry_path)] == entry_path:
-                name = index.texts[slot.entry]
-                step = schedule_step_query(index, slot)
-                raise ScheduledHyperparameterError(
-                    f"{name!r} at {_path_text(entry_path)} is driven by a schedule: optax recomputes "
-                    "it from the schedule at every update, so a value set here would be overwritten "
-                    "at the next step. To move the schedule, set its step instead:\n"
-                    f"  >>> state = oi.set(state, {step!r}, new_step)\n"
-                    "or build the optimizer with a constant (or another schedule) for it."
-                )
+    for path in paths:
+        slot = scheduled_slot_on(tree, path)
+        if slot is not None:
+            where = _path_text((*slot.state_path, GetAttrKey("hyperparams"), DictKey(slot.name)))
+            step = schedule_step_query(structure_index(tree), slot)
+            raise ScheduledHyperparameterError(
+                f"{slot.name!r} at {where} is driven by a schedule: optax recomputes it from the "
+                "schedule at every update, so a value set here would be overwritten at the next "
+                "step. To move the schedule, set its step instead:\n"
+                f"  >>> state = oi.set(state, {step!r}, new_step)\n"
+                "or build the optimizer with a constant (or another schedule) for it."
+            )
 
 
 # Coercion --------------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._tree import INJECT_STATE_NAMES, StructureIndex
+from jax.tree_util import DictKey, GetAttrKey
+
+from ._query import KeyPath
+from ._tree import INJECT_STATE_NAMES, StructureIndex, child_at
 
 HYPERPARAMETER_NAMES = frozenset(
     [
@@ -96,36 +99,42 @@ def missing_hyperparameter_hint(index: StructureIndex, name: str) -> str | None:
 
 
 class ScheduledSlot(NamedTuple):
-    """An injected hyperparameter that a schedule recomputes at every update (node numbers)."""
+    """An injected hyperparameter that a schedule recomputes at every update."""
 
-    hyperparams: int
-    entry: int
-    schedule_state: int
+    name: Any
+    """Its key in `hyperparams` (and in `hyperparams_states`)."""
+    state_path: KeyPath
+    """The path of the inject state that holds it."""
 
 
-def scheduled_slots(index: StructureIndex) -> list[ScheduledSlot]:
-    """Every `hyperparams[k]` of an inject state whose `hyperparams_states` has a `k`, memoised."""
-    if index.scheduled is None:
-        slots = []
-        for state in sorted(inject_state_nodes(index)):
-            fields = {index.texts[child]: child for child in index.children(state)}
-            if "hyperparams" not in fields or "hyperparams_states" not in fields:
-                continue
-            schedules = {index.keys[s]: s for s in index.children(fields["hyperparams_states"])}
-            for entry in index.children(fields["hyperparams"]):
-                if index.keys[entry] in schedules:
-                    slots.append(ScheduledSlot(fields["hyperparams"], entry, schedules[index.keys[entry]]))
-        index.scheduled = slots
-    return index.scheduled
+def scheduled_slot_on(tree: Any, path: KeyPath) -> ScheduledSlot | None:
+    """The scheduled hyperparameter that an edit at `path` would overwrite, if any: the path is
+    `hyperparams` of an inject state with a scheduled entry, or that entry, or inside it (the
+    `.value` of an nnx Variable). O(len(path)): it walks only the nodes on the path."""
+    node = tree
+    for depth, key in enumerate(path):
+        if is_inject_state(node) and key == GetAttrKey("hyperparams"):
+            schedules = getattr(node, "hyperparams_states", None) or {}
+            if depth + 1 == len(path):
+                entries = [k for k in node.hyperparams if k in schedules]
+                return ScheduledSlot(entries[0], path[:depth]) if entries else None
+            entry = path[depth + 1]
+            if isinstance(entry, DictKey) and entry.key in schedules:
+                return ScheduledSlot(entry.key, path[:depth])
+            return None
+        node = child_at(node, key)
+    return None
 
 
 def schedule_step_query(index: StructureIndex, slot: ScheduledSlot) -> str:
     """A query for the schedule's step counter, `hyperparams_states.<name>.count` when unique."""
     from ._resolve import find_in_index, shortest_query
 
-    step = next((c for c in index.children(slot.schedule_state) if index.texts[c] == "count"), None)
-    target = slot.schedule_state if step is None else step
-    explicit = f"hyperparams_states.{index.texts[slot.entry]}" + ("" if step is None else ".count")
+    schedule = index.number_of((*slot.state_path, GetAttrKey("hyperparams_states"), DictKey(slot.name)))
+    assert schedule is not None
+    step = next((c for c in index.children(schedule) if index.texts[c] == "count"), None)
+    target = schedule if step is None else step
+    explicit = f"hyperparams_states.{slot.name}" + ("" if step is None else ".count")
     try:
         if find_in_index(index, explicit) == (target,):
             return explicit

@@ -129,7 +129,6 @@ class StructureIndex:
     results: dict[object, tuple[int, ...]] = field(default_factory=dict)
     """Memoised query results: the index is immutable, so they stay right for its structure."""
     short_queries: dict[int, str] = field(default_factory=dict)
-    scheduled: list[Any] | None = None
     layouts: dict[str, Any] = field(default_factory=dict)
     """Memoised renderings plans (see `_describe`), keyed by their options."""
 

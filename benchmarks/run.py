@@ -1,0 +1,195 @@
+"""Side-by-side timings of optree_inspect and its peers, all in one process.
+
+Run: `.venv/bin/pip install -e ".[test,bench]" && .venv/bin/python benchmarks/run.py`
+(`--quick` for 100 and 1,000 layers only). Prints a Markdown table; a run on the development
+machine is in `benchmarks/RESULTS.md`.
+
+The state is the README's seed optimizer, `chain(clip_by_global_norm, inject_hyperparams(adamw)(
+schedule))`, over `{"layer{i}": {"w": (4, 4), "b": (4,)}}` params. Its learning rate is scheduled,
+so `set` is measured on `weight_decay` (a constant injected hyperparameter) for every library.
+Each figure is the median of repeated calls on the same state, after one warm-up call: a training
+loop calls these on states of one structure every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import optree_inspect as oi
+
+Timing = Callable[[], Any]
+
+
+def seed_state(layers: int) -> Any:
+    params = {f"layer{i}": {"w": jnp.zeros((4, 4)), "b": jnp.zeros(4)} for i in range(layers)}
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-3, warmup_steps=100, decay_steps=10_000)
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.inject_hyperparams(optax.adamw)(learning_rate=schedule)
+    )
+    return tx.init(params)
+
+
+def median_seconds(function: Timing, budget: float = 0.3, max_runs: int = 200) -> float:
+    """The median of repeated timed calls, after a warm-up call; batches calls under 1 ms."""
+    function()
+    start = time.perf_counter()
+    function()
+    once = time.perf_counter() - start
+    batch = max(1, int(1e-3 / once)) if once < 1e-3 else 1
+    runs = max(3, min(max_runs, int(budget / max(once * batch, 1e-9))))
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for _ in range(batch):
+            function()
+        samples.append((time.perf_counter() - start) / batch)
+    return statistics.median(samples)
+
+
+def is_array(_: Any, value: Any) -> bool:
+    return isinstance(value, jax.Array)
+
+
+def cases(state: Any) -> dict[str, Timing | None]:
+    """Every timed operation; `None` where the peer is not installed."""
+    last = state[1].hyperparams["learning_rate"]
+    ours: dict[str, Timing | None] = {
+        "ours get(pattern)": lambda: oi.get(state, "learning_rate"),
+        "ours get(keystr)": lambda: oi.get(state, "[1].hyperparams['learning_rate']"),
+        "ours set": lambda: oi.set(state, "weight_decay", 0.5),
+        "ours describe": lambda: str(oi.describe(state)),
+        "ours hyperparams": lambda: oi.hyperparams(state),
+        "optax tree_get": lambda: optax.tree_utils.tree_get(state, "learning_rate", filtering=is_array),
+        "optax tree_set": lambda: optax.tree_utils.tree_set(state, is_array, weight_decay=0.5),
+        "floor jax.tree.structure": lambda: jax.tree.structure(state),
+        "floor hand indexing": lambda: state[1].hyperparams["learning_rate"],
+    }
+    if importlib.util.find_spec("equinox"):
+        import equinox as eqx
+
+        ours["eqx.tree_at"] = lambda: eqx.tree_at(lambda s: s[1].hyperparams["weight_decay"], state, 0.5)
+        ours["eqx.tree_pformat"] = lambda: eqx.tree_pformat(state)
+    else:
+        ours["eqx.tree_at"] = ours["eqx.tree_pformat"] = None
+    if importlib.util.find_spec("penzai"):
+        from penzai import pz
+
+        def named(name: str) -> Callable[[Any, Any], bool]:
+            def where(path: Any, value: Any) -> bool:
+                return bool(path) and getattr(path[-1], "key", None) == name and isinstance(value, jax.Array)
+
+            return where
+
+        ours["penzai get"] = lambda: (
+            pz.select(state).at_subtrees_where(named("learning_rate"), with_keypath=True).get()
+        )
+        ours["penzai set"] = lambda: (
+            pz.select(state).at_subtrees_where(named("weight_decay"), with_keypath=True).set(0.5)
+        )
+    else:
+        ours["penzai get"] = ours["penzai set"] = None
+    if importlib.util.find_spec("treescope"):
+        import treescope
+
+        ours["treescope render_to_text"] = lambda: treescope.render_to_text(state)
+    else:
+        ours["treescope render_to_text"] = None
+    assert last is oi.get(state, "learning_rate")
+    return ours
+
+
+RATIOS = [
+    ("get(pattern) vs optax tree_get", "optax tree_get", "ours get(pattern)"),
+    ("get(pattern) / jax.tree.structure", "ours get(pattern)", "floor jax.tree.structure"),
+    ("set vs optax tree_set", "optax tree_set", "ours set"),
+    ("set vs eqx.tree_at", "eqx.tree_at", "ours set"),
+    ("get(pattern) vs penzai get", "penzai get", "ours get(pattern)"),
+    ("set vs penzai set", "penzai set", "ours set"),
+    ("describe vs eqx.tree_pformat", "eqx.tree_pformat", "ours describe"),
+    ("describe vs treescope", "treescope render_to_text", "ours describe"),
+]
+
+
+def trace_cost() -> tuple[float, float]:
+    """Seconds to trace and lower a jitted update step, without and with an in-graph `set`."""
+    state = seed_state(100)
+    params = {f"layer{i}": {"w": jnp.zeros((4, 4)), "b": jnp.zeros(4)} for i in range(100)}
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-3, warmup_steps=100, decay_steps=10_000)
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.inject_hyperparams(optax.adamw)(learning_rate=schedule)
+    )
+
+    def plain(state: Any, decay: jax.Array) -> Any:
+        return tx.update(params, state, params)[1]
+
+    def with_set(state: Any, decay: jax.Array) -> Any:
+        return tx.update(params, oi.set(state, "weight_decay", decay), params)[1]
+
+    def lower(step: Callable[..., Any]) -> float:
+        return median_seconds(lambda: jax.jit(step).lower(state, 0.1), budget=2.0, max_runs=7)
+
+    return lower(plain), lower(with_set)
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "skipped"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="100 and 1,000 layers only")
+    layers = [100, 1000] if parser.parse_args().quick else [100, 1000, 5000]
+    results: dict[int, dict[str, float | None]] = {}
+    leaves: dict[int, int] = {}
+    for count in layers:
+        state = seed_state(count)
+        leaves[count] = len(jax.tree.leaves(state))
+        results[count] = {
+            name: None if timing is None else median_seconds(timing) for name, timing in cases(state).items()
+        }
+
+    print(f"jax {jax.__version__}, optax {optax.__version__}, Python {platform.python_version()}, "
+          f"{platform.machine()}, {jax.devices()[0].platform}")  # fmt: skip
+    header = " | ".join(f"{leaves[c]:,} leaves" for c in layers)
+    print(f"\n| operation | {header} |\n|---|{'---|' * len(layers)}")
+    for name in results[layers[0]]:
+        print(f"| {name} | " + " | ".join(format_seconds(results[c][name]) for c in layers) + " |")
+
+    print(f"\n| ratio (same run) | {header} |\n|---|{'---|' * len(layers)}")
+    for label, slower, faster in RATIOS:
+        cells = []
+        for count in layers:
+            a, b = results[count][slower], results[count][faster]
+            cells.append("skipped" if a is None or b is None else f"{a / b:,.1f}x")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+    first, final = layers[0], layers[-1]
+    print(f"\n| growth from {leaves[first]:,} to {leaves[final]:,} leaves | factor |\n|---|---|")
+    for name in [n for n in results[first] if n.startswith("ours")] + ["floor jax.tree.structure"]:
+        a, b = results[first][name], results[final][name]
+        assert a is not None and b is not None
+        print(f"| {name} | {b / a:.1f}x |")
+
+    plain, with_set = trace_cost()
+    print("\n| tracing + lowering a jitted step (100 layers) | time |\n|---|---|")
+    print(f"| without set | {format_seconds(plain)} |\n| with an in-graph set | {format_seconds(with_set)} |")
+
+
+if __name__ == "__main__":
+    main()
