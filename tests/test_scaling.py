@@ -1,0 +1,103 @@
+"""Costs that must not grow with the tree, and behaviour across processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import jax
+import pytest
+
+import optree_inspect as oi
+from helpers import layered_params, seed_optimizer
+from optree_inspect import _tree
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
+    calls: list[int] = []
+    original = getattr(module, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("layers", [100, 5000])
+def test_exact_paths_never_walk_the_tree(monkeypatch: pytest.MonkeyPatch, layers: int) -> None:
+    state = seed_optimizer().init(layered_params(layers))
+    structure = _count_calls(monkeypatch, jax.tree, "structure")
+    flattens = _count_calls(monkeypatch, _tree, "children_with_keys")
+    path = "[1].hyperparams['weight_decay']"
+    assert oi.get(state, path) is state[1].hyperparams["weight_decay"]
+    assert oi.get(state, "[1].inner_state[0].mu['layer7']['w']") is state[1].inner_state[0].mu["layer7"]["w"]
+    new = oi.set(state, path, 0.5)
+    assert new[1].inner_state is state[1].inner_state
+    assert structure == [] and flattens == []
+
+
+def test_a_cached_structure_is_walked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = seed_optimizer().init(layered_params(50))
+    oi.get(state, "learning_rate")
+    builds = _count_calls(monkeypatch, _tree, "build_index")
+    other = seed_optimizer().init(layered_params(50))  # another tree of the same structure
+    for _ in range(3):
+        oi.get(other, "learning_rate")
+        oi.find(other, "w")
+        oi.describe(other)
+    assert builds == []
+
+
+def test_custom_nodes_whose_keys_the_treedef_does_not_fix_are_never_cached() -> None:
+    @jax.tree_util.register_pytree_with_keys_class
+    class Named:
+        def __init__(self, name: str, value: Any) -> None:
+            self.name, self.value = name, value
+
+        def tree_flatten_with_keys(self) -> tuple[list[tuple[Any, Any]], None]:
+            return [(jax.tree_util.DictKey(self.name), self.value)], None
+
+        def tree_flatten(self) -> tuple[list[Any], None]:
+            return [self.value], None
+
+        @classmethod
+        def tree_unflatten(cls, aux: None, children: Any) -> Named:
+            return cls("restored", children[0])
+
+    # Equal treedefs, different keys: a structure-keyed cache would answer for the wrong tree.
+    assert jax.tree.structure(Named("a", 1.0)) == jax.tree.structure(Named("b", 2.0))
+    assert oi.get(Named("a", 1.0), "a") == 1.0
+    assert oi.get(Named("b", 2.0), "b") == 2.0
+    assert oi.find(Named("b", 2.0), "a") == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_processes_joined_by_jax_distributed() -> None:
+    """set and describe on arrays this process cannot address (gloo CPU collectives)."""
+    worker = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")
+    port = str(_free_port())
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, worker, str(i), port],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-3000:]
+    assert sorted(out.strip() for out, _ in outputs) == ["OK 0", "OK 1"]
