@@ -115,3 +115,23 @@ def test_random_query_strings_raise_only_documented_errors(query: str) -> None: 
         except oi.QueryError as error:
             assert len(str(error)) < 2000
             assert len(str(error).splitlines()) <= 14
+
+
+def test_regression_optimizer_that_changes_dtypes_at_its_first_update() -> None:
+    """Found by a long run: schedule_free_adamw over bfloat16 params changes its state's dtypes at
+    the first update, so only a retrace caused by `set` itself may count."""
+    params = {"w": jnp.zeros((), jnp.bfloat16), "w_list": [jnp.zeros((), jnp.bfloat16)] * 2}
+    tx = optax.inject_hyperparams(optax.contrib.schedule_free_adamw)(
+        learning_rate=optax.linear_schedule(1e-3, 1e-4, 10)
+    )
+    grads = jax.tree.map(jnp.ones_like, params)
+    traces: list[int] = []
+
+    @jax.jit
+    def step(state: Any) -> Any:
+        traces.append(1)
+        return tx.update(grads, state, params)[1]
+
+    state = step(tx.init(params))
+    properties.set_hyperparameters(state, step, traces)
+    properties.describe_round_trips(state)

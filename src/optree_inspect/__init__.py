@@ -8,6 +8,7 @@ from ._describe import describe as describe
 from ._describe import hyperparams as hyperparams
 from ._edit import set as set
 from ._errors import AmbiguousMatchError as AmbiguousMatchError
+from ._errors import ConstantHyperparameterError as ConstantHyperparameterError
 from ._errors import NoMatchError as NoMatchError
 from ._errors import QueryError as QueryError
 from ._errors import QuerySyntaxError as QuerySyntaxError
@@ -18,6 +19,7 @@ from ._resolve import get as get
 
 __all__ = [
     "AmbiguousMatchError",
+    "ConstantHyperparameterError",
     "Description",
     "Match",
     "NoMatchError",

@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import DictKey, GetAttrKey
 
+from ._closures import ConstantHyperparameter, OptimizerReading, read_optimizer
 from ._optax_states import inject_state_nodes, scheduled_slot_on
 from ._query import KeyPath
-from ._resolve import shortest_query
+from ._resolve import constant_query, shortest_query
 from ._tree import StructureIndex, structure_index, value_at
 
 FOLD_LEAVES = 16
@@ -70,7 +71,9 @@ class Description:
         """Every shown line, in order, with the shortest query that selects its node alone."""
         index = self._index
         return tuple(
-            row._replace(query=shortest_query(index, index.number_of(row.path) or 0) if row.path else "")
+            row._replace(query=shortest_query(index, index.number_of(row.path) or 0))
+            if row.path and not row.query
+            else row
             for row in self._rows
         )
 
@@ -100,7 +103,7 @@ class Description:
         }
 
 
-def describe(tree: Any, /) -> Description:
+def describe(tree: Any, /, *, optimizer: Any = None) -> Description:
     """A compact picture of `tree`: one line a node, params-shaped subtrees folded.
 
     Arrays are summarised as `f32[4,4]` (`weak_f32[]` for weak types), scalars show their value,
@@ -108,7 +111,9 @@ def describe(tree: Any, /) -> Description:
     subtree (containers and arrays only) of more than 16 leaves is one line with its key, leaf
     count, dtypes and bytes; one with the structure of a subtree already shown says which it is
     like. Hyperparameters and counters are never folded. Safe on tracers and on sharded arrays: it
-    reads no array data but the scalars it shows.
+    reads no array data but the scalars it shows. With `optimizer=`, the hyperparameters the
+    optimizer keeps in its closures are shown under the state node of their transformation,
+    marked as held by the optimizer, and what could not be matched is said on a last line.
 
     ```python
     >>> import jax.numpy as jnp, optax, optree_inspect as oi
@@ -131,8 +136,40 @@ def describe(tree: Any, /) -> Description:
         lines = _layout(index)
         index.layouts["text"] = lines
     stats = _LeafStats(leaves)
-    rows = tuple(_row(index, tree, leaves, stats, line) for line in lines)
-    return Description(index, rows)
+    rows = [_row(index, tree, leaves, stats, line) for line in lines]
+    if optimizer is not None:
+        rows = _with_optimizer(tree, index, rows, read_optimizer(optimizer, tree))
+    return Description(index, tuple(rows))
+
+
+def _with_optimizer(
+    tree: Any, index: StructureIndex, rows: list[Row], reading: OptimizerReading
+) -> list[Row]:
+    """`rows` with a row for each optimizer-held hyperparameter under its state node's row."""
+    by_node: dict[KeyPath, list[ConstantHyperparameter]] = {}
+    for constant in reading.constants:
+        by_node.setdefault(constant.node_path, []).append(constant)
+    result = []
+    for row in rows:
+        result.append(row)
+        for constant in by_node.pop(row.path, []) if not row.folded else []:
+            value = "?" if constant.value is None else _number(constant.value)
+            held = (
+                "schedule in the optimizer, next value" if constant.schedule else "constant in the optimizer"
+            )
+            query = constant_query(tree, index, constant, reading.constants)
+            summary = f"{value} ({held})"
+            result.append(
+                Row(constant.path, query, row.depth + 1, constant.name, "optimizer", summary, False, None)
+            )
+    for line in reading.unmatched[:8]:
+        result.append(Row((), "", 0, "", "optimizer", f"(optimizer) not matched: {line}", False, None))
+    return result
+
+
+def _number(value: Any) -> str:
+    value = np.asarray(value).item()
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 # Layout (structure only) ------------------------------------------------------------------------
@@ -405,12 +442,14 @@ def _is_counter(index: StructureIndex, node: int) -> bool:
     )
 
 
-def hyperparams(tree: Any, /, *, counters: bool = False) -> dict[str, Any]:
+def hyperparams(tree: Any, /, *, counters: bool = False, optimizer: Any = None) -> dict[str, Any]:
     """Every injected hyperparameter, keyed by its shortest unique query, in tree order.
 
     Scheduled ones are included with the value of the last update. With `counters=True`, the
     scalar step counters of the state (`count`, `gradient_step`, ...) are included too, keyed the
-    same way. Values are arrays (nnx Variables are unwrapped), tracers inside `jax.jit`.
+    same way. Values are arrays (nnx Variables are unwrapped), tracers inside `jax.jit`. With
+    `optimizer=`, the hyperparameters it keeps in its closures are included too, keyed the same
+    way: numbers, and for a schedule the value it gives at the next update.
 
     ```python
     >>> import jax.numpy as jnp, optax, optree_inspect as oi
@@ -428,10 +467,15 @@ def hyperparams(tree: Any, /, *, counters: bool = False) -> dict[str, Any]:
                 nodes.extend(index.children(field))
     if counters:
         nodes.extend(node for node in range(1, len(index)) if _is_counter(index, node))
-    result = {}
-    for node in sorted(set(nodes)):
+    entries: list[tuple[int, int, str, Any]] = []
+    for node in set(nodes):
         value = value_at(tree, index.path(node))
         if _is_variable(type(value)):
             value = value.get_value()
-        result[shortest_query(index, node)] = value
-    return result
+        entries.append((node, 0, shortest_query(index, node), value))
+    if optimizer is not None:
+        constants = read_optimizer(optimizer, tree).constants
+        for order, constant in enumerate(constants, start=1):
+            node = index.number_of(constant.node_path) or 0
+            entries.append((node, order, constant_query(tree, index, constant, constants), constant.value))
+    return {query: value for _, _, query, value in sorted(entries, key=lambda e: e[:2])}

@@ -13,16 +13,17 @@ import numpy as np
 from jax._src.lax import lax as lax_internal
 from jax.tree_util import DictKey, GetAttrKey
 
-from ._errors import ScheduledHyperparameterError, bounded
-from ._optax_states import schedule_step_query, scheduled_slot_on
+from ._closures import ConstantHyperparameter, read_optimizer
+from ._errors import ConstantHyperparameterError, ScheduledHyperparameterError, bounded
+from ._optax_states import INJECT_EXAMPLE, schedule_step_query, scheduled_slot_on
 from ._query import KeyEntry, KeyPath, parse_query
-from ._resolve import _UNSET, no_match_error, resolve_all, resolve_one
+from ._resolve import _UNSET, constant_matches, no_match_error, resolve_all, resolve_one
 from ._tree import _DICT_TYPES, child_at, children_with_keys, is_namedtuple, structure_index
 
 _PYTHON_SCALARS = (bool, int, float, complex)
 
 
-def set(tree: Any, query: Any, value: Any = _UNSET, /, *, every: bool = False) -> Any:
+def set(tree: Any, query: Any, value: Any = _UNSET, /, *, every: bool = False, optimizer: Any = None) -> Any:
     """A new tree with the node(s) that `query` selects replaced by `value`.
 
     **Arguments:**
@@ -38,7 +39,8 @@ def set(tree: Any, query: Any, value: Any = _UNSET, /, *, every: bool = False) -
     structure. `None`, `MaskedNode()` and other empty nodes take only an equal structure; a non-array
     leaf (a string, say) takes only a value of its own type. An nnx Variable stays a Variable with its
     metadata. Untouched subtrees are the same objects. A hyperparameter driven by a schedule raises
-    `ScheduledHyperparameterError`.
+    `ScheduledHyperparameterError`. With `optimizer=`, a query that names a hyperparameter the
+    optimizer keeps in its closures raises `ConstantHyperparameterError`: it is not in the state.
 
     ```python
     >>> import jax.numpy as jnp, optax, optree_inspect as oi
@@ -58,9 +60,11 @@ def set(tree: Any, query: Any, value: Any = _UNSET, /, *, every: bool = False) -
     else:
         edits = [(query, value)]
 
+    constants = read_optimizer(optimizer, tree).constants if optimizer is not None else []
     targets: dict[KeyPath, tuple[Any, Any]] = {}
     for edit_query, edit_value in edits:
         parsed = parse_query(edit_query)
+        _refuse_constants(tree, parsed, constants)
         if every:
             matches = resolve_all(tree, parsed)
             if not matches:
@@ -90,6 +94,16 @@ def _refuse_overlaps(paths: list[KeyPath]) -> None:
                     f"Two edits overlap: {_path_text(shorter)} contains {_path_text(longer)}; "
                     "edit the node or its descendant, not both."
                 )
+
+
+def _refuse_constants(tree: Any, query: Any, constants: list[ConstantHyperparameter]) -> None:
+    for path, _ in constant_matches(tree, query, constants)[:1]:
+        raise ConstantHyperparameterError(
+            f"{str(path[-1])[1:]!r} at {_path_text(path)} is a constant of the optimizer, held in "
+            "its closures, not in the state: no value set in the state can change it. To make it "
+            "settable, build the optimizer with its hyperparameters injected:\n"
+            f"  >>> {INJECT_EXAMPLE}"
+        )
 
 
 def _refuse_scheduled(tree: Any, paths: list[KeyPath]) -> None:

@@ -40,6 +40,10 @@ class ScheduledHyperparameterError(ValueError):
     """`set` on a hyperparameter whose value a schedule recomputes at every update."""
 
 
+class ConstantHyperparameterError(ValueError):
+    """`set` on a hyperparameter the optimizer keeps in its closures (with `optimizer=`)."""
+
+
 def bounded(text: str, limit: int = 80) -> str:
     """`text` cut to `limit` characters, so that no message grows with the tree."""
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -81,20 +81,26 @@ def injected_names(index: StructureIndex) -> list[str]:
     return names
 
 
-def missing_hyperparameter_hint(index: StructureIndex, name: str) -> str | None:
+def missing_hyperparameter_hint(
+    index: StructureIndex, name: str, optimizer_given: bool = False
+) -> str | None:
     """What to say when the hyperparameter `name` is not in the state, or None if not one."""
     if name not in HYPERPARAMETER_NAMES:
         return None
     held = injected_names(index)
+    read = (
+        ""
+        if optimizer_given
+        else f"To read it from the optimizer, pass it: oi.get(state, {name!r}, optimizer=tx). "
+    )
     if not held:
         return (
             f"{name!r} is an optax hyperparameter, but this state holds none: the optimizer keeps it "
-            "as a constant. To read and change it, build the optimizer with\n"
-            f"  >>> {INJECT_EXAMPLE}"
+            f"as a constant. {read}To change it, build the optimizer with\n  >>> {INJECT_EXAMPLE}"
         )
     return (
         f"{name!r} is an optax hyperparameter, but the injected ones here are "
-        f"{', '.join(held[:12])}. Inject it too:\n  >>> {INJECT_EXAMPLE}"
+        f"{', '.join(held[:12])}. {read}To change it, inject it too:\n  >>> {INJECT_EXAMPLE}"
     )
 
 

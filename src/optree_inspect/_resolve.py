@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
+from ._closures import ConstantHyperparameter, read_optimizer
 from ._errors import AmbiguousMatchError, NoMatchError, bounded, listing
 from ._optax_states import missing_hyperparameter_hint
 from ._query import (
@@ -51,12 +52,15 @@ class Match(NamedTuple):
     value: Any
 
 
-def find(tree: Any, query: Any, /) -> list[Match]:
+def find(tree: Any, query: Any, /, *, optimizer: Any = None) -> list[Match]:
     """Every node of `tree` that `query` selects, in pre-order; `[]` when none does.
 
     **Arguments:**
     - `tree`: any JAX pytree, such as an optax optimizer state.
     - `query`: a key path, a keystr, a pattern, a type or a predicate (see the README).
+
+    - `optimizer`: the optax optimizer of the state, to also see the hyperparameters it keeps in
+      its closures (read-only), as fields of the state node of their transformation.
 
     **Returns:** a list of `Match(path, value)`, `path` a JAX key path.
 
@@ -68,14 +72,15 @@ def find(tree: Any, query: Any, /) -> list[Match]:
 
     ```
     """
-    return [Match(path, value) for path, value in _resolve(tree, parse_query(query))]
+    return [Match(path, value) for path, value in _resolve(tree, parse_query(query), optimizer=optimizer)]
 
 
-def get(tree: Any, query: Any, /, default: Any = _UNSET) -> Any:
+def get(tree: Any, query: Any, /, default: Any = _UNSET, *, optimizer: Any = None) -> Any:
     """The single node of `tree` that `query` selects.
 
     **Raises:** `NoMatchError` when nothing matches and no `default` is given (with `default=`,
     even `None`, that is returned instead); `AmbiguousMatchError` when several nodes match.
+    With `optimizer=`, hyperparameters held in the optimizer's closures match too (see `find`).
 
     ```python
     >>> import jax.numpy as jnp, optax, optree_inspect as oi
@@ -86,14 +91,14 @@ def get(tree: Any, query: Any, /, default: Any = _UNSET) -> Any:
     ```
     """
     parsed = parse_query(query)
-    matches = _resolve(tree, parsed, missing_ok=default is not _UNSET)
+    matches = _resolve(tree, parsed, missing_ok=True, optimizer=optimizer)
     if len(matches) == 1:
         return matches[0][1]
     if not matches:
         if default is not _UNSET:
             return default
-        raise no_match_error(tree, parsed)
-    raise ambiguous_error(tree, parsed, [path for path, _ in matches])
+        raise no_match_error(tree, parsed, optimizer)
+    raise ambiguous_error(tree, parsed, [path for path, _ in matches], optimizer)
 
 
 def resolve_one(tree: Any, query: Query) -> tuple[KeyPath, Any]:
@@ -111,7 +116,16 @@ def resolve_all(tree: Any, query: Query) -> list[tuple[KeyPath, Any]]:
     return _resolve(tree, query)
 
 
-def _resolve(tree: Any, query: Query, missing_ok: bool = True) -> list[tuple[KeyPath, Any]]:
+def _resolve(
+    tree: Any, query: Query, missing_ok: bool = True, optimizer: Any = None
+) -> list[tuple[KeyPath, Any]]:
+    found = _resolve_state(tree, query, missing_ok or optimizer is not None)
+    if optimizer is not None:
+        found += constant_matches(tree, query, read_optimizer(optimizer, tree).constants)
+    return found
+
+
+def _resolve_state(tree: Any, query: Query, missing_ok: bool) -> list[tuple[KeyPath, Any]]:
     if isinstance(query, ExactQuery):
         found = _walk_exact(tree, query.steps)
         if found is None:
@@ -182,12 +196,12 @@ def _last_candidates(index: StructureIndex, last: Component) -> Sequence[int]:
     return range(len(index))
 
 
-def _prefix_matches(index: StructureIndex, prefix: Sequence[Component], node: int) -> bool:
-    """Whether `prefix` matches a subsequence of the edges above `node` (greedy is optimal)."""
+def _prefix_matches(index: StructureIndex, prefix: Sequence[Component], chain: list[int]) -> bool:
+    """Whether `prefix` matches a subsequence of the edges into `chain` (greedy is optimal)."""
     if not prefix:
         return True
     position = 0
-    for ancestor in index.ancestors(node):
+    for ancestor in chain:
         if _component_matches(prefix[position], index, ancestor):
             position += 1
             if position == len(prefix):
@@ -199,7 +213,7 @@ def _pattern_selects(index: StructureIndex, components: Sequence[Component], ent
     return (
         (enters or not index.in_bookkeeping[node])
         and _component_matches(components[-1], index, node)
-        and _prefix_matches(index, components[:-1], node)
+        and _prefix_matches(index, components[:-1], index.ancestors(node))
     )
 
 
@@ -209,6 +223,31 @@ def _match_pattern(index: StructureIndex, components: Sequence[Component], enter
         for node in _last_candidates(index, components[-1])
         if _pattern_selects(index, components, enters, node)
     ]
+
+
+def constant_matches(
+    tree: Any, query: Query, constants: list[ConstantHyperparameter]
+) -> list[tuple[KeyPath, Any]]:
+    """The optimizer-held hyperparameters that `query` selects, each a field of its state node."""
+    found = []
+    for constant in constants:
+        if isinstance(query, ExactQuery):
+            if not query.steps or not _step_matches(query.steps[-1], GetAttrKey(constant.name)):
+                continue
+            walked = _walk_exact(tree, query.steps[:-1])
+            if walked is not None and walked[0] == constant.node_path:
+                found.append((constant.path, constant.value))
+        elif isinstance(query, PatternQuery):
+            last = query.components[-1]
+            if not isinstance(last, Name) or not fnmatch.fnmatchcase(constant.name, last.text):
+                continue
+            index = structure_index(tree)
+            node = index.number_of(constant.node_path)
+            if node is not None and _prefix_matches(
+                index, query.components[:-1], [*index.ancestors(node), node]
+            ):
+                found.append((constant.path, constant.value))
+    return found
 
 
 # Exact paths -----------------------------------------------------------------------------------
@@ -264,7 +303,7 @@ def _query_text(query: Query) -> str:
     return "the predicate"
 
 
-def no_match_error(tree: Any, query: Query) -> NoMatchError:
+def no_match_error(tree: Any, query: Query, optimizer: Any = None) -> NoMatchError:
     """A NoMatchError that says where an exact path stops, or suggests names that exist."""
     text = _query_text(query)
     if isinstance(query, ExactQuery):
@@ -292,7 +331,7 @@ def no_match_error(tree: Any, query: Query) -> NoMatchError:
     lines = [f"No node matches {text}."]
     last = query.components[-1]
     if isinstance(last, Name):
-        hint = missing_hyperparameter_hint(index, last.text)
+        hint = missing_hyperparameter_hint(index, last.text, optimizer is not None)
         if hint:
             lines.append(hint)
     vocabulary = list(index.by_text.keys() - {""}) + [
@@ -322,15 +361,21 @@ def _step_text(step: Step | KeyEntry) -> str:
     return str(step)
 
 
-def ambiguous_error(tree: Any, query: Query, paths: list[KeyPath]) -> AmbiguousMatchError:
+def ambiguous_error(
+    tree: Any, query: Query, paths: list[KeyPath], optimizer: Any = None
+) -> AmbiguousMatchError:
     """An AmbiguousMatchError that lists (capped) candidates, each with a query for it alone."""
     index = structure_index(tree)
-    numbers = {path: index.number_of(path) for path in paths[:8]}
+    constants = (
+        {c.path: c for c in read_optimizer(optimizer, tree).constants} if optimizer is not None else {}
+    )
     rows = []
     for path in paths[:8]:
         path_text = "".join(str(k) for k in path) or "<root>"
-        number = numbers.get(path)
-        query_for = repr(shortest_query(index, number)) if number is not None else repr(path_text)
+        if path in constants:
+            query_for = repr(constant_query(tree, index, constants[path], list(constants.values())))
+        else:
+            query_for = repr(shortest_query(index, index.number_of(path) or 0))
         rows.append(f"{path_text}  ->  get(tree, {query_for})")
     return AmbiguousMatchError(
         f"{_query_text(query)} matches {len(paths)} nodes; use a query that selects one:\n"
@@ -396,6 +441,33 @@ def _search_shortest(index: StructureIndex, node: int) -> str | None:
         if found:
             return min(found, key=lambda q: (sum(p.isdigit() for p in q.split(".")), len(q), q))
     return None
+
+
+def constant_query(
+    tree: Any,
+    index: StructureIndex,
+    constant: ConstantHyperparameter,
+    constants: list[ConstantHyperparameter],
+) -> str:
+    """The shortest pattern that selects an optimizer-held hyperparameter alone, or its keystr."""
+    node = index.number_of(constant.node_path)
+    if node is None:
+        return "".join(str(k) for k in constant.path)
+    options = [opt for a in [*index.ancestors(node), node] for opt in _options(index, a)]
+    for size in range(0, 4):
+        found = []
+        for prefix in itertools.combinations(options, size):
+            parts = [*(t for t, _ in prefix), constant.name]
+            if parts[0].startswith("["):
+                continue
+            pattern = PatternQuery((*(c for _, c in prefix), Name(constant.name, False)), _join(parts))
+            if not matching_nodes(index, pattern) and constant_matches(tree, pattern, constants) == [
+                (constant.path, constant.value)
+            ]:
+                found.append(pattern.text)
+        if found:
+            return min(found, key=lambda q: (sum(p.isdigit() for p in q.split(".")), len(q), q))
+    return "".join(str(k) for k in constant.path)
 
 
 def _selects_only(

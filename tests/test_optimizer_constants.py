@@ -1,0 +1,197 @@
+"""Hyperparameters that were never injected, read from the optimizer itself (issue 8).
+
+What is read from closures depends on optax's closure layout; the tests that pin it say so when a
+new optax changes it (see test_closure_layout_of_this_optax).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optree_inspect as oi
+from helpers import PARAMS, schedule, trained
+from optax_catalogue import INJECTED, P
+
+GRADS = jax.tree.map(jnp.ones_like, PARAMS)
+
+GIVEN: dict[str, tuple[Any, dict[str, float]]] = {
+    "adam": (
+        lambda: optax.adam(2e-3, b1=0.8, b2=0.99, eps=1e-7, eps_root=1e-9),
+        {"learning_rate": 2e-3, "b1": 0.8, "b2": 0.99, "eps": 1e-7, "eps_root": 1e-9},
+    ),
+    "adamw": (
+        lambda: optax.adamw(3e-4, b1=0.7, weight_decay=0.02),
+        {"learning_rate": 3e-4, "b1": 0.7, "weight_decay": 0.02},
+    ),
+    "sgd": (lambda: optax.sgd(0.1, momentum=0.8), {"learning_rate": 0.1, "momentum": 0.8}),
+    "lion": (lambda: optax.lion(1e-4, b1=0.85, b2=0.97, weight_decay=0.01), {"b1": 0.85, "b2": 0.97}),
+    "rmsprop": (lambda: optax.rmsprop(1e-3, decay=0.8, eps=1e-6), {"decay": 0.8, "eps": 1e-6}),
+    "clip": (lambda: optax.clip_by_global_norm(2.5), {"max_norm": 2.5}),
+}
+
+
+def wrap(kind: str, make: Any) -> optax.GradientTransformation:
+    if kind == "alone":
+        return make()
+    if kind == "chain":
+        return optax.chain(optax.clip(10.0), make())
+    if kind == "named_chain":
+        return optax.named_chain(("guard", optax.clip(10.0)), ("body", make()))
+    if kind == "partition":
+        labels = {"dense1": {"w": "main", "b": "frozen"}, "head": {"w": "main"}}
+        return optax.partition({"main": make(), "frozen": optax.set_to_zero()}, labels)
+    return optax.MultiSteps(make(), every_k_schedule=2).gradient_transformation()
+
+
+@pytest.mark.parametrize("kind", ["alone", "chain", "named_chain", "partition", "multi_steps"])
+@pytest.mark.parametrize("name", sorted(GIVEN))
+def test_values_read_equal_the_arguments_given(name: str, kind: str) -> None:
+    make, given = GIVEN[name]
+    tx = wrap(kind, make)
+    state = trained(tx)
+    for hyperparameter, value in given.items():
+        assert float(oi.get(state, hyperparameter, optimizer=tx)) == pytest.approx(value)
+    values = oi.hyperparams(state, optimizer=tx)
+    for hyperparameter, value in given.items():
+        [query] = [q for q in values if q.split(".")[-1] == hyperparameter]
+        assert float(values[query]) == pytest.approx(value)
+        assert float(oi.get(state, query, optimizer=tx)) == pytest.approx(value)
+
+
+NOT_READABLE = {
+    "optimistic_adam": "passes learning_rate as alpha and beta of scale_by_optimistic_gradient",
+    "rprop": "uses learning_rate only at init, as the initial step sizes (they are in the state)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(INJECTED))
+def test_closure_values_agree_with_what_inject_hyperparams_stores(name: str) -> None:
+    """A differential test over the catalogue: plain factory read from closures, versus the same
+    factory under inject_hyperparams read from its state."""
+    factory, static = INJECTED[name]
+    extra = {"key": 0} if "key" in static else {}
+    plain = factory(learning_rate=0.0123, **extra)
+    injected = oi.hyperparams(
+        optax.inject_hyperparams(factory, static_args=static)(learning_rate=0.0123, **extra).init(P)
+    )
+    state = plain.init(P)
+    by_name: dict[str, list[Any]] = {}
+    for constant in oi._closures.read_optimizer(plain, state).constants:
+        by_name.setdefault(constant.name, []).append(constant.value)
+    assert by_name
+    if name in NOT_READABLE:
+        assert "learning_rate" not in by_name
+        return
+    assert any(float(v) == pytest.approx(0.0123, rel=1e-4) for v in by_name["learning_rate"]), by_name
+    for hyperparameter in set(injected) & set(by_name):
+        expected = np.float32(injected[hyperparameter])
+        assert any(np.isclose(np.float32(v), expected, rtol=1e-4) for v in by_name[hyperparameter]), (
+            hyperparameter
+        )
+
+
+@pytest.mark.parametrize("steps", [0, 1, 5])
+def test_schedule_value_is_what_the_next_update_uses(steps: int) -> None:
+    tx = optax.sgd(schedule())
+    state = trained(tx, steps=steps)
+    next_lr = float(oi.get(state, "learning_rate", optimizer=tx))
+    assert next_lr == pytest.approx(float(schedule()(steps)))
+    updates, _ = tx.update(GRADS, state, PARAMS)
+    constant_updates, _ = optax.sgd(next_lr).update(GRADS, optax.sgd(next_lr).init(PARAMS), PARAMS)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.allclose(a, b)), updates, constant_updates))
+
+
+@pytest.mark.parametrize("steps", [0, 1, 4])
+def test_schedule_inside_adamw_matches_a_run_with_that_constant(steps: int) -> None:
+    tx = optax.adamw(schedule(), weight_decay=0.1)
+    state = trained(tx, steps=steps)
+    next_lr = float(oi.get(state, "learning_rate", optimizer=tx))
+    constant = optax.adamw(next_lr, weight_decay=0.1)
+    constant_state = (state[0], state[1], optax.EmptyState())
+    expected, _ = constant.update(GRADS, constant_state, PARAMS)
+    updates, _ = tx.update(GRADS, state, PARAMS)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.allclose(a, b, rtol=1e-5)), updates, expected))
+
+
+def test_multi_steps_counts_gradient_steps() -> None:
+    tx = optax.MultiSteps(optax.sgd(schedule()), every_k_schedule=2).gradient_transformation()
+    state = trained(tx, steps=5)  # 5 mini-steps: 2 gradient steps, one accumulation under way
+    next_lr = float(oi.get(state, "learning_rate", optimizer=tx))
+    assert next_lr == pytest.approx(float(schedule()(2)))
+    updates, _ = tx.update(GRADS, state, PARAMS)  # completes the accumulation: sgd applies
+    assert float(updates["head"]["w"][0, 0]) == pytest.approx(-next_lr)
+
+
+def test_describe_labels_what_comes_from_the_optimizer() -> None:
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule()))
+    text = str(oi.describe(trained(tx), optimizer=tx))
+    assert "  [0]: EmptyState\n    max_norm: 1 (constant in the optimizer)" in text
+    assert "      b1: 0.9 (constant in the optimizer)" in text
+    assert (
+        "      learning_rate: 0.0002 (schedule in the optimizer, next value)\n      count: i32[] = 2" in text
+    )
+    rows = [row for row in oi.describe(trained(tx), optimizer=tx) if row.type == "optimizer"]
+    assert {row.query for row in rows} >= {"max_norm", "b1", "learning_rate", "weight_decay"}
+
+
+def test_set_on_an_optimizer_constant_says_how_to_make_it_settable() -> None:
+    tx = optax.adamw(1e-3)
+    state = trained(tx)
+    with pytest.raises(
+        oi.ConstantHyperparameterError, match=r"constant of the optimizer[\s\S]*inject_hyperparams"
+    ):
+        oi.set(state, "weight_decay", 0.1, optimizer=tx)
+    with pytest.raises(oi.NoMatchError, match=r"optimizer=tx[\s\S]*inject_hyperparams"):
+        oi.set(state, "weight_decay", 0.1)
+
+
+def test_injected_and_closure_values_use_the_same_names_without_duplicates() -> None:
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3)
+    )
+    state = trained(tx)
+    values = oi.hyperparams(state, optimizer=tx)
+    assert list(values) == ["max_norm", "b1", "b2", "eps", "eps_root", "learning_rate", "weight_decay"]
+    assert oi.get(state, "learning_rate", optimizer=tx) is state[1].hyperparams["learning_rate"]
+
+
+def test_what_cannot_be_matched_is_said_never_guessed() -> None:
+    def custom() -> optax.GradientTransformation:
+        return optax.GradientTransformation(lambda p: optax.EmptyState(), lambda u, s, p=None: (u, s))
+
+    tx = optax.chain(custom(), optax.sgd(0.1))
+    state = trained(tx)
+    description = str(oi.describe(state, optimizer=tx))
+    assert description.splitlines()[-1] == (
+        "(optimizer) not matched: custom.<lambda> at [0]: not an optax transformation"
+    )
+    assert float(oi.get(state, "learning_rate", optimizer=tx)) == pytest.approx(0.1)
+    wrong = optax.adam(1e-3)  # not the optimizer of this state
+    lines = [line for line in str(oi.describe(state, optimizer=wrong)).splitlines() if "(optimizer)" in line]
+    assert lines and all("not matched" in line for line in lines)
+    assert oi.hyperparams(state, optimizer=wrong) == {}
+
+
+def test_closure_layout_of_this_optax() -> None:
+    """Pins the closure layout read in _closures.py; fails loudly when optax changes it."""
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule(), weight_decay=0.01))
+    reading = oi._closures.read_optimizer(tx, tx.init(PARAMS))
+    found = [(jax.tree_util.keystr(c.path), c.schedule is not None) for c in reading.constants]
+    assert (reading.unmatched, found) == (
+        [],
+        [
+            ("[0].max_norm", False),
+            ("[1][0].b1", False),
+            ("[1][0].b2", False),
+            ("[1][0].eps", False),
+            ("[1][0].eps_root", False),
+            ("[1][1].weight_decay", False),
+            ("[1][2].learning_rate", True),
+        ],
+    ), f"optax {optax.__version__} changed the closure layout that optree_inspect reads (built for 0.2.8)"
