@@ -82,3 +82,14 @@ def wrapped_state(name: str) -> Any:
         grads = jax.tree.map(jnp.ones_like, PARAMS)
         return trained(tx, optax.LookaheadParams.init_synced(PARAMS), grads=grads)
     return trained(tx)
+
+
+def nnx_optimizer() -> Any:
+    """An `nnx.Optimizer` of a one-layer model with the seed optimizer: its state holds Variables."""
+    from flax import nnx
+
+    class Model(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.linear = nnx.Linear(2, 3, rngs=rngs)
+
+    return nnx.Optimizer(Model(nnx.Rngs(0)), seed_optimizer(), wrt=nnx.Param)

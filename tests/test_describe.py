@@ -16,11 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from flax import nnx
 from flax.training import train_state
 
 import optree_inspect as oi
-from helpers import PARAMS, layered_params, seed_optimizer, trained, wrapped_state
+from helpers import PARAMS, layered_params, nnx_optimizer, seed_optimizer, trained, wrapped_state
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 
@@ -139,11 +138,7 @@ def test_ipython_pretty_and_html() -> None:
 
 
 def test_nnx_variables_are_one_line() -> None:
-    class Model(nnx.Module):
-        def __init__(self, rngs: nnx.Rngs) -> None:
-            self.linear = nnx.Linear(2, 3, rngs=rngs)
-
-    optimizer = nnx.Optimizer(Model(nnx.Rngs(0)), seed_optimizer(), wrt=nnx.Param)
+    optimizer = nnx_optimizer()
     text = str(oi.describe(optimizer.opt_state))
     assert "learning_rate: OptArray f32[] = 0 (scheduled)" in text
     assert ".value" not in text
@@ -206,10 +201,6 @@ def test_hyperparams_under_jit_and_empty() -> None:
 
 
 def test_hyperparams_unwraps_nnx_variables() -> None:
-    class Model(nnx.Module):
-        def __init__(self, rngs: nnx.Rngs) -> None:
-            self.linear = nnx.Linear(2, 3, rngs=rngs)
-
-    optimizer = nnx.Optimizer(Model(nnx.Rngs(0)), seed_optimizer(), wrt=nnx.Param)
+    optimizer = nnx_optimizer()
     values = oi.hyperparams(optimizer.opt_state)
     assert isinstance(values["b1"], jax.Array)

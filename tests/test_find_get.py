@@ -17,7 +17,16 @@ from flax.training import train_state
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey, keystr
 
 import optree_inspect as oi
-from helpers import MASK, PARAMS, WRAPPED, layered_params, seed_optimizer, trained, wrapped_state
+from helpers import (
+    MASK,
+    PARAMS,
+    WRAPPED,
+    layered_params,
+    nnx_optimizer,
+    seed_optimizer,
+    trained,
+    wrapped_state,
+)
 
 SEED_STATE = trained(seed_optimizer())
 
@@ -213,11 +222,7 @@ def test_flax_struct_equinox_and_register_dataclass_containers() -> None:
 
 
 def test_nnx_optimizer_variables_are_nodes() -> None:
-    class Model(nnx.Module):
-        def __init__(self, rngs: nnx.Rngs) -> None:
-            self.linear = nnx.Linear(2, 3, rngs=rngs)
-
-    optimizer = nnx.Optimizer(Model(nnx.Rngs(0)), seed_optimizer(), wrt=nnx.Param)
+    optimizer = nnx_optimizer()
     lr = oi.get(optimizer.opt_state, "learning_rate")
     assert isinstance(lr, nnx.Variable)
     assert lr is optimizer.opt_state[1].hyperparams["learning_rate"]

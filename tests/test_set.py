@@ -14,11 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 from flax.training import train_state
 
 import optree_inspect as oi
-from helpers import PARAMS, seed_optimizer, trained, wrapped_state
+from helpers import PARAMS, nnx_optimizer, seed_optimizer, trained, wrapped_state
 
 GRADS = jax.tree.map(jnp.ones_like, PARAMS)
 
@@ -318,11 +317,7 @@ def test_equinox_module_under_filter_jit() -> None:
 
 
 def test_nnx_variables_stay_variables_with_their_metadata() -> None:
-    class Model(nnx.Module):
-        def __init__(self, rngs: nnx.Rngs) -> None:
-            self.linear = nnx.Linear(2, 3, rngs=rngs)
-
-    optimizer = nnx.Optimizer(Model(nnx.Rngs(0)), seed_optimizer(), wrt=nnx.Param)
+    optimizer = nnx_optimizer()
     old = oi.get(optimizer.opt_state, "weight_decay")
     new_state = oi.set(optimizer.opt_state, "weight_decay", 0.5)
     new = oi.get(new_state, "weight_decay")

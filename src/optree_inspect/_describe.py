@@ -12,7 +12,6 @@ import html
 import itertools
 import math
 import operator
-import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -25,7 +24,7 @@ from ._closures import ConstantHyperparameter, OptimizerReading, read_optimizer
 from ._optax_states import inject_state_nodes, scheduled_slot_on
 from ._query import KeyPath
 from ._resolve import constant_query, shortest_query
-from ._tree import StructureIndex, structure_index, value_at
+from ._tree import StructureIndex, is_nnx_variable_type, structure_index, value_at
 
 FOLD_LEAVES = 16
 """A params-shaped subtree with more leaves than this is one line."""
@@ -198,7 +197,7 @@ def _layout(index: StructureIndex) -> list[_Line]:
             lines.append(_Line(node, depth, "fold", 0))
             continue
         lines.append(line)
-        if _is_variable(index.types[node]):
+        if is_nnx_variable_type(index.types[node]):
             continue  # a Variable is one node: its value is shown on its line
         children = list(index.children(node))
         if len(children) > MAX_CHILDREN:
@@ -223,7 +222,7 @@ def _protected_nodes(index: StructureIndex) -> set[int]:
 def _is_params_shaped(index: StructureIndex, node: int) -> bool:
     end = node + index.sizes[node]
     return all(
-        index.is_leaf[n] or index.types[n].__name__ in _CONTAINERS or _is_variable(index.types[n])
+        index.is_leaf[n] or index.types[n].__name__ in _CONTAINERS or is_nnx_variable_type(index.types[n])
         for n in range(node, end)
     )
 
@@ -236,11 +235,6 @@ def _signature(index: StructureIndex, node: int) -> tuple[Any, ...]:
         for n in range(node + 1, end)
     )
     return (index.types[node], kinds, tuple(index.keys[node + 1 : end]), tuple(index.sizes[node + 1 : end]))
-
-
-def _is_variable(kind: type) -> bool:
-    nnx = sys.modules.get("flax.nnx")
-    return nnx is not None and issubclass(kind, nnx.Variable)
 
 
 # Rows (structure plus leaf metadata) ------------------------------------------------------------
@@ -278,7 +272,7 @@ def _row(index: StructureIndex, tree: Any, leaves: list[Any], stats: _LeafStats,
             summary = f"{type_name}: {summary}"
     elif index.is_leaf[node]:
         summary = _leaf_summary(subtree_leaves[0])
-    elif _is_variable(index.types[node]):
+    elif is_nnx_variable_type(index.types[node]):
         summary = f"{type_name} {_leaf_summary(subtree_leaves[0])}" if subtree_leaves else type_name
     else:
         summary = type_name
@@ -470,7 +464,7 @@ def hyperparams(tree: Any, /, *, counters: bool = False, optimizer: Any = None) 
     entries: list[tuple[int, int, str, Any]] = []
     for node in set(nodes):
         value = value_at(tree, index.path(node))
-        if _is_variable(type(value)):
+        if is_nnx_variable_type(type(value)):
             value = value.get_value()
         entries.append((node, 0, shortest_query(index, node), value))
     if optimizer is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,7 +17,14 @@ from ._errors import ConstantHyperparameterError, ScheduledHyperparameterError, 
 from ._optax_states import INJECT_EXAMPLE, schedule_step_query, scheduled_slot_on
 from ._query import KeyEntry, KeyPath, parse_query
 from ._resolve import _UNSET, constant_matches, no_match_error, resolve_all, resolve_one
-from ._tree import _DICT_TYPES, child_at, children_with_keys, is_namedtuple, structure_index
+from ._tree import (
+    _DICT_TYPES,
+    child_at,
+    children_with_keys,
+    is_namedtuple,
+    is_nnx_variable_type,
+    structure_index,
+)
 
 _PYTHON_SCALARS = (bool, int, float, complex)
 
@@ -128,8 +134,7 @@ def coerce(old: Any, new: Any, path: KeyPath = ()) -> Any:
     """`new` made to stand where `old` stands: same structure, and each leaf as `coerce_leaf` makes it."""
     if callable(new) and not _is_array_like(new) and not isinstance(new, type):
         new = new(old)
-    variable = _nnx_variable_type()
-    if variable is not None and isinstance(old, variable) and not isinstance(new, variable):
+    if is_nnx_variable_type(type(old)) and not is_nnx_variable_type(type(new)):
         [(key, inner)] = children_with_keys(old) or []
         return _replace_children(old, {key: coerce(inner, new, (*path, key))})
     old_children = children_with_keys(old)
@@ -174,11 +179,6 @@ def _structure(tree: Any) -> Any:
 
 def _is_array_like(value: Any) -> bool:
     return hasattr(value, "dtype") and hasattr(value, "shape")
-
-
-def _nnx_variable_type() -> type | None:
-    nnx = sys.modules.get("flax.nnx")
-    return None if nnx is None else nnx.Variable
 
 
 def _dtype_of(value: Any) -> np.dtype:

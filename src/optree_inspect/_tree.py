@@ -48,6 +48,12 @@ def children_with_keys(node: Any) -> list[tuple[KeyEntry, Any]] | None:
     return pairs
 
 
+def is_nnx_variable_type(kind: type) -> bool:
+    """Whether `kind` is an nnx Variable (flax is imported only by code that made one)."""
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and issubclass(kind, nnx.Variable)
+
+
 def edge_text(key: KeyEntry | None) -> str:
     """How a pattern name sees an edge: a dict key as text, a field name, an index in decimal."""
     if isinstance(key, DictKey):
@@ -100,8 +106,7 @@ def _keys_follow_structure(node: Any, pairs: list[tuple[KeyEntry, Any]]) -> bool
     if dataclasses.is_dataclass(kind):
         names = {f.name for f in dataclasses.fields(kind)}
         return all(isinstance(k, GetAttrKey) and k.name in names for k, _ in pairs)
-    nnx = sys.modules.get("flax.nnx")
-    if nnx is not None and isinstance(node, nnx.Variable):
+    if is_nnx_variable_type(kind):
         return True
     if all(isinstance(k, DictKey) for k, _ in pairs):
         aux = _REGISTRY.flatten_one_level(node)
