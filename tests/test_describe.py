@@ -204,3 +204,8 @@ def test_hyperparams_unwraps_nnx_variables() -> None:
     optimizer = nnx_optimizer()
     values = oi.hyperparams(optimizer.opt_state)
     assert isinstance(values["b1"], jax.Array)
+
+
+def test_the_readme_shows_what_describe_prints() -> None:
+    readme = (GOLDEN.parent.parent / "README.md").read_text()
+    assert (GOLDEN / "seed_chain.txt").read_text() in readme
