@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import subprocess
@@ -9,7 +10,10 @@ import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import optax
 import pytest
+from flax import nnx
 
 import optree_inspect as oi
 from helpers import layered_params, seed_optimizer
@@ -31,7 +35,7 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> lis
 @pytest.mark.parametrize("layers", [100, 5000])
 def test_exact_paths_never_walk_the_tree(monkeypatch: pytest.MonkeyPatch, layers: int) -> None:
     state = seed_optimizer().init(layered_params(layers))
-    structure = _count_calls(monkeypatch, jax.tree, "structure")
+    structure = _count_calls(monkeypatch, _tree, "index_and_leaves")
     flattens = _count_calls(monkeypatch, _tree, "children_with_keys")
     path = "[1].hyperparams['weight_decay']"
     assert oi.get(state, path) is state[1].hyperparams["weight_decay"]
@@ -74,6 +78,57 @@ def test_custom_nodes_whose_keys_the_treedef_does_not_fix_are_never_cached() -> 
     assert oi.get(Named("a", 1.0), "a") == 1.0
     assert oi.get(Named("b", 2.0), "b") == 2.0
     assert oi.find(Named("b", 2.0), "a") == []
+
+
+def _pairs() -> list[tuple[str, Any, Any]]:
+    """Trees that differ from each other in one structural way, and a query that tells them apart."""
+    return [
+        ("extra dict key", {"a": 1.0, "b": 2.0}, {"a": 1.0, "c": 2.0}),
+        ("subtree where a leaf was", {"a": 1.0, "b": 2.0}, {"a": {"x": 1.0}, "b": 2.0}),
+        ("None where a leaf was", {"a": 1.0, "b": 2.0}, {"a": None, "b": 2.0}),
+        ("NamedTuple type", (optax.EmptyState(),), (optax.MaskedNode(),)),
+        ("tuple and list", {"a": (1.0, 2.0)}, {"a": [1.0, 2.0]}),
+        ("dict and OrderedDict", {"a": {"x": 1.0}}, {"a": collections.OrderedDict(x=1.0)}),
+        ("empty node where a leaf was", {"a": 1.0, "b": 2.0}, {"a": optax.MaskedNode(), "b": 2.0}),
+        ("Variable where a leaf was", {"a": jnp.ones(1)}, {"a": nnx.Param(jnp.ones(1))}),
+        ("Variable types", {"a": nnx.Param(jnp.ones(1))}, {"a": nnx.BatchStat(jnp.ones(1))}),
+    ]
+
+
+def _cold() -> None:
+    _tree._CACHE.clear()
+    _tree._last = None
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in _pairs()])
+def test_the_last_structure_shortcut_never_answers_for_another_tree(name: str) -> None:
+    [(_, first, second)] = [pair for pair in _pairs() if pair[0] == name]
+    queries = [
+        "a",
+        "b",
+        "c",
+        "*",
+        "x",
+        "EmptyState",
+        "MaskedNode",
+        "list",
+        "OrderedDict",
+        "Param",
+        "BatchStat",
+    ]
+
+    def answers(tree: Any) -> dict[str, list[Any]]:
+        return {q: [m.path for m in oi.find(tree, q)] for q in queries} | {
+            "describe": [str(oi.describe(tree))]
+        }
+
+    for tree, other in ((first, second), (second, first)):
+        _cold()
+        expected = answers(tree)
+        _cold()
+        assert answers(other) != expected  # the queries tell the two trees apart
+        assert answers(tree) == expected  # right after `other` was the last structure seen
+    _cold()
 
 
 def _free_port() -> int:

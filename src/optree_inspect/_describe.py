@@ -24,7 +24,7 @@ from ._closures import ConstantHyperparameter, OptimizerReading, read_optimizer
 from ._optax_states import inject_state_nodes, scheduled_slot_on
 from ._query import KeyPath
 from ._resolve import constant_query, shortest_query
-from ._tree import StructureIndex, is_nnx_variable_type, structure_index, value_at
+from ._tree import StructureIndex, index_and_leaves, is_nnx_variable_type, structure_index, value_at
 
 FOLD_LEAVES = 16
 """A params-shaped subtree with more leaves than this is one line."""
@@ -128,8 +128,7 @@ def describe(tree: Any, /, *, optimizer: Any = None) -> Description:
 
     ```
     """
-    leaves, treedef = jax.tree.flatten(tree)
-    index = structure_index(tree, treedef)
+    index, leaves = index_and_leaves(tree)
     lines = index.layouts.get("text")
     if lines is None:
         lines = _layout(index)

@@ -219,31 +219,53 @@ def build_index(tree: Any) -> StructureIndex:
 
 _CACHE: dict[Any, StructureIndex] = {}
 _CACHE_SIZE = 32
+_last: tuple[Any, StructureIndex] | None = None
+"""The treedef and index of the last lookup: a training loop asks about one structure every step."""
 
 
-def structure_index(tree: Any, treedef: Any = None) -> StructureIndex:
-    """The structure index of `tree`, from the cache when a tree of the same structure was seen.
+def structure_index(tree: Any) -> StructureIndex:
+    """The structure index of `tree`, from the cache when a tree of the same structure was seen."""
+    return index_and_leaves(tree)[0]
 
-    The cache is keyed on `jax.tree.structure(tree)`. Two trees with equal treedefs have the same
-    node types, the same aux data and the same children counts, so they have the same pre-order,
-    types and leaf ranges; their keys agree too for every node that `_keys_follow_structure`
-    accepts. An index that has any other node is never stored, so a cached index always describes
-    exactly the tree it is looked up for.
+
+def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
+    """The structure index of `tree` and its leaves, from one structural pass.
+
+    The cache is keyed on the tree's `PyTreeDef`. Two trees with equal treedefs have the same node
+    types, aux data and children counts, so the same pre-order, types and leaf ranges; their keys
+    agree too for every node that `_keys_follow_structure` accepts, and an index with any other
+    node is never stored. So a cached index always describes exactly the tree it is used for.
+
+    The last treedef used is tried first with `flatten_up_to`, which raises on any difference of
+    node type, arity, dict keys or aux data and returns, in place of each treedef leaf, whatever
+    the tree has there; `all_leaves` then rules out a subtree standing where the treedef has a
+    leaf. Together that is treedef equality, checked in one pass instead of building a treedef
+    and comparing it (about half the cost).
     """
-    if treedef is None:
-        treedef = jax.tree.structure(tree)
+    global _last
+    if _last is not None:
+        treedef, index = _last
+        try:
+            leaves = treedef.flatten_up_to(tree)
+        except (ValueError, TypeError):
+            pass
+        else:
+            if jax.tree_util.all_leaves(leaves):
+                return index, leaves
+    leaves, treedef = jax.tree.flatten(tree)
     try:
-        index = _CACHE.get(treedef)
+        index = _CACHE.get(treedef)  # type: ignore[assignment]
     except TypeError:  # unhashable aux data
-        return build_index(tree)
-    if index is not None:
-        return index
-    index = build_index(tree)
-    if index.cacheable:
+        return build_index(tree), leaves
+    if index is None:
+        index = build_index(tree)
+        if not index.cacheable:
+            return index, leaves
         _CACHE[treedef] = index
         if len(_CACHE) > _CACHE_SIZE:  # first in, first out: a hit costs one lookup, no reordering
             del _CACHE[next(iter(_CACHE))]
-    return index
+    _last = (treedef, index)
+    return index, leaves
 
 
 def walk_with_paths(tree: Any) -> Iterator[tuple[KeyPath, Any]]:
