@@ -36,7 +36,7 @@ GIVEN: dict[str, tuple[Any, dict[str, float]]] = {
 }
 
 
-def wrap(kind: str, make: Any) -> optax.GradientTransformation:
+def wrap(kind: str, make: Any, params: Any = PARAMS) -> optax.GradientTransformation:
     if kind == "alone":
         return make()
     if kind == "chain":
@@ -44,7 +44,7 @@ def wrap(kind: str, make: Any) -> optax.GradientTransformation:
     if kind == "named_chain":
         return optax.named_chain(("guard", optax.clip(10.0)), ("body", make()))
     if kind == "partition":
-        labels = {"dense1": {"w": "main", "b": "frozen"}, "head": {"w": "main"}}
+        labels = jax.tree.map(lambda x: "main" if x.ndim == 2 else "frozen", params)
         return optax.partition({"main": make(), "frozen": optax.set_to_zero()}, labels)
     return optax.MultiSteps(make(), every_k_schedule=2).gradient_transformation()
 
@@ -70,17 +70,19 @@ NOT_READABLE = {
 }
 
 
+@pytest.mark.parametrize("kind", ["alone", "chain", "named_chain", "partition", "multi_steps"])
 @pytest.mark.parametrize("name", sorted(INJECTED))
-def test_closure_values_agree_with_what_inject_hyperparams_stores(name: str) -> None:
+def test_closure_values_agree_with_what_inject_hyperparams_stores(name: str, kind: str) -> None:
     """A differential test over the catalogue: plain factory read from closures, versus the same
-    factory under inject_hyperparams read from its state."""
+    factory under inject_hyperparams read from its state, alone and inside each wrapper."""
     factory, static = INJECTED[name]
     extra = {"key": 0} if "key" in static else {}
-    plain = factory(learning_rate=0.0123, **extra)
+    plain = wrap(kind, lambda: factory(learning_rate=0.0123, **extra), P)
     injected = oi.hyperparams(
         optax.inject_hyperparams(factory, static_args=static)(learning_rate=0.0123, **extra).init(P)
     )
     state = plain.init(P)
+    assert oi._closures.read_optimizer(plain, state).unmatched == []
     by_name: dict[str, list[Any]] = {}
     for constant in oi._closures.read_optimizer(plain, state).constants:
         by_name.setdefault(constant.name, []).append(constant.value)
