@@ -58,7 +58,6 @@ def find(tree: Any, query: Any, /, *, optimizer: Any = None) -> list[Match]:
     **Arguments:**
     - `tree`: any JAX pytree, such as an optax optimizer state.
     - `query`: a key path, a keystr, a pattern, a type or a predicate (see the README).
-
     - `optimizer`: the optax optimizer of the state, to also see the hyperparameters it keeps in
       its closures (read-only), as fields of the state node of their transformation.
 
@@ -72,7 +71,7 @@ def find(tree: Any, query: Any, /, *, optimizer: Any = None) -> list[Match]:
 
     ```
     """
-    return [Match(path, value) for path, value in _resolve(tree, parse_query(query), optimizer=optimizer)]
+    return [Match(path, value) for path, value in _resolve(tree, parse_query(query), optimizer)]
 
 
 def get(tree: Any, query: Any, /, default: Any = _UNSET, *, optimizer: Any = None) -> Any:
@@ -91,7 +90,7 @@ def get(tree: Any, query: Any, /, default: Any = _UNSET, *, optimizer: Any = Non
     ```
     """
     parsed = parse_query(query)
-    matches = _resolve(tree, parsed, missing_ok=True, optimizer=optimizer)
+    matches = _resolve(tree, parsed, optimizer)
     if len(matches) == 1:
         return matches[0][1]
     if not matches:
@@ -116,23 +115,17 @@ def resolve_all(tree: Any, query: Query) -> list[tuple[KeyPath, Any]]:
     return _resolve(tree, query)
 
 
-def _resolve(
-    tree: Any, query: Query, missing_ok: bool = True, optimizer: Any = None
-) -> list[tuple[KeyPath, Any]]:
-    found = _resolve_state(tree, query, missing_ok or optimizer is not None)
+def _resolve(tree: Any, query: Query, optimizer: Any = None) -> list[tuple[KeyPath, Any]]:
+    found = _resolve_state(tree, query)
     if optimizer is not None:
         found += constant_matches(tree, query, read_optimizer(optimizer, tree).constants)
     return found
 
 
-def _resolve_state(tree: Any, query: Query, missing_ok: bool) -> list[tuple[KeyPath, Any]]:
+def _resolve_state(tree: Any, query: Query) -> list[tuple[KeyPath, Any]]:
     if isinstance(query, ExactQuery):
         found = _walk_exact(tree, query.steps)
-        if found is None:
-            if missing_ok:
-                return []
-            raise no_match_error(tree, query)
-        return [found]
+        return [] if found is None else [found]
     if isinstance(query, PredicateQuery):
         return [(path, node) for path, node in walk_with_paths(tree) if query.predicate(path, node)]
     if isinstance(query, TypeQuery) and _has_custom_instancecheck(query.cls):
