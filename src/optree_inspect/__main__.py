@@ -1,7 +1,8 @@
 """The demo: `python -m optree_inspect`.
 
 Builds the README's chained, scheduled optimizer, trains a tiny model a few steps, reads the
-learning rate with `get` and sets the weight decay with `set`, inside `jax.jit`.
+learning rate with `get` and sets the weight decay with `set`, inside `jax.jit`; then reads the
+hyperparameters of a plain (never injected) `optax.adamw` from the optimizer itself.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def main() -> None:
     moved = oi.set(state, "hyperparams_states.learning_rate.count", 40)
     _, _, _, lr = step(params, moved, 1e-2)
     print(f"after moving the schedule to step 40, the next learning rate is {float(lr):.6f}")
+
+    plain = optax.adamw(schedule)  # never injected: its hyperparameters live in its closures
+    plain_state = plain.init(params)
+    read = _floats(oi.hyperparams(plain_state, optimizer=plain))
+    print(f"\nadamw without inject_hyperparams, read from the optimizer: {read}")
 
 
 def _floats(values: dict[str, Any]) -> dict[str, float]:

@@ -37,6 +37,8 @@ def set(tree: Any, query: Any, value: Any = _UNSET, /, *, every: bool = False, o
     - `query`: any query form, or a mapping `{query: value, ...}` for several edits in one pass.
     - `value`: the new node, or a callable that takes the old node and returns the new one.
     - `every`: edit every match; otherwise each query must select exactly one node.
+    - `optimizer`: the optax optimizer of the state, so that a query naming a hyperparameter it
+      keeps in its closures is refused with a clear error instead of a no-match.
 
     **Returns:** a tree with the same treedef. An edited leaf keeps its shape (a scalar broadcasts),
     dtype (a same-kind cast such as float64 to float32 is made; float into int raises `TypeError`),
