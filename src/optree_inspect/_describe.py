@@ -129,10 +129,9 @@ def describe(tree: Any, /, *, optimizer: Any = None) -> Description:
     ```
     """
     index, leaves = index_and_leaves(tree)
-    lines = index.layouts.get("text")
-    if lines is None:
-        lines = _layout(index)
-        index.layouts["text"] = lines
+    if index.layout is None:
+        index.layout = _layout(index)
+    lines = index.layout
     stats = _LeafStats(leaves)
     rows = [_row(index, tree, leaves, stats, line) for line in lines]
     if optimizer is not None:

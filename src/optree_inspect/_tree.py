@@ -134,8 +134,8 @@ class StructureIndex:
     results: dict[object, tuple[int, ...]] = field(default_factory=dict)
     """Memoised query results: the index is immutable, so they stay right for its structure."""
     short_queries: dict[int, str] = field(default_factory=dict)
-    layouts: dict[str, Any] = field(default_factory=dict)
-    """Memoised renderings plans (see `_describe`), keyed by their options."""
+    layout: list[Any] | None = None
+    """The memoised plan of `describe` (which nodes are shown, folded or "like")."""
 
     @functools.cached_property
     def leaf_starts(self) -> list[int]:
