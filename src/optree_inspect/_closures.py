@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import optax
-from jax.tree_util import DictKey, GetAttrKey, SequenceKey
+from jax.tree_util import DictKey, GetAttrKey, SequenceKey, keystr
 
 from ._query import KeyPath
 from ._tree import _MISSING, child_at, is_namedtuple
@@ -73,7 +73,7 @@ def _factory(function: Any) -> str:
 
 
 def _where(path: KeyPath) -> str:
-    return "".join(str(k) for k in path) or "the root"
+    return keystr(path) or "the root"
 
 
 def _walk(optimizer: Any, state: Any, path: KeyPath, reading: OptimizerReading) -> None:

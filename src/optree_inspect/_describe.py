@@ -7,6 +7,7 @@ scalars it shows, never other array data.
 
 from __future__ import annotations
 
+import collections
 import functools
 import html
 import itertools
@@ -18,9 +19,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import DictKey, GetAttrKey
+from jax.tree_util import DictKey, GetAttrKey, keystr
 
 from ._closures import ConstantHyperparameter, OptimizerReading, read_optimizer
+from ._errors import bounded
 from ._optax_states import inject_state_nodes, scheduled_slot_on
 from ._query import KeyPath
 from ._resolve import constant_query, shortest_query
@@ -30,6 +32,11 @@ FOLD_LEAVES = 16
 """A params-shaped subtree with more leaves than this is one line."""
 MAX_CHILDREN = 24
 """A node shows at most this many children; the rest are counted on one line."""
+RUN_MIN = 4
+"""This many consecutive siblings of one structure or more show the first, then one line for the rest."""
+MAX_LINES = 120
+"""A description has at most this many lines (and a line for what the optimizer could not match):
+below the deepest level that fits, subtrees are folded."""
 
 _CONTAINERS = frozenset(
     {"dict", "list", "tuple", "OrderedDict", "defaultdict", "NoneType", "State", "MaskedNode"}
@@ -54,26 +61,25 @@ class Row(NamedTuple):
 class _Line(NamedTuple):
     node: int
     depth: int
-    kind: str  # "node", "fold", "like" or "more"
-    other: int  # the node it is like, or how many children were left out
+    kind: str  # "node", "fold", "like", "run" or "more"
+    other: int  # the node it is like, the last node of a run, or how many children were left out
 
 
 class Description:
     """What `describe` returns: print it, iterate its rows, or show it in IPython or a notebook."""
 
-    def __init__(self, index: StructureIndex, rows: tuple[Row, ...]) -> None:
+    def __init__(self, index: StructureIndex, rows: tuple[Row, ...], nodes: tuple[int | None, ...]) -> None:
         self._index = index
         self._rows = rows
+        self._nodes = nodes
 
     @functools.cached_property
     def rows(self) -> tuple[Row, ...]:
         """Every shown line, in order, with the shortest query that selects its node alone."""
         index = self._index
         return tuple(
-            row._replace(query=shortest_query(index, index.number_of(row.path) or 0))
-            if row.path and not row.query
-            else row
-            for row in self._rows
+            row._replace(query=shortest_query(index, node)) if node and not row.query else row
+            for row, node in zip(self._rows, self._nodes, strict=True)
         )
 
     def __iter__(self) -> Iterator[Row]:
@@ -97,8 +103,9 @@ class Description:
     def to_dict(self) -> dict[str, dict[str, str]]:
         """`{keystr: {"query", "type", "summary"}}` for every shown node, for logs and tests."""
         return {
-            "".join(str(k) for k in row.path): {"query": row.query, "type": row.type, "summary": row.summary}
+            keystr(row.path): {"query": row.query, "type": row.type, "summary": row.summary}
             for row in self.rows
+            if row.type != "optimizer" or row.path
         }
 
 
@@ -129,26 +136,30 @@ def describe(tree: Any, /, *, optimizer: Any = None) -> Description:
     ```
     """
     index, leaves = index_and_leaves(tree)
+    reading = read_optimizer(optimizer, tree) if optimizer is not None else None
     if index.layout is None:
         index.layout = _layout(index)
     lines = index.layout
     stats = _LeafStats(leaves)
     rows = [_row(index, tree, leaves, stats, line) for line in lines]
-    if optimizer is not None:
-        rows = _with_optimizer(tree, index, rows, read_optimizer(optimizer, tree))
-    return Description(index, tuple(rows))
+    nodes: list[int | None] = [line.node if line.kind != "more" else None for line in lines]
+    if reading is not None:
+        rows, nodes = _with_optimizer(tree, index, rows, nodes, reading)
+    return Description(index, tuple(rows), tuple(nodes))
 
 
 def _with_optimizer(
-    tree: Any, index: StructureIndex, rows: list[Row], reading: OptimizerReading
-) -> list[Row]:
+    tree: Any, index: StructureIndex, rows: list[Row], nodes: list[int | None], reading: OptimizerReading
+) -> tuple[list[Row], list[int | None]]:
     """`rows` with a row for each optimizer-held hyperparameter under its state node's row."""
     by_node: dict[KeyPath, list[ConstantHyperparameter]] = {}
     for constant in reading.constants:
         by_node.setdefault(constant.node_path, []).append(constant)
-    result = []
-    for row in rows:
+    result: list[Row] = []
+    result_nodes: list[int | None] = []
+    for row, node in zip(rows, nodes, strict=True):
         result.append(row)
+        result_nodes.append(node)
         for constant in by_node.pop(row.path, []) if not row.folded else []:
             value = "?" if constant.value is None else _number(constant.value)
             held = (
@@ -159,9 +170,12 @@ def _with_optimizer(
             result.append(
                 Row(constant.path, query, row.depth + 1, constant.name, "optimizer", summary, False, None)
             )
+            result_nodes.append(None)
     for line in reading.unmatched[:8]:
-        result.append(Row((), "", 0, "", "optimizer", f"(optimizer) not matched: {line}", False, None))
-    return result
+        summary = f"(optimizer) not matched: {bounded(line, 200)}"
+        result.append(Row((), "", 0, "", "optimizer", summary, False, None))
+        result_nodes.append(None)
+    return result, result_nodes
 
 
 def _number(value: Any) -> str:
@@ -173,20 +187,22 @@ def _number(value: Any) -> str:
 
 
 def _layout(index: StructureIndex) -> list[_Line]:
+    """Which nodes are shown and how, in pre-order; then cut to `MAX_LINES` by depth."""
     protected = _protected_nodes(index)
-    seen: dict[tuple[Any, ...], int] = {}
+    signatures = _signatures(index)
+    seen: dict[int, int] = {}
     lines: list[_Line] = []
     stack: list[tuple[_Line, bool]] = [(_Line(0, 0, "node", 0), False)]
     while stack:
         line, in_region = stack.pop()
         node, depth = line.node, line.depth
-        if line.kind == "more":
+        if line.kind in ("more", "run"):
             lines.append(line)
             continue
         # Only the root of a params-shaped region (a mu, nu, trace, params) folds or is "like".
         foldable = not in_region and node > 0 and node not in protected and _is_params_shaped(index, node)
         if foldable and index.leaf_counts[node] > 1:
-            signature = _signature(index, node)
+            signature = signatures[node]
             if signature in seen:
                 lines.append(_Line(node, depth, "like", seen[signature]))
                 continue
@@ -197,14 +213,63 @@ def _layout(index: StructureIndex) -> list[_Line]:
         lines.append(line)
         if is_nnx_variable_type(index.types[node]):
             continue  # a Variable is one node: its value is shown on its line
-        children = list(index.children(node))
-        if len(children) > MAX_CHILDREN:
-            stack.append((_Line(node, depth + 1, "more", len(children) - MAX_CHILDREN), True))
         region = in_region or foldable
-        stack.extend(
-            (_Line(child, depth + 1, "node", 0), region) for child in reversed(children[:MAX_CHILDREN])
-        )
-    return lines
+        entries = _sibling_runs(index, signatures, protected, list(index.children(node)), depth + 1)
+        if len(entries) > MAX_CHILDREN:
+            hidden = sum(1 if e.kind == "node" else e.other - e.node + 1 for e in entries[MAX_CHILDREN:])
+            entries = [*entries[:MAX_CHILDREN], _Line(node, depth + 1, "more", hidden)]
+        stack.extend((entry, region) for entry in reversed(entries))
+    return _cut_to_budget(index, lines)
+
+
+def _sibling_runs(
+    index: StructureIndex, signatures: list[int], protected: set[int], children: list[int], depth: int
+) -> list[_Line]:
+    """The children as lines: the first of `RUN_MIN` or more consecutive siblings of one structure
+    is shown, the others are one "run" line (from its `node` to `other`, like the first)."""
+    entries: list[_Line] = []
+    start = 0
+    while start < len(children):
+        end = start + 1
+        while end < len(children) and signatures[children[end]] == signatures[children[start]]:
+            end += 1
+        entries.append(_Line(children[start], depth, "node", 0))
+        first = children[start]
+        if (
+            end - start >= RUN_MIN
+            and index.leaf_counts[first] > 0
+            and first not in protected
+            and not is_nnx_variable_type(index.types[first])
+        ):
+            entries.append(_Line(children[start + 1], depth, "run", children[end - 1]))
+        else:
+            entries.extend(_Line(child, depth, "node", 0) for child in children[start + 1 : end])
+        start = end
+    return entries
+
+
+def _cut_to_budget(index: StructureIndex, lines: list[_Line]) -> list[_Line]:
+    """At most `MAX_LINES` lines: below the deepest level that fits, nodes are folded."""
+    if len(lines) <= MAX_LINES:
+        return lines
+    per_depth = collections.Counter(line.depth for line in lines)
+    shown, cut = 0, 0
+    for depth in range(max(per_depth) + 1):
+        if shown + per_depth[depth] > MAX_LINES and depth > 1:
+            break
+        shown += per_depth[depth]
+        cut = depth
+    return [
+        line._replace(kind="fold")
+        if line.depth == cut and line.kind == "node" and index.sizes[line.node] > 1
+        else line
+        for line in lines
+        if line.depth <= cut
+    ]
+
+
+def _has_children(index: StructureIndex, node: int) -> bool:
+    return index.sizes[node] > 1 and not is_nnx_variable_type(index.types[node])
 
 
 def _protected_nodes(index: StructureIndex) -> set[int]:
@@ -225,14 +290,20 @@ def _is_params_shaped(index: StructureIndex, node: int) -> bool:
     )
 
 
-def _signature(index: StructureIndex, node: int) -> tuple[Any, ...]:
-    """The structure of a subtree, with `MaskedNode` holes counted as leaves."""
-    end = node + index.sizes[node]
-    kinds = tuple(
-        None if index.is_leaf[n] or index.types[n].__name__ == "MaskedNode" else index.types[n]
-        for n in range(node + 1, end)
-    )
-    return (index.types[node], kinds, tuple(index.keys[node + 1 : end]), tuple(index.sizes[node + 1 : end]))
+def _signatures(index: StructureIndex) -> list[int]:
+    """For every node, a number that two nodes share exactly when their subtrees have one structure
+    (node types, keys and shapes; leaves and `MaskedNode` holes are alike). O(nodes): each node's
+    signature is interned from its type and its children's keys and signatures."""
+    interned: dict[tuple[Any, ...], int] = {}
+    signatures = [0] * len(index)
+    for node in range(len(index) - 1, -1, -1):
+        kind = index.types[node]
+        if index.is_leaf[node] or kind.__name__ == "MaskedNode":
+            structure: tuple[Any, ...] = ()
+        else:
+            structure = (kind, *((index.keys[c], signatures[c]) for c in index.children(node)))
+        signatures[node] = interned.setdefault(structure, len(interned))
+    return signatures
 
 
 # Rows (structure plus leaf metadata) ------------------------------------------------------------
@@ -253,31 +324,70 @@ def _row(index: StructureIndex, tree: Any, leaves: list[Any], stats: _LeafStats,
     path = index.path(node)
     type_name = index.types[node].__name__
     query = ""  # filled in lazily by Description.rows
-    start = index.leaf_starts[node]
-    subtree_leaves = leaves[start : start + index.leaf_counts[node]]
     like = None
     if line.kind == "more":
-        summary = f"... {line.other} more children"
+        summary = f"... {line.other:,} more children"
         return Row(path, query, line.depth, "", type_name, summary, True, None)
+    if line.kind == "run":
+        return _run_row(index, leaves, stats, line, path)
     if line.kind in ("fold", "like") or node == 0:
-        summary = _aggregate(index, node, stats, line.kind == "fold" or node == 0)
+        summary = _aggregate(index, node, node + 1, stats, line.kind == "fold" or node == 0)
         if line.kind == "like":
             like = index.path(line.other)
-            summary = f"like {''.join(str(k) for k in like) or '<root>'}, {summary}"
+            summary = f"like {keystr(like) or '<root>'}, {summary}"
         elif node != 0:
             summary = f"{type_name}, {summary}"
         else:
             summary = f"{type_name}: {summary}"
     elif index.is_leaf[node]:
-        summary = _leaf_summary(subtree_leaves[0])
+        summary = _leaf_summary(leaves[index.leaf_starts[node]])
     elif is_nnx_variable_type(index.types[node]):
-        summary = f"{type_name} {_leaf_summary(subtree_leaves[0])}" if subtree_leaves else type_name
+        inner = leaves[index.leaf_starts[node]] if index.leaf_counts[node] else None
+        summary = f"{type_name} {_leaf_summary(inner)}" if index.leaf_counts[node] else type_name
     else:
         summary = type_name
     if _is_hyperparameter(index, node) and scheduled_slot_on(tree, path) is not None:
         summary += " (scheduled)"
     folded = line.kind in ("fold", "like")
     return Row(path, query, line.depth, _label(index, node), type_name, summary, folded, like)
+
+
+def _run_row(index: StructureIndex, leaves: list[Any], stats: _LeafStats, line: _Line, path: KeyPath) -> Row:
+    """One line for the siblings `line.node` ... `line.other`, all of the structure of the sibling
+    shown before them, with the range of each injected hyperparameter across them."""
+    first, last = line.node, line.other
+    parent = index.parents[first]
+    siblings = list(index.children(parent))
+    position = siblings.index(first)
+    reference = siblings[position - 1]
+    members = siblings[position : siblings.index(last) + 1]
+    summary = f"{len(members):,} like {keystr(index.path(reference)) or '<root>'}, "
+    summary += _aggregate(index, first, last + 1, stats, False)
+    ranges = []
+    for offset in range(1, index.sizes[reference]):
+        if not _is_hyperparameter(index, reference + offset) or not index.is_leaf[reference + offset]:
+            continue
+        values = [_scalar_number(leaves[index.leaf_starts[m + offset]]) for m in members]
+        numbers = [v for v in values if v is not None]
+        name = _label(index, reference + offset)
+        if len(numbers) < len(values):
+            ranges.append(f"{name} ?")
+        elif min(numbers) == max(numbers):
+            ranges.append(f"{name} {min(numbers):.4g}")
+        else:
+            ranges.append(f"{name} {min(numbers):.4g} ... {max(numbers):.4g}")
+    if ranges:
+        summary += "; " + ", ".join(ranges[:8]) + (", ..." if len(ranges) > 8 else "")
+    label = f"{_label(index, first)} ... {_label(index, last)}"
+    return Row(path, "", line.depth, label, index.types[first].__name__, summary, True, index.path(reference))
+
+
+def _scalar_number(leaf: Any) -> float | None:
+    text = _scalar_value(leaf)
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
 
 
 class _LeafStats:
@@ -306,12 +416,15 @@ def _is_hyperparameter(index: StructureIndex, node: int) -> bool:
     return node > 1 and index.texts[index.parents[node]] == "hyperparams"
 
 
-def _aggregate(index: StructureIndex, node: int, stats: _LeafStats, with_keys: bool) -> str:
+def _aggregate(index: StructureIndex, node: int, end: int, stats: _LeafStats, with_keys: bool) -> str:
+    """Leaves, dtypes and bytes of the subtrees of the sibling nodes `node` to `end - 1`."""
     parts = []
     if with_keys and node != 0 and not index.is_leaf[node]:
         count = sum(1 for _ in index.children(node))
         parts.append(f"{count:,} key{'s' * (count != 1)}")
-    leaf_count, start = index.leaf_counts[node], index.leaf_starts[node]
+    last = end - 1
+    start = index.leaf_starts[node]
+    leaf_count = index.leaf_starts[last] + index.leaf_counts[last] - start
     parts.append(f"{leaf_count:,} lea{'ves' if leaf_count != 1 else 'f'}")
     dtypes, total = stats.summary(start, start + leaf_count)
     if dtypes:
@@ -339,11 +452,15 @@ def _bytes(count: int) -> str:
 
 
 def _leaf_summary(leaf: Any) -> str:
-    if isinstance(leaf, bool | int | float | complex):
-        return f"{type(leaf).__name__} = {leaf}"
+    if type(leaf) in (bool, int, float, complex):
+        return bounded(f"{type(leaf).__name__} = {leaf}", 60)
+    if leaf is None:
+        return "None"
     dtype, shape = getattr(leaf, "dtype", None), getattr(leaf, "shape", None)
     if dtype is None or shape is None:
-        return type(leaf).__name__
+        return bounded(type(leaf).__name__, 60)
+    if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted():
+        return f"{_dtype_name(dtype)}[{','.join(map(str, shape))}] (deleted)"
     weak = "weak_" if getattr(_aval(leaf), "weak_type", False) else ""
     text = f"{weak}{_dtype_name(dtype)}[{','.join(map(str, shape))}]"
     value = _scalar_value(leaf)
@@ -354,15 +471,19 @@ def _leaf_summary(leaf: Any) -> str:
 
 
 def _aval(leaf: Any) -> Any:
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return leaf
     try:
         return jax.typeof(leaf)
-    except TypeError:
+    except Exception:  # not a JAX type
         return None
 
 
 def _scalar_value(leaf: Any) -> str | None:
     """The value of a concrete 0-d number, read from this process's own copy only."""
-    if getattr(leaf, "ndim", None) != 0 or isinstance(leaf, jax.core.Tracer):
+    if getattr(leaf, "ndim", None) != 0 or isinstance(leaf, jax.core.Tracer | jax.ShapeDtypeStruct):
+        return None
+    if isinstance(leaf, jax.Array) and leaf.is_deleted():
         return None
     if not jnp.issubdtype(leaf.dtype, jnp.number) and leaf.dtype != np.bool_:
         return None
@@ -376,7 +497,9 @@ def _scalar_value(leaf: Any) -> str | None:
 
 def _sharding_text(leaf: Any) -> str:
     sharding = getattr(leaf, "sharding", None)
-    if sharding is None or isinstance(leaf, jax.core.Tracer) or len(sharding.device_set) <= 1:
+    if sharding is None or isinstance(leaf, jax.core.Tracer) or not hasattr(sharding, "device_set"):
+        return ""
+    if len(sharding.device_set) <= 1:
         return ""
     spec = getattr(sharding, "spec", None)
     if spec is not None and any(axis is not None for axis in spec):
@@ -403,7 +526,7 @@ def _html(rows: tuple[Row, ...]) -> str:
             parts.append("</details>")
             open_depths.pop()
         text = html.escape(_text_line(row).strip())
-        title = html.escape("".join(str(k) for k in row.path) or "<root>", quote=True)
+        title = html.escape(bounded(keystr(row.path), 200) or "<root>", quote=True)
         has_children = number + 1 < len(rows) and rows[number + 1].depth > row.depth
         margin = f"margin-left: {row.depth}em"
         if has_children:

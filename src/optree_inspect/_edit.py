@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax._src.lax import lax as lax_internal
-from jax.tree_util import DictKey, GetAttrKey
+from jax.tree_util import DictKey, GetAttrKey, keystr
 
 from ._closures import ConstantHyperparameter, read_optimizer
 from ._errors import ConstantHyperparameterError, ScheduledHyperparameterError, bounded
@@ -90,7 +90,7 @@ def set(tree: Any, query: Any, value: Any = _UNSET, /, *, every: bool = False, o
 
 
 def _path_text(path: KeyPath) -> str:
-    return bounded("".join(str(k) for k in path) or "<root>", 100)
+    return bounded(keystr(path) or "<root>", 100)
 
 
 def _refuse_overlaps(paths: list[KeyPath]) -> None:

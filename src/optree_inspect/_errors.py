@@ -1,20 +1,36 @@
-"""The error family of optree_inspect (DESIGN.md section 5)."""
+"""The error family of optree_inspect: every error a public function raises derives from `Error`.
+
+Each message is bounded (`MAX_MESSAGE` characters) whatever the size of the tree, the query or the
+value: the pieces are cut with `bounded` where they are written, and `Error.__str__` cuts the whole.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 MAX_LISTED = 8
 """How many candidates, children or suggestions an error message lists at most."""
+MAX_MESSAGE = 4000
+"""No message of this package is longer than this many characters."""
 
 
-class QueryError(KeyError):
+class Error(Exception):
+    """The root of every documented error of optree_inspect.
+
+    `str(error)` is the plain message, cut to `MAX_MESSAGE` characters.
+    """
+
+    def __str__(self) -> str:
+        text = str(self.args[0]) if self.args else ""
+        return bounded(text, MAX_MESSAGE)
+
+
+class QueryError(Error, KeyError):
     """A query that does not select what the verb needs.
 
     A `KeyError` (so a `LookupError`), so code written for `optax.tree_utils` that catches
     `KeyError` still catches it. Unlike `KeyError`, `str(error)` is the plain message.
     """
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class NoMatchError(QueryError):
@@ -29,24 +45,65 @@ class QuerySyntaxError(QueryError, ValueError):
     """A query string that cannot be parsed; the message points at the offending character."""
 
     def __init__(self, query: str, position: int, reason: str) -> None:
-        shown = query if len(query) <= 120 else query[:117] + "..."
-        caret = " " * min(position, len(shown)) + "^"
-        super().__init__(f"{reason} at position {position} of the query:\n  {shown}\n  {caret}")
+        start = max(0, position - 60)
+        shown = query[start : start + 120]
+        prefix = "..." if start else ""
+        suffix = "..." if start + 120 < len(query) else ""
+        caret = " " * (len(prefix) + min(position - start, len(shown))) + "^"
+        super().__init__(
+            f"{reason} at position {position} of the query:\n  {prefix}{shown}{suffix}\n  {caret}"
+        )
         self.query = query
         self.position = position
 
 
-class ScheduledHyperparameterError(ValueError):
+class ScheduledHyperparameterError(Error, ValueError):
     """`set` on a hyperparameter whose value a schedule recomputes at every update."""
 
 
-class ConstantHyperparameterError(ValueError):
+class ConstantHyperparameterError(Error, ValueError):
     """`set` on a hyperparameter the optimizer keeps in its closures (with `optimizer=`)."""
+
+
+class OptimizerMismatchError(Error, ValueError):
+    """`optimizer=` names an optimizer whose structure contradicts the state's."""
+
+
+class StructureError(Error, ValueError):
+    """A value for `set` whose structure or shape differs from the node it replaces, or a value
+    outside the range of the leaf's dtype."""
+
+
+class LeafTypeError(Error, TypeError):
+    """A value for `set` of another kind than the leaf (float into an int leaf, a string into an
+    array leaf), or a leaf that holds no value to change (an abstract `jax.ShapeDtypeStruct`)."""
+
+
+class DeletedArrayError(Error, ValueError):
+    """The selected array was deleted (donated to a jitted function): its data is gone."""
+
+
+class TreeTooDeepError(Error, ValueError):
+    """The tree is nested deeper than JAX can flatten (about 1,000 levels)."""
+
+
+class InvalidArgumentError(Error, TypeError):
+    """An argument of the wrong kind: a query that is none of the five forms, an optimizer that is
+    not an optax `GradientTransformation`."""
 
 
 def bounded(text: str, limit: int = 80) -> str:
     """`text` cut to `limit` characters, so that no message grows with the tree."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters; never fails."""
+    try:
+        text = repr(value)
+    except Exception:  # a user object whose repr raises
+        text = f"<{type(value).__name__}>"
+    return bounded(text, limit)
 
 
 def listing(items: list[str], total: int | None = None) -> str:

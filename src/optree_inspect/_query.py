@@ -1,4 +1,4 @@
-"""Parsing the `query` argument of `find`, `get` and `set` into a query object (DESIGN.md section 1).
+"""Parsing the `query` argument of `find`, `get` and `set` into a query object (README: Queries).
 
 Five forms: a key path (a tuple of JAX key entries), a keystr (a string that starts with `.` or `[`,
 or is empty), a pattern (any other string), a type, and a predicate. Strings are read by a small
@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
+from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey, keystr
 
-from ._errors import QuerySyntaxError
+from ._errors import InvalidArgumentError, QuerySyntaxError
 
 KeyEntry: TypeAlias = DictKey | SequenceKey | GetAttrKey | FlattenedIndexKey
 KeyPath: TypeAlias = tuple[KeyEntry, ...]
@@ -112,17 +112,21 @@ def parse_query(query: object) -> Query:
     ['body', 'learning_rate']
     """
     if isinstance(query, str):
-        return _parse_string(query)
+        # Long strings are parsed each time, so that the parse cache never pins much memory.
+        return _parse_string(query) if len(query) <= _CACHED_LENGTH else _parse_string.__wrapped__(query)
     if isinstance(query, tuple) and all(isinstance(k, KEY_TYPES) for k in query):
         return ExactQuery(tuple(query), _keystr(query))
     if isinstance(query, type):
         return TypeQuery(query)
     if callable(query):
         return PredicateQuery(query)
-    raise TypeError(
+    raise InvalidArgumentError(
         "A query is a key path (a tuple of jax.tree_util key entries), a string, a type or a "
         f"predicate `lambda path, node: ...`; got {type(query).__name__}."
     )
+
+
+_CACHED_LENGTH = 256
 
 
 @functools.lru_cache(maxsize=1024)
@@ -201,7 +205,7 @@ def _parse_bracket(text: str, start: int) -> tuple[Step, int]:
         while pos < len(text) and not (text[pos] == "]" and depth == 0):
             if text[pos] in "([{":
                 depth += 1
-            elif text[pos] in ")}":
+            elif text[pos] in ")]}":
                 depth -= 1
             elif text[pos] in "'\"":
                 pos = _scan_string_literal(text, pos) - 1
@@ -216,7 +220,7 @@ def _parse_bracket(text: str, start: int) -> tuple[Step, int]:
         raise QuerySyntaxError(text, start + 1, "Empty brackets")
     try:
         value = ast.literal_eval(inner)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise QuerySyntaxError(
             text, start + 1, "Expected a literal such as 0 or 'name' inside brackets"
         ) from None
@@ -242,4 +246,4 @@ def _scan_string_literal(text: str, pos: int) -> int:
 
 
 def _keystr(path: Sequence[KeyEntry]) -> str:
-    return "".join(str(k) for k in path)
+    return keystr(path)

@@ -8,10 +8,11 @@ import itertools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
+from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey, keystr
 
 from ._closures import ConstantHyperparameter, read_optimizer
 from ._errors import AmbiguousMatchError, NoMatchError, bounded, listing
+from ._match import item_matches, key_kind, match, prefix_matches
 from ._optax_states import missing_hyperparameter_hint
 from ._query import (
     KEY_TYPES,
@@ -32,6 +33,7 @@ from ._query import (
     parse_query,
 )
 from ._tree import (
+    _DICT_TYPES,
     _MISSING,
     StructureIndex,
     child_at,
@@ -148,7 +150,7 @@ def matching_nodes(index: StructureIndex, query: PatternQuery | TypeQuery) -> tu
         if isinstance(query, TypeQuery):
             found = tuple(n for n, kind in enumerate(index.types) if issubclass(kind, query.cls))
         else:
-            found = tuple(_match_pattern(index, query.components, query.enters_schedule_bookkeeping))
+            found = tuple(match(index, query.components, query.enters_schedule_bookkeeping))
         index.results[memo_key] = found
     return found
 
@@ -158,64 +160,6 @@ def find_in_index(index: StructureIndex, pattern: str) -> tuple[int, ...]:
     parsed = parse_query(pattern)
     assert isinstance(parsed, PatternQuery)
     return matching_nodes(index, parsed)
-
-
-# Patterns --------------------------------------------------------------------------------------
-
-
-def _component_matches(component: Component, index: StructureIndex, node: int) -> bool:
-    """Whether `component` matches the edge into `node` (its key, or its type's name)."""
-    if isinstance(component, Item):
-        key = index.keys[node]
-        if isinstance(key, DictKey):
-            return type(key.key) is type(component.key) and key.key == component.key
-        return isinstance(key, SequenceKey) and type(component.key) is int and key.idx == component.key
-    type_name = index.types[node].__name__
-    if component.is_glob:
-        text = index.texts[node]
-        return (node > 0 and fnmatch.fnmatchcase(text, component.text)) or fnmatch.fnmatchcase(
-            type_name, component.text
-        )
-    return (node > 0 and index.texts[node] == component.text) or type_name == component.text
-
-
-def _last_candidates(index: StructureIndex, last: Component) -> Sequence[int]:
-    if isinstance(last, Name) and not last.is_glob:
-        by_text = index.by_text.get(last.text, [])
-        by_type = index.by_type_name.get(last.text, [])
-        return sorted({*by_text, *by_type}) if by_type else by_text
-    if isinstance(last, Item):
-        return index.by_text.get(str(last.key), [])
-    return range(len(index))
-
-
-def _prefix_matches(index: StructureIndex, prefix: Sequence[Component], chain: list[int]) -> bool:
-    """Whether `prefix` matches a subsequence of the edges into `chain` (greedy is optimal)."""
-    if not prefix:
-        return True
-    position = 0
-    for ancestor in chain:
-        if _component_matches(prefix[position], index, ancestor):
-            position += 1
-            if position == len(prefix):
-                return True
-    return False
-
-
-def _pattern_selects(index: StructureIndex, components: Sequence[Component], enters: bool, node: int) -> bool:
-    return (
-        (enters or not index.in_bookkeeping[node])
-        and _component_matches(components[-1], index, node)
-        and _prefix_matches(index, components[:-1], index.ancestors(node))
-    )
-
-
-def _match_pattern(index: StructureIndex, components: Sequence[Component], enters: bool) -> list[int]:
-    return [
-        node
-        for node in _last_candidates(index, components[-1])
-        if _pattern_selects(index, components, enters, node)
-    ]
 
 
 def constant_matches(
@@ -236,7 +180,7 @@ def constant_matches(
                 continue
             index = structure_index(tree)
             node = index.number_of(constant.node_path)
-            if node is not None and _prefix_matches(
+            if node is not None and prefix_matches(
                 index, query.components[:-1], [*index.ancestors(node), node]
             ):
                 found.append((constant.path, constant.value))
@@ -253,13 +197,14 @@ def _step_matches(step: Step | KeyEntry, key: KeyEntry) -> bool:
         return isinstance(key, GetAttrKey) and key.name == step.name
     if isinstance(step, FlatIndex):
         return isinstance(key, FlattenedIndexKey) and key.key == step.index
-    if isinstance(key, DictKey):
-        return type(key.key) is type(step.key) and key.key == step.key
-    return isinstance(key, SequenceKey) and type(step.key) is int and key.idx == step.key
+    return item_matches(step, key)
 
 
 def _exact_key(node: Any, step: Step | KeyEntry) -> KeyEntry | None:
     """The key of `node`'s child that `step` names, looked up in O(1) where JAX's layout allows."""
+    if type(node) in _DICT_TYPES and isinstance(step, DictKey | Item):
+        stored = _stored_key(node, step.key)
+        return None if stored is _MISSING else DictKey(stored)
     if isinstance(step, KEY_TYPES):
         return step if child_at(node, step) is not _MISSING else None
     if isinstance(step, Item):
@@ -272,6 +217,21 @@ def _exact_key(node: Any, step: Step | KeyEntry) -> KeyEntry | None:
         if _step_matches(step, key):
             return key
     return None
+
+
+def _stored_key(node: dict[Any, Any], key: Any) -> Any:
+    """The key of the dict `node` that equals `key` and is of its kind (`0` is not `False`)."""
+    try:
+        if key not in node:
+            return _MISSING
+    except TypeError:  # unhashable
+        return _MISSING
+    if isinstance(key, str):
+        return key  # only a str (or a subclass) equals a str
+    for stored in node:
+        if key_kind(stored) == key_kind(key) and stored == key:
+            return stored
+    return _MISSING
 
 
 def _walk_exact(tree: Any, steps: Sequence[Step | KeyEntry]) -> tuple[KeyPath, Any] | None:
@@ -305,7 +265,7 @@ def no_match_error(tree: Any, query: Query, optimizer: Any = None) -> NoMatchErr
             key = _exact_key(node, step)
             if key is None:
                 children = [str(k) for k, _ in children_with_keys(node) or ()]
-                where = "".join(str(k) for k in done) or "the root"
+                where = keystr(tuple(done)) or "the root"
                 what = type(node).__name__
                 if not children:
                     return NoMatchError(f"No node at {text}: {where} is a {what} with no children.")
@@ -335,7 +295,7 @@ def no_match_error(tree: Any, query: Query, optimizer: Any = None) -> NoMatchErr
     if close:
         lines.append(f"Close names in the tree: {', '.join(close[:8])}.")
     if any(index.in_bookkeeping) and not query.enters_schedule_bookkeeping:
-        in_schedules = [n for n in _match_pattern(index, query.components, True) if index.in_bookkeeping[n]]
+        in_schedules = [n for n in match(index, query.components, True) if index.in_bookkeeping[n]]
         if in_schedules:
             lines.append(
                 f"It matches schedule bookkeeping, which a pattern enters only when it names "
@@ -364,7 +324,7 @@ def ambiguous_error(
     )
     rows = []
     for path in paths[:8]:
-        path_text = "".join(str(k) for k in path) or "<root>"
+        path_text = keystr(path) or "<root>"
         if path in constants:
             query_for = repr(constant_query(tree, index, constants[path], list(constants.values())))
         else:
@@ -410,7 +370,7 @@ def shortest_query(index: StructureIndex, node: int) -> str:
         return cached
     best = _search_shortest(index, node)
     if best is None:
-        best = "".join(str(k) for k in index.path(node))
+        best = keystr(index.path(node))
     index.short_queries[node] = best
     return best
 
@@ -422,14 +382,15 @@ def _search_shortest(index: StructureIndex, node: int) -> str | None:
     for size in range(0, 4):
         found = []
         for last_text, last in _options(index, node):
-            candidates = _last_candidates(index, last)
             for prefix in itertools.combinations(ancestor_options, size):
                 parts = [*(t for t, _ in prefix), last_text]
                 if parts[0].startswith("["):
                     continue
                 components = [*(c for _, c in prefix), last]
-                enters = any(t == SCHEDULE_BOOKKEEPING for t in parts)
-                if _selects_only(index, components, enters, node, candidates):
+                enters = SCHEDULE_BOOKKEEPING in parts
+                if index.in_bookkeeping[node] and not enters:
+                    continue
+                if match(index, components, enters) == [node]:
                     found.append(_join(parts))
         if found:
             return min(found, key=lambda q: (sum(p.isdigit() for p in q.split(".")), len(q), q))
@@ -445,7 +406,7 @@ def constant_query(
     """The shortest pattern that selects an optimizer-held hyperparameter alone, or its keystr."""
     node = index.number_of(constant.node_path)
     if node is None:
-        return "".join(str(k) for k in constant.path)
+        return keystr(constant.path)
     options = [opt for a in [*index.ancestors(node), node] for opt in _options(index, a)]
     for size in range(0, 4):
         found = []
@@ -460,18 +421,4 @@ def constant_query(
                 found.append(pattern.text)
         if found:
             return min(found, key=lambda q: (sum(p.isdigit() for p in q.split(".")), len(q), q))
-    return "".join(str(k) for k in constant.path)
-
-
-def _selects_only(
-    index: StructureIndex,
-    components: Sequence[Component],
-    enters: bool,
-    node: int,
-    candidates: Sequence[int],
-) -> bool:
-    if not _pattern_selects(index, components, enters, node):
-        return False
-    return not any(
-        other != node and _pattern_selects(index, components, enters, other) for other in candidates
-    )
+    return keystr(constant.path)

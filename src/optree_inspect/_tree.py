@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import functools
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
+from ._errors import TreeTooDeepError
 from ._query import SCHEDULE_BOOKKEEPING, KeyEntry, KeyPath
 
 _REGISTRY = jax.tree_util.default_registry
@@ -115,6 +118,19 @@ def _keys_follow_structure(node: Any, pairs: list[tuple[KeyEntry, Any]]) -> bool
     return False
 
 
+def _cacheable_node(node: Any, pairs: list[tuple[KeyEntry, Any]]) -> bool:
+    """Whether an index holding `node` may be cached under its treedef (see `index_and_leaves`)."""
+    if not _keys_follow_structure(node, pairs):
+        return False
+    if any(isinstance(k, DictKey) and type(k.key) is not str for k, _ in pairs):
+        return False
+    kind = type(node)
+    if kind in _DICT_TYPES or kind is tuple or kind is list or is_namedtuple(node):
+        return True
+    flat = _REGISTRY.flatten_one_level(node)
+    return flat is None or _aux_is_inert(flat[1])
+
+
 @dataclass
 class StructureIndex:
     """Every node of one tree structure, in pre-order, as parallel lists indexed by node number."""
@@ -145,6 +161,23 @@ class StructureIndex:
             starts.append(seen)
             seen += self.is_leaf[number]
         return starts
+
+    @functools.cached_property
+    def depths(self) -> list[int]:
+        """How many edges lead from the root to each node."""
+        depths = [0] * len(self.keys)
+        for number in range(1, len(self.keys)):
+            depths[number] = depths[self.parents[number]] + 1
+        return depths
+
+    @functools.cached_property
+    def max_depth(self) -> int:
+        return max(self.depths)
+
+    @functools.cached_property
+    def longest_name(self) -> int:
+        """The length of the longest edge text or type name: no glob needing more can match."""
+        return max(len(name) for names in (self.by_text, self.by_type_name) for name in names)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -202,7 +235,7 @@ def build_index(tree: Any) -> StructureIndex:
         index.by_type_name.setdefault(kind.__name__, []).append(number)
         if pairs is None:
             continue
-        if index.cacheable and not _keys_follow_structure(node, pairs):
+        if index.cacheable and not _cacheable_node(node, pairs):
             index.cacheable = False
         enters = kind.__name__ in INJECT_STATE_NAMES
         for child_key, child in reversed(pairs):
@@ -217,10 +250,20 @@ def build_index(tree: Any) -> StructureIndex:
     return index
 
 
-_CACHE: dict[Any, StructureIndex] = {}
+_CACHE: collections.OrderedDict[Any, StructureIndex] = collections.OrderedDict()
 _CACHE_SIZE = 32
-_last: tuple[Any, StructureIndex] | None = None
-"""The treedef and index of the last lookup: a training loop asks about one structure every step."""
+_LOCK = threading.Lock()
+_last: tuple[Any, tuple[type, ...], StructureIndex] | None = None
+"""The treedef, leaf types and index of the last lookup: a training loop asks about one structure
+every step."""
+
+
+def clear_caches() -> None:
+    """Forget every cached structure index (for tests and long sessions)."""
+    global _last
+    with _LOCK:
+        _CACHE.clear()
+        _last = None
 
 
 def structure_index(tree: Any) -> StructureIndex:
@@ -228,44 +271,106 @@ def structure_index(tree: Any) -> StructureIndex:
     return index_and_leaves(tree)[0]
 
 
+def flatten(tree: Any) -> tuple[list[Any], Any]:
+    """`jax.tree.flatten`, with JAX's own depth limit turned into a documented error."""
+    try:
+        return jax.tree.flatten(tree)
+    except (RecursionError, SystemError) as error:
+        if isinstance(error, SystemError) and not isinstance(error.__context__, RecursionError):
+            raise
+        raise TreeTooDeepError(
+            "The tree is nested deeper than JAX can flatten (about 1,000 levels); no JAX function "
+            "can take it. Look inside it with an exact path from a shallower node."
+        ) from None
+
+
 def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
     """The structure index of `tree` and its leaves, from one structural pass.
 
-    The cache is keyed on the tree's `PyTreeDef`. Two trees with equal treedefs have the same node
-    types, aux data and children counts, so the same pre-order, types and leaf ranges; their keys
-    agree too for every node that `_keys_follow_structure` accepts, and an index with any other
-    node is never stored. So a cached index always describes exactly the tree it is used for.
+    The cache is keyed on the tree's `PyTreeDef` and the types of its leaves. Two trees with equal
+    treedefs have the same node types, aux data and children counts, so the same pre-order and leaf
+    ranges; equal leaf types make the types of every node equal. An index is stored only when the
+    keys of every node are fixed by the treedef (`_keys_follow_structure`) and every dict key is a
+    `str`: treedef equality compares dict keys with `==`, under which `0`, `0.0` and `False` are
+    one key, but no other built-in type equals a `str`. So a cached index always describes exactly
+    the tree it is used for. It is also stored only when the aux data of every node is inert
+    (`_aux_is_inert`), so that the cache never keeps a user's object alive.
 
     The last treedef used is tried first with `flatten_up_to`, which raises on any difference of
     node type, arity, dict keys or aux data and returns, in place of each treedef leaf, whatever
     the tree has there; `all_leaves` then rules out a subtree standing where the treedef has a
-    leaf. Together that is treedef equality, checked in one pass instead of building a treedef
-    and comparing it (about half the cost).
+    leaf, and the leaf types are compared. Together that is the cache key's equality, checked in
+    one pass instead of building a treedef and comparing it (about half the cost).
     """
     global _last
-    if _last is not None:
-        treedef, index = _last
+    last = _last
+    if last is not None:
+        treedef, leaf_types, index = last
         try:
             leaves = treedef.flatten_up_to(tree)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError, SystemError):
             pass
         else:
-            if jax.tree_util.all_leaves(leaves):
+            if tuple(map(type, leaves)) == leaf_types and jax.tree_util.all_leaves(leaves):
                 return index, leaves
-    leaves, treedef = jax.tree.flatten(tree)
+    leaves, treedef = flatten(tree)
+    leaf_types = tuple(map(type, leaves))
+    key = (treedef, leaf_types)
     try:
-        index = _CACHE.get(treedef)  # type: ignore[assignment]
+        with _LOCK:
+            index = _CACHE.get(key)  # type: ignore[assignment]
     except TypeError:  # unhashable aux data
         return build_index(tree), leaves
     if index is None:
         index = build_index(tree)
         if not index.cacheable:
             return index, leaves
-        _CACHE[treedef] = index
-        if len(_CACHE) > _CACHE_SIZE:  # first in, first out: a hit costs one lookup, no reordering
-            del _CACHE[next(iter(_CACHE))]
-    _last = (treedef, index)
+        with _LOCK:
+            _CACHE[key] = index
+            while len(_CACHE) > _CACHE_SIZE:  # first in, first out: a hit costs one lookup
+                _CACHE.popitem(last=False)
+    _last = (treedef, leaf_types, index)
     return index, leaves
+
+
+_INERT_SCALARS = (type(None), bool, int, float, complex, str, bytes, type)
+
+
+def _aux_is_inert(aux: Any, depth: int = 0) -> bool:
+    """Whether `aux` holds only values whose lifetime no tree controls: literals, types, and
+    functions or objects defined at module level (a module keeps them alive anyway)."""
+    if isinstance(aux, _INERT_SCALARS) or aux is dataclasses.MISSING:
+        return True
+    if depth > 8:
+        return False
+    if isinstance(aux, tuple | list | frozenset):
+        return all(_aux_is_inert(item, depth + 1) for item in aux)
+    if type(aux) is dict:
+        return all(_aux_is_inert(k, depth + 1) and _aux_is_inert(v, depth + 1) for k, v in aux.items())
+    if isinstance(aux, enum.Enum) or _holds_nothing(aux):
+        return True
+    return _is_module_level(aux)
+
+
+def _holds_nothing(value: Any) -> bool:
+    """An object with no attributes of its own (a sentinel): keeping it pins nothing else."""
+    kind = type(value)
+    return (
+        not getattr(value, "__dict__", None)
+        and all(not getattr(k, "__slots__", ()) for k in kind.__mro__ if k is not object)
+        and kind.__module__ != "builtins"
+    )
+
+
+def _is_module_level(value: Any) -> bool:
+    module = sys.modules.get(getattr(value, "__module__", None) or "")
+    qualname = getattr(value, "__qualname__", None)
+    if module is None or not isinstance(qualname, str) or "<locals>" in qualname:
+        return False
+    found: Any = module
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is value
 
 
 def walk_with_paths(tree: Any) -> Iterator[tuple[KeyPath, Any]]:
