@@ -1,8 +1,10 @@
-"""Editing: `set`, and coercing new values to the leaves they replace (DESIGN.md section 3)."""
+"""Editing: `set`, and coercing new values to the leaves they replace (README: The verbs)."""
 
 from __future__ import annotations
 
 import copy
+import functools
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,17 +15,35 @@ from jax._src.lax import lax as lax_internal
 from jax.tree_util import DictKey, GetAttrKey, keystr
 
 from ._closures import ConstantHyperparameter, read_optimizer
-from ._errors import ConstantHyperparameterError, ScheduledHyperparameterError, bounded
-from ._optax_states import INJECT_EXAMPLE, schedule_step_query, scheduled_slot_on
+from ._errors import (
+    ConstantHyperparameterError,
+    DeletedArrayError,
+    EditConflictError,
+    InvalidArgumentError,
+    LeafTypeError,
+    ScheduledHyperparameterError,
+    StructureError,
+    bounded,
+    short_repr,
+)
+from ._optax_states import (
+    INJECT_EXAMPLE,
+    ScheduledSlot,
+    schedule_step_query,
+    scheduled_slot_on,
+    scheduled_slots_under,
+)
 from ._query import KeyEntry, KeyPath, parse_query
 from ._resolve import _UNSET, constant_matches, no_match_error, resolve_all, resolve_one
 from ._tree import (
     _DICT_TYPES,
+    _MISSING,
     child_at,
     children_with_keys,
     is_namedtuple,
     is_nnx_variable_type,
     structure_index,
+    value_at,
 )
 
 _PYTHON_SCALARS = (bool, int, float, complex)
@@ -61,10 +81,12 @@ def set(tree: Any, query: Any, value: Any = _UNSET, /, *, every: bool = False, o
     """
     if isinstance(query, Mapping):
         if value is not _UNSET:
-            raise TypeError("Pass either set(tree, query, value) or set(tree, {query: value, ...}).")
+            raise InvalidArgumentError(
+                "Pass either set(tree, query, value) or set(tree, {query: value, ...})."
+            )
         edits = list(query.items())
     elif value is _UNSET:
-        raise TypeError("set(tree, query, value) needs a value.")
+        raise InvalidArgumentError("set(tree, query, value) needs a value.")
     else:
         edits = [(query, value)]
 
@@ -81,12 +103,21 @@ def set(tree: Any, query: Any, value: Any = _UNSET, /, *, every: bool = False, o
             matches = [resolve_one(tree, parsed)]
         for path, old in matches:
             if path in targets:
-                raise ValueError(f"Two edits select the same node {_path_text(path)}.")
+                raise EditConflictError(f"Two edits select the same node {_path_text(path)}.")
             targets[path] = (old, edit_value)
     _refuse_overlaps(list(targets))
     _refuse_scheduled(tree, list(targets))
-    new_values = {path: coerce(old, new, path) for path, (old, new) in targets.items()}
-    return _rebuild(tree, list(new_values.items()), 0)
+    called = {
+        path: call_on(new, old, path) if is_function(new) else new for path, (old, new) in targets.items()
+    }
+    _refuse_schedules_changed_from_above(
+        tree, {path: (targets[path][0], new) for path, new in called.items()}
+    )
+    new_values = {path: coerce(targets[path][0], new, path, call=False) for path, new in called.items()}
+    return _rebuild(tree, list(new_values.items()))
+
+
+_REGISTRY = jax.tree_util.default_registry
 
 
 def _path_text(path: KeyPath) -> str:
@@ -94,12 +125,13 @@ def _path_text(path: KeyPath) -> str:
 
 
 def _refuse_overlaps(paths: list[KeyPath]) -> None:
-    ordered = sorted(paths, key=len)
-    for number, shorter in enumerate(ordered):
-        for longer in ordered[number + 1 :]:
-            if longer[: len(shorter)] == shorter:
-                raise ValueError(
-                    f"Two edits overlap: {_path_text(shorter)} contains {_path_text(longer)}; "
+    """No edit inside another: each path's proper prefixes are looked up, O(total depth)."""
+    edited = frozenset(paths)
+    for longer in paths:
+        for length in range(len(longer)):
+            if longer[:length] in edited:
+                raise EditConflictError(
+                    f"Two edits overlap: {_path_text(longer[:length])} contains {_path_text(longer)}; "
                     "edit the node or its descendant, not both."
                 )
 
@@ -118,106 +150,329 @@ def _refuse_scheduled(tree: Any, paths: list[KeyPath]) -> None:
     for path in paths:
         slot = scheduled_slot_on(tree, path)
         if slot is not None:
-            where = _path_text((*slot.state_path, GetAttrKey("hyperparams"), DictKey(slot.name)))
-            step = schedule_step_query(structure_index(tree), slot)
-            raise ScheduledHyperparameterError(
-                f"{slot.name!r} at {where} is driven by a schedule: optax recomputes it from the "
-                "schedule at every update, so a value set here would be overwritten at the next "
-                "step. To move the schedule, set its step instead:\n"
-                f"  >>> state = oi.set(state, {step!r}, new_step)\n"
-                "or build the optimizer with a constant (or another schedule) for it."
-            )
+            raise _scheduled_error(tree, slot)
+
+
+def _refuse_schedules_changed_from_above(tree: Any, targets: dict[KeyPath, tuple[Any, Any]]) -> None:
+    """Refuse an edit of an ancestor of an inject state that changes a scheduled hyperparameter
+    but keeps its schedule's state: the schedule would undo it at the next update."""
+    for path, (_, new) in targets.items():
+        for slot in scheduled_slots_under(tree, path):
+            relative = slot.state_path[len(path) :]
+            value_path = (*relative, GetAttrKey("hyperparams"), DictKey(slot.name))
+            schedule_path = (*relative, GetAttrKey("hyperparams_states"), DictKey(slot.name))
+            old_state = value_at(tree, slot.state_path)
+            old_value = value_at(old_state, value_path[len(relative) :])
+            old_schedule = value_at(old_state, schedule_path[len(relative) :])
+            new_value, new_schedule = _walk(new, value_path), _walk(new, schedule_path)
+            if new_value is old_value or _same_values(new_value, old_value):
+                continue
+            if new_schedule is old_schedule or _same_values(new_schedule, old_schedule):
+                raise _scheduled_error(tree, slot)
+
+
+def _walk(node: Any, path: KeyPath) -> Any:
+    for key in path:
+        if node is _MISSING:
+            return node
+        node = child_at(node, key)
+    return node
+
+
+def _same_values(new: Any, old: Any) -> bool:
+    """Whether two trees hold equal concrete values (a tracer is never known to be equal)."""
+    if new is _MISSING:
+        return False
+    new_leaves, new_def = jax.tree.flatten(new)
+    old_leaves, old_def = jax.tree.flatten(old)
+    if new_def != old_def:
+        return False
+    for a, b in zip(new_leaves, old_leaves, strict=True):
+        if a is b:
+            continue
+        if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+            return False
+        try:
+            if not np.array_equal(np.asarray(a), np.asarray(b)):
+                return False
+        except Exception:  # values that cannot be compared are not known to be equal
+            return False
+    return True
+
+
+def _scheduled_error(tree: Any, slot: ScheduledSlot) -> ScheduledHyperparameterError:
+    where = _path_text((*slot.state_path, GetAttrKey("hyperparams"), DictKey(slot.name)))
+    step = schedule_step_query(structure_index(tree), slot)
+    return ScheduledHyperparameterError(
+        f"{slot.name!r} at {where} is driven by a schedule: optax recomputes it from the "
+        "schedule at every update, so a value set here would be overwritten at the next "
+        "step. To move the schedule, set its step instead:\n"
+        f"  >>> state = oi.set(state, {step!r}, new_step)\n"
+        "or build the optimizer with a constant (or another schedule) for it."
+    )
 
 
 # Coercion --------------------------------------------------------------------------------------
 
 
-def coerce(old: Any, new: Any, path: KeyPath = ()) -> Any:
-    """`new` made to stand where `old` stands: same structure, and each leaf as `coerce_leaf` makes it."""
-    if callable(new) and not _is_array_like(new) and not isinstance(new, type):
-        new = new(old)
+_FUNCTION_TYPES = (
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    functools.partial,
+    np.ufunc,
+)
+
+
+def is_function(value: Any) -> bool:
+    """Whether `set` calls `value` on the old node: a plain function, lambda, method, builtin,
+    `functools.partial`, NumPy ufunc or jitted function that JAX treats as a leaf. A pytree node
+    (an `eqx.Module`, an nnx Module, a flax struct, `jax.tree_util.Partial`) is always a value,
+    even if it is callable, and so is any other object."""
+    if not isinstance(value, _FUNCTION_TYPES) and not _is_jitted(value):
+        return False
+    return children_with_keys(value) is None
+
+
+def _is_jitted(value: Any) -> bool:
+    return type(value).__name__ == "PjitFunction" or isinstance(value, jax.stages.Wrapped)
+
+
+def call_on(function: Any, old: Any, path: KeyPath) -> Any:
+    """`function(old)`, refusing a deleted array first (calling would fail without a path)."""
+    if isinstance(old, jax.Array) and not isinstance(old, jax.core.Tracer) and old.is_deleted():
+        raise DeletedArrayError(
+            f"The array at {_path_text(path)} was deleted (donated to a jitted function?): a function "
+            "cannot be called on it. Set a value instead, or use the state the jitted call returned."
+        )
+    return function(old)
+
+
+class _Frame:
+    """A node of the value being coerced: the old node, its path, its children done and to do."""
+
+    __slots__ = ("done", "old", "path", "pending")
+
+    def __init__(self, old: Any, path: KeyPath, pending: list[tuple[KeyEntry, Any, Any]]) -> None:
+        self.old, self.path, self.pending = old, path, pending
+        self.done: dict[KeyEntry, Any] = {}
+
+
+def coerce(old: Any, new: Any, path: KeyPath = (), *, call: bool = True) -> Any:
+    """`new` made to stand where `old` stands: same structure, and each leaf as `coerce_leaf` makes it.
+
+    Functions in `new` (see `is_function`) are called on the old node they stand for. Iterative,
+    so that any depth JAX can flatten is fine.
+    """
+    stack: list[_Frame] = []
+    item: Any = _enter(old, new, path, call)
+    while True:
+        if isinstance(item, _Frame):
+            stack.append(item)
+        elif not stack:
+            return item.value
+        else:
+            top = stack[-1]
+            top.done[top.pending.pop()[0]] = item.value
+        top = stack[-1]
+        if top.pending:
+            key, old_child, new_child = top.pending[-1]
+            item = _enter(old_child, new_child, (*top.path, key), True)
+        else:
+            stack.pop()
+            item = _Replacement(_replace_children(top.old, top.done))
+
+
+def _enter(old: Any, new: Any, path: KeyPath, call: bool) -> _Frame | _Replacement:
+    if call and is_function(new):
+        new = call_on(new, old, path)
     if is_nnx_variable_type(type(old)) and not is_nnx_variable_type(type(new)):
         [(key, inner)] = children_with_keys(old) or []
-        return _replace_children(old, {key: coerce(inner, new, (*path, key))})
+        return _Frame(old, path, [(key, inner, new)])
     old_children = children_with_keys(old)
     if old_children is None:
-        return coerce_leaf(old, new, path)
+        return _Replacement(coerce_leaf(old, new, path))
     new_children = children_with_keys(new)
-    old_def: Any = jax.tree_util.tree_structure(old)
-    new_def: Any = jax.tree_util.tree_structure(new)
-    if new_children is None or old_def != new_def:
-        raise ValueError(
-            f"The value for {_path_text(path)} must have the structure of the node it replaces; "
-            f"{_first_difference(old, new, path)}"
+    problem = _one_level_difference(old, old_children, new, new_children)
+    if problem:
+        raise StructureError(
+            f"The value for {_path_text(path)} must have the structure of the node it replaces; {problem}"
         )
-    return _replace_children(
-        old,
-        {
-            key: coerce(old_child, new_child, (*path, key))
-            for (key, old_child), (_, new_child) in zip(old_children, new_children, strict=True)
-        },
-    )
+    assert new_children is not None
+    pairs = [(key, o, n) for (key, o), (_, n) in zip(old_children, new_children, strict=True)]
+    return _Frame(old, path, pairs[::-1])
 
 
-def _first_difference(old: Any, new: Any, path: KeyPath) -> str:
-    where = _path_text(path)
-    old_children, new_children = children_with_keys(old), children_with_keys(new)
-    if old_children is None or new_children is None or type(old) is not type(new):
-        return f"at {where} it is a {type(old).__name__}, the value a {type(new).__name__}."
+def _one_level_difference(
+    old: Any,
+    old_children: list[tuple[KeyEntry, Any]],
+    new: Any,
+    new_children: list[tuple[KeyEntry, Any]] | None,
+) -> str:
+    """What differs between `old` and `new` at this level, or "" when their nodes agree."""
+    if new_children is None or type(old) is not type(new):
+        return f"it is a {type(old).__name__}, the value a {bounded(type(new).__name__, 60)}."
     old_keys, new_keys = [k for k, _ in old_children], [k for k, _ in new_children]
     if old_keys != new_keys:
         missing = ", ".join(str(k) for k in old_keys if k not in new_keys) or "none"
         extra = ", ".join(str(k) for k in new_keys if k not in old_keys) or "none"
-        return bounded(f"at {where} the keys differ: missing {missing}; unexpected {extra}.", 200)
-    for (key, old_child), (_, new_child) in zip(old_children, new_children, strict=True):
-        if _structure(old_child) != _structure(new_child):
-            return _first_difference(old_child, new_child, (*path, key))
-    return f"at {where} the node's static data differs."
-
-
-def _structure(tree: Any) -> Any:
-    return jax.tree_util.tree_structure(tree)
+        return bounded(f"the keys differ: missing {missing}; unexpected {extra}.", 300)
+    try:
+        same = bool(_REGISTRY.flatten_one_level(old)[1] == _REGISTRY.flatten_one_level(new)[1])
+    except Exception:  # aux data whose == raises or is not a bool
+        same = False
+    return "" if same else "the node's static data differs."
 
 
 def _is_array_like(value: Any) -> bool:
     return hasattr(value, "dtype") and hasattr(value, "shape")
 
 
-def _dtype_of(value: Any) -> np.dtype:
-    return np.dtype(value.dtype if _is_array_like(value) else jnp.asarray(value).dtype)
+def _dtype_of(value: Any, path: KeyPath) -> np.dtype:
+    if isinstance(value, _PYTHON_SCALARS):
+        return np.dtype(type(value))  # a Python scalar counts by its type alone, as weak types do
+    if _is_array_like(value):
+        try:
+            return np.dtype(value.dtype)
+        except TypeError:
+            pass
+    else:
+        try:
+            return np.dtype(jnp.asarray(value).dtype)
+        except Exception:  # JAX's message repeats the value, however large: say it briefly
+            pass
+    raise LeafTypeError(
+        f"The value for the array leaf at {_path_text(path)} is not a number or an array: "
+        f"{short_repr(value)}."
+    )
 
 
 def coerce_leaf(old: Any, new: Any, path: KeyPath = ()) -> Any:
     """`new` with the dtype, weak type, shape and sharding of the leaf `old`."""
+    if children_with_keys(new) is not None:
+        raise StructureError(
+            f"The node at {_path_text(path)} is a leaf ({bounded(type(old).__name__, 60)}); the value is "
+            f"a {bounded(type(new).__name__, 60)}, a subtree. Select a node of that structure instead."
+        )
+    if isinstance(old, jax.ShapeDtypeStruct):
+        if isinstance(new, jax.ShapeDtypeStruct) and new.shape == old.shape and new.dtype == old.dtype:
+            return new
+        raise LeafTypeError(
+            f"The leaf at {_path_text(path)} is abstract (a jax.ShapeDtypeStruct, as jax.eval_shape "
+            "makes): it holds no value to change. Set it on a concrete state, or give a "
+            "ShapeDtypeStruct of the same shape and dtype."
+        )
     if isinstance(old, _PYTHON_SCALARS) and not isinstance(new, jax.core.Tracer):
-        _check_kind(np.dtype(type(old)), new, path)
+        old_dtype = np.dtype(type(old))
+        _check_kind(old_dtype, new, path)
         _check_shape((), np.shape(new), path)
-        return type(old)(np.asarray(new).item())
+        if type(old) is not int:  # a Python int has no range
+            _check_range(old_dtype, new, path)
+        try:
+            return type(old)(np.asarray(new).item())
+        except OverflowError:
+            raise _out_of_range(old_dtype, new, path) from None
     if isinstance(old, _PYTHON_SCALARS):
         old = jnp.asarray(old)
     if not _is_array_like(old):
         if type(new) is not type(old):
-            raise TypeError(
-                f"The leaf at {_path_text(path)} is a {type(old).__name__}, not an array; it takes "
-                f"only another {type(old).__name__}, got {type(new).__name__}."
+            raise LeafTypeError(
+                f"The leaf at {_path_text(path)} is a {bounded(type(old).__name__, 60)}, not an array; it "
+                f"takes only another of its type, got {bounded(type(new).__name__, 60)}."
             )
         return new
     dtype = old.dtype
     if jnp.issubdtype(dtype, jax.dtypes.extended):
         new_dtype = getattr(new, "dtype", None)
         if new_dtype != dtype or np.shape(new) != old.shape:
-            raise TypeError(f"The leaf at {_path_text(path)} is a {dtype}[{old.shape}] key; got {new_dtype}.")
+            raise LeafTypeError(
+                f"The leaf at {_path_text(path)} is a {dtype}{list(old.shape)} key; got {new_dtype}."
+            )
         return new
     _check_kind(np.dtype(dtype), new, path)
-    _check_shape(old.shape, np.shape(new), path)
-    weak = bool(jax.typeof(old).weak_type)
+    _check_shape(old.shape, _shape_of(new, path), path)
+    weak = bool(getattr(_aval(old), "weak_type", False))
     if isinstance(old, jax.core.Tracer) or isinstance(new, jax.core.Tracer):
         result = jnp.broadcast_to(jax.lax.convert_element_type(jnp.asarray(new), dtype), old.shape)
         return _weak(result, dtype) if weak else result
-    if isinstance(old, np.ndarray | np.generic):
-        return np.broadcast_to(np.asarray(new, dtype=dtype), old.shape).copy()[()]
+    _check_range(np.dtype(dtype), new, path)
+    if isinstance(old, np.ndarray):
+        return np.broadcast_to(np.asarray(new, dtype=dtype), old.shape).copy()
+    if isinstance(old, np.generic):
+        return np.asarray(new, dtype=dtype)[()]
     host = np.broadcast_to(np.asarray(new, dtype=dtype), old.shape)
-    return _placed_like(old, host, weak)
+    return _placed_like(old, host, weak, path)
+
+
+def _aval(leaf: Any) -> Any:
+    try:
+        return jax.typeof(leaf)
+    except Exception:  # not a JAX type (a NumPy array is never weak)
+        return None
+
+
+def _shape_of(value: Any, path: KeyPath) -> tuple[int, ...]:
+    try:
+        return tuple(np.shape(value))
+    except Exception:  # a ragged nested list, say
+        raise LeafTypeError(
+            f"The value for the array leaf at {_path_text(path)} has no array shape: {short_repr(value)}."
+        ) from None
+
+
+def _host_values(value: Any) -> np.ndarray | None:
+    """The value as a NumPy array wide enough to compare with any dtype's range, or None where it
+    cannot be read here (another process's shards)."""
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return np.asarray(value, dtype=object)
+    try:
+        array = np.asarray(value)
+    except Exception:  # no array reading: the kind check has already refused what cannot be stored
+        return None
+    if array.dtype.kind in "biuf" and array.dtype.itemsize <= 8:
+        return array
+    if array.dtype.kind in "biuf":
+        return array.astype(np.float64)
+    return array
+
+
+def _check_range(dtype: np.dtype, new: Any, path: KeyPath) -> None:
+    """Refuse a concrete value that `dtype` cannot hold: it would wrap (integers) or become inf."""
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        values = _host_values(new)
+        if values is not None and values.size:
+            real = np.dtype(jnp.finfo(dtype).dtype)
+            _check_range(real, np.real(values), path)
+            _check_range(real, np.imag(values), path)
+        return
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+        return
+    values = _host_values(new)
+    if values is None or values.size == 0 or values.dtype.kind == "c":
+        return
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        low, high = values.min(), values.max()
+        if low < info.min or high > info.max:
+            raise _out_of_range(dtype, low if low < info.min else high, path, (int(info.min), int(info.max)))
+        return
+    finite = values.astype(np.float64)
+    finite = finite[np.isfinite(finite)]
+    largest = float(jnp.finfo(dtype).max)
+    if finite.size and float(np.abs(finite).max()) > largest:
+        raise _out_of_range(dtype, float(np.abs(finite).max()), path, (f"{-largest:.6g}", f"{largest:.6g}"))
+
+
+def _out_of_range(
+    dtype: np.dtype, value: Any, path: KeyPath, bounds: tuple[Any, Any] | None = None
+) -> StructureError:
+    limits = f" (it holds {bounds[0]:,} to {bounds[1]:,})" if bounds else ""
+    return StructureError(
+        f"The value {short_repr(value, 40)} is out of range for the {dtype} leaf at {_path_text(path)}"
+        f"{limits}: it would wrap or become inf. Clip it first if that is what you mean."
+    )
 
 
 def _kind_rank(dtype: Any) -> int:
@@ -229,11 +484,10 @@ def _kind_rank(dtype: Any) -> int:
 
 
 def _check_kind(dtype: np.dtype, new: Any, path: KeyPath) -> None:
-    # A Python scalar counts by its type alone, as JAX's weak types do.
-    new_dtype = np.dtype(type(new)) if isinstance(new, _PYTHON_SCALARS) else _dtype_of(new)
+    new_dtype = _dtype_of(new, path)
     if _kind_rank(new_dtype) > _kind_rank(dtype):
         name = type(new).__name__ if isinstance(new, _PYTHON_SCALARS) else str(new_dtype)
-        raise TypeError(
+        raise LeafTypeError(
             f"Cannot store a {name} value in the {dtype} leaf at {_path_text(path)}: that would "
             "change its kind. Cast the value first if that is what you mean."
         )
@@ -241,9 +495,9 @@ def _check_kind(dtype: np.dtype, new: Any, path: KeyPath) -> None:
 
 def _check_shape(shape: tuple[int, ...], new_shape: tuple[int, ...], path: KeyPath) -> None:
     if new_shape not in ((), shape):
-        raise ValueError(
-            f"The leaf at {_path_text(path)} has shape {shape}; a value of shape {new_shape} would "
-            "change it (only scalars broadcast)."
+        raise StructureError(
+            f"The leaf at {_path_text(path)} has shape {shape}; a value of shape "
+            f"{bounded(str(new_shape), 60)} would change it (only scalars broadcast)."
         )
 
 
@@ -252,7 +506,7 @@ def _weak(value: jax.Array, dtype: Any) -> jax.Array:
     return lax_internal._convert_element_type(value, np.dtype(dtype), weak_type=True)
 
 
-def _placed_like(old: jax.Array, host: np.ndarray, weak: bool) -> jax.Array:
+def _placed_like(old: jax.Array, host: np.ndarray, weak: bool, path: KeyPath) -> jax.Array:
     """`host` as a jax.Array placed as `old` is: same sharding and commitment."""
     sharding = old.sharding
     if not sharding.is_fully_addressable:
@@ -270,16 +524,48 @@ def _placed_like(old: jax.Array, host: np.ndarray, weak: bool) -> jax.Array:
 # Rebuilding ------------------------------------------------------------------------------------
 
 
-def _rebuild(node: Any, edits: list[tuple[KeyPath, Any]], depth: int) -> Any:
-    """`node` with each edit applied; only the spine from `node` to each edited node is new."""
-    if len(edits) == 1 and len(edits[0][0]) == depth:
-        return edits[0][1]
-    groups: dict[KeyEntry, list[tuple[KeyPath, Any]]] = {}
+def _rebuild(tree: Any, edits: list[tuple[KeyPath, Any]]) -> Any:
+    """`tree` with each edit applied; only the spine from the root to each edited node is new.
+
+    Iterative, so that any depth JAX can flatten is fine.
+    """
     for path, value in edits:
-        groups.setdefault(path[depth], []).append((path, value))
-    return _replace_children(
-        node, {key: _rebuild(child_at(node, key), group, depth + 1) for key, group in groups.items()}
-    )
+        if not path:
+            return value
+    spine: dict[KeyEntry, Any] = {}  # key -> nested dict of the spine below, or a _Replacement
+    for path, value in edits:
+        level = spine
+        for key in path[:-1]:
+            level = level.setdefault(key, {})
+        level[path[-1]] = _Replacement(value)
+    # Each frame: the node, its part of the spine, the children rebuilt so far, the keys left.
+    stack: list[tuple[Any, dict[KeyEntry, Any], dict[KeyEntry, Any], list[KeyEntry]]] = [
+        (tree, spine, {}, list(spine))
+    ]
+    while True:
+        node, level, done, pending = stack[-1]
+        if pending:
+            key = pending[-1]
+            entry = level[key]
+            if isinstance(entry, _Replacement):
+                done[key] = entry.value
+                pending.pop()
+            else:
+                stack.append((child_at(node, key), entry, {}, list(entry)))
+            continue
+        rebuilt = _replace_children(node, done)
+        stack.pop()
+        if not stack:
+            return rebuilt
+        _, _, parent_done, parent_pending = stack[-1]
+        parent_done[parent_pending.pop()] = rebuilt
+
+
+class _Replacement:
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 def _replace_children(node: Any, replacements: Mapping[KeyEntry, Any]) -> Any:

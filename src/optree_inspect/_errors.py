@@ -79,6 +79,10 @@ class LeafTypeError(Error, TypeError):
     array leaf), or a leaf that holds no value to change (an abstract `jax.ShapeDtypeStruct`)."""
 
 
+class EditConflictError(Error, ValueError):
+    """Two edits of one `set` select the same node, or a node and its descendant."""
+
+
 class DeletedArrayError(Error, ValueError):
     """The selected array was deleted (donated to a jitted function): its data is gone."""
 

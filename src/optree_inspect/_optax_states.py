@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 from jax.tree_util import DictKey, GetAttrKey
 
 from ._query import KeyPath
-from ._tree import INJECT_STATE_NAMES, StructureIndex, child_at
+from ._tree import INJECT_STATE_NAMES, StructureIndex, child_at, structure_index, value_at
 
 HYPERPARAMETER_NAMES = frozenset(
     [
@@ -130,6 +130,26 @@ def scheduled_slot_on(tree: Any, path: KeyPath) -> ScheduledSlot | None:
             return None
         node = child_at(node, key)
     return None
+
+
+def scheduled_slots_under(tree: Any, path: KeyPath) -> list[ScheduledSlot]:
+    """The scheduled hyperparameters of the inject states strictly below `path` (or at it)."""
+    index = structure_index(tree)
+    node = index.number_of(path)
+    if node is None:
+        return []
+    end = node + index.sizes[node]
+    slots = []
+    for state in inject_state_nodes(index):
+        if not node <= state < end:
+            continue
+        state_path = index.path(state)
+        value = value_at(tree, state_path)
+        if not is_inject_state(value):
+            continue
+        schedules = getattr(value, "hyperparams_states", None) or {}
+        slots.extend(ScheduledSlot(name, state_path) for name in value.hyperparams if name in schedules)
+    return slots
 
 
 def schedule_step_query(index: StructureIndex, slot: ScheduledSlot) -> str:

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey, keystr
 
 from ._closures import ConstantHyperparameter, read_optimizer
-from ._errors import AmbiguousMatchError, NoMatchError, bounded, listing
+from ._errors import AmbiguousMatchError, NoMatchError, bounded, listing, short_repr
 from ._match import item_matches, key_kind, match, prefix_matches
 from ._optax_states import missing_hyperparameter_hint
 from ._query import (
@@ -306,12 +306,12 @@ def no_match_error(tree: Any, query: Query, optimizer: Any = None) -> NoMatchErr
 
 def _step_text(step: Step | KeyEntry) -> str:
     if isinstance(step, Attr):
-        return f".{step.name}"
+        return bounded(f".{step.name}")
     if isinstance(step, Item):
-        return f"[{step.key!r}]"
+        return f"[{short_repr(step.key)}]"
     if isinstance(step, FlatIndex):
         return f"[<flat index {step.index}>]"
-    return str(step)
+    return bounded(str(step))
 
 
 def ambiguous_error(
