@@ -468,7 +468,11 @@ def _check_range(dtype: np.dtype, new: Any, path: KeyPath) -> None:
 def _out_of_range(
     dtype: np.dtype, value: Any, path: KeyPath, bounds: tuple[Any, Any] | None = None
 ) -> StructureError:
-    limits = f" (it holds {bounds[0]:,} to {bounds[1]:,})" if bounds else ""
+    limits = ""
+    if bounds and isinstance(bounds[0], int):
+        limits = f" (it holds {bounds[0]:,} to {bounds[1]:,})"
+    elif bounds:
+        limits = f" (it holds {bounds[0]} to {bounds[1]})"
     return StructureError(
         f"The value {short_repr(value, 40)} is out of range for the {dtype} leaf at {_path_text(path)}"
         f"{limits}: it would wrap or become inf. Clip it first if that is what you mean."
