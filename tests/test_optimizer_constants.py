@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import optree_inspect as oi
-from helpers import PARAMS, schedule, trained
+from helpers import MASK, PARAMS, schedule, trained
 from optax_catalogue import INJECTED, P
 
 GRADS = jax.tree.map(jnp.ones_like, PARAMS)
@@ -67,6 +67,7 @@ def test_values_read_equal_the_arguments_given(name: str, kind: str) -> None:
 NOT_READABLE = {
     "optimistic_adam": "passes learning_rate as alpha and beta of scale_by_optimistic_gradient",
     "rprop": "uses learning_rate only at init, as the initial step sizes (they are in the state)",
+    "fromage": "folds learning_rate into a step size and a decay it computes from it",
 }
 
 
@@ -82,15 +83,19 @@ def test_closure_values_agree_with_what_inject_hyperparams_stores(name: str, kin
         optax.inject_hyperparams(factory, static_args=static)(learning_rate=0.0123, **extra).init(P)
     )
     state = plain.init(P)
-    assert oi._closures.read_optimizer(plain, state).unmatched == []
+    reading = oi._closures.read_optimizer(plain, state)
+    assert reading.unmatched == ([] if name != "fromage" else reading.unmatched[:2])
     by_name: dict[str, list[Any]] = {}
-    for constant in oi._closures.read_optimizer(plain, state).constants:
+    for constant in reading.constants:
         by_name.setdefault(constant.name, []).append(constant.value)
     assert by_name
     if name in NOT_READABLE:
         assert "learning_rate" not in by_name
+        assert "weight_decay" not in by_name or name != "fromage"
         return
-    assert any(float(v) == pytest.approx(0.0123, rel=1e-4) for v in by_name["learning_rate"]), by_name
+    # Every learning rate read (one per partition group) is the one given, with its sign.
+    assert by_name["learning_rate"]
+    assert all(float(v) == pytest.approx(0.0123, rel=1e-4) for v in by_name["learning_rate"]), by_name
     for hyperparameter in set(injected) & set(by_name):
         expected = np.float32(injected[hyperparameter])
         assert any(np.isclose(np.float32(v), expected, rtol=1e-4) for v in by_name[hyperparameter]), (
@@ -174,10 +179,112 @@ def test_what_cannot_be_matched_is_said_never_guessed() -> None:
         "(optimizer) not matched: custom.<lambda> at [0]: not an optax transformation"
     )
     assert float(oi.get(state, "learning_rate", optimizer=tx)) == pytest.approx(0.1)
-    wrong = optax.adam(1e-3)  # not the optimizer of this state
-    lines = [line for line in str(oi.describe(state, optimizer=wrong)).splitlines() if "(optimizer)" in line]
-    assert lines and all("not matched" in line for line in lines)
-    assert oi.hyperparams(state, optimizer=wrong) == {}
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        optax.sgd(0.1),  # the same chain length, another first transformation: nothing is read
+        optax.adamw(1e-3),  # another chain length
+        optax.named_chain(("a", optax.adam(1e-3))),
+        optax.partition({"x": optax.sgd(0.1)}, "x"),
+        optax.MultiSteps(optax.adam(1e-3), 2).gradient_transformation(),
+        optax.masked(optax.adam(1e-3), MASK),
+    ],
+)
+def test_an_optimizer_that_is_not_the_states_is_refused_whole(wrong: Any) -> None:
+    state = trained(optax.adam(2e-3))
+    for call in (
+        lambda: oi.get(state, "learning_rate", optimizer=wrong),
+        lambda: oi.find(state, "b1", optimizer=wrong),
+        lambda: oi.hyperparams(state, optimizer=wrong),
+        lambda: oi.describe(state, optimizer=wrong),
+        lambda: oi.set(state, "count", 1, optimizer=wrong),
+    ):
+        with pytest.raises(oi.OptimizerMismatchError, match="does not match this state") as info:
+            call()
+        assert len(str(info.value)) < 600
+
+
+@pytest.mark.parametrize("optimizer", [{"lr": 1e-3}, [optax.adam(1e-3)], 1e-3, "adam", optax.adam])
+def test_an_optimizer_argument_that_is_no_optimizer_is_a_documented_error(optimizer: Any) -> None:
+    state = trained(optax.adam(2e-3))
+    with pytest.raises(oi.InvalidArgumentError, match="GradientTransformation"):
+        oi.get(state, "learning_rate", optimizer=optimizer)
+
+
+@pytest.mark.parametrize(
+    ("tx", "expected"),
+    [
+        (lambda: optax.adam(1.0), {"learning_rate": 1.0}),  # scale(-1.0) is the learning rate here
+        (lambda: optax.sgd(-0.1), {"learning_rate": -0.1}),  # the sign as given
+        (lambda: optax.sgd(0.3, momentum=0.9), {"learning_rate": 0.3, "momentum": 0.9}),
+        (lambda: optax.lars(0.2), {"learning_rate": 0.2}),  # momentum follows the step
+        (lambda: optax.rmsprop(0.05, momentum=0.5), {"learning_rate": 0.05}),
+        (lambda: optax.adafactor(0.01), {"learning_rate": 0.01}),  # flip_sign=False, then scale(-1)
+        (lambda: optax.chain(optax.scale_by_adam(), optax.scale(-2e-3)), {"learning_rate": 2e-3}),
+        # A user's own scale that is not where optax's aliases put the learning rate: its factor.
+        (lambda: optax.chain(optax.scale(0.5), optax.adam(1e-3)), {"step_size": 0.5, "learning_rate": 1e-3}),
+        (lambda: optax.chain(optax.clip(1.0), optax.scale(0.5), optax.scale(-1.0)), {"step_size": None}),
+        (lambda: optax.chain(optax.scale_by_adam(), optax.scale_by_schedule(schedule())), {"step_size": 0.0}),
+    ],
+)
+def test_the_learning_rate_is_read_exactly_or_not_at_all(tx: Any, expected: dict[str, Any]) -> None:
+    optimizer = tx()
+    state = optimizer.init(PARAMS)
+    values = oi.hyperparams(state, optimizer=optimizer)
+    for name, value in expected.items():
+        found = [v for q, v in values.items() if q.split(".")[-1] == name]
+        assert found, (name, values)
+        if value is not None:
+            assert float(found[-1]) == pytest.approx(value)
+    if "learning_rate" not in expected:
+        assert not any(q.split(".")[-1] == "learning_rate" for q in values)
+
+
+def test_fromage_reports_no_transformed_learning_rate_nor_an_invented_weight_decay() -> None:
+    for learning_rate in (0.5, schedule()):
+        tx = optax.fromage(learning_rate)
+        state = trained(tx)
+        values = oi.hyperparams(state, optimizer=tx)
+        assert not {"learning_rate", "weight_decay", "step_size"} & set(values), values
+        assert float(values["min_norm"]) == pytest.approx(1e-6)
+        text = str(oi.describe(state, optimizer=tx))
+        assert "fromage folds its learning rate" in text or callable(learning_rate)
+        with pytest.raises(oi.NoMatchError):
+            oi.get(state, "learning_rate", optimizer=tx)
+
+
+def test_a_scheduled_learning_rate_under_jit_is_the_schedules_value() -> None:
+    tx = optax.adamw(schedule(), weight_decay=1e-4)
+    state = trained(tx, steps=3)
+    eager = oi.get(state, "learning_rate", optimizer=tx)
+    traced = jax.jit(lambda s: oi.get(s, "learning_rate", optimizer=tx))(state)
+    metrics = jax.jit(lambda s: oi.hyperparams(s, optimizer=tx))(state)
+    assert eager is not None and float(traced) == pytest.approx(float(eager))
+    assert float(metrics["learning_rate"]) == pytest.approx(float(eager))
+    assert all(value is not None for value in metrics.values())
+
+
+def test_type_queries_and_predicates_see_optimizer_held_values() -> None:
+    tx = optax.adamw(1e-3, weight_decay=0.05)
+    state = trained(tx)
+    floats = oi.find(state, float, optimizer=tx)
+    assert {jax.tree_util.keystr(m.path) for m in floats} >= {
+        "[0].b1",
+        "[1].weight_decay",
+        "[2].learning_rate",
+    }
+    named = oi.find(state, lambda path, node: path and str(path[-1]) == ".weight_decay", optimizer=tx)
+    assert [m.value for m in named] == [0.05]
+
+
+def test_hyperparams_keys_are_unique_queries_even_where_the_state_holds_the_same_name() -> None:
+    tx = optax.contrib.schedule_free_adamw(1e-3, warmup_steps=5)
+    state = trained(tx)
+    values = oi.hyperparams(state, optimizer=tx)
+    for query, value in values.items():
+        assert oi.get(state, query, optimizer=tx) is value, query
 
 
 def test_closure_layout_of_this_optax() -> None:

@@ -9,24 +9,42 @@ from ._describe import hyperparams as hyperparams
 from ._edit import set as set
 from ._errors import AmbiguousMatchError as AmbiguousMatchError
 from ._errors import ConstantHyperparameterError as ConstantHyperparameterError
+from ._errors import DeletedArrayError as DeletedArrayError
+from ._errors import EditConflictError as EditConflictError
+from ._errors import Error as Error
+from ._errors import InvalidArgumentError as InvalidArgumentError
+from ._errors import LeafTypeError as LeafTypeError
 from ._errors import NoMatchError as NoMatchError
+from ._errors import OptimizerMismatchError as OptimizerMismatchError
 from ._errors import QueryError as QueryError
 from ._errors import QuerySyntaxError as QuerySyntaxError
 from ._errors import ScheduledHyperparameterError as ScheduledHyperparameterError
+from ._errors import StructureError as StructureError
+from ._errors import TreeTooDeepError as TreeTooDeepError
 from ._resolve import Match as Match
 from ._resolve import find as find
 from ._resolve import get as get
+from ._tree import clear_caches as clear_caches
 
 __all__ = [
     "AmbiguousMatchError",
     "ConstantHyperparameterError",
+    "DeletedArrayError",
     "Description",
+    "EditConflictError",
+    "Error",
+    "InvalidArgumentError",
+    "LeafTypeError",
     "Match",
     "NoMatchError",
+    "OptimizerMismatchError",
     "QueryError",
     "QuerySyntaxError",
     "Row",
     "ScheduledHyperparameterError",
+    "StructureError",
+    "TreeTooDeepError",
+    "clear_caches",
     "describe",
     "find",
     "get",

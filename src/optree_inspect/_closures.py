@@ -6,7 +6,15 @@ walks the optimizer in step with the state (chain positions, named_chain names, 
 wrapper fields) and attaches each value to the state node of the transformation that holds it.
 
 This reads optax's closure layout (optax 0.2.8): which free variable of which update function holds
-what. A transformation it does not know is reported, never guessed at.
+what. A transformation it does not know is reported, never guessed at; a state that contradicts the
+optimizer (another optimizer's state) is refused with `OptimizerMismatchError`.
+
+Names: a closure value is read under the name optax's transformation gives it (`b1`, `eps`,
+`weight_decay`, `max_norm`), except the learning rate, which optax folds into `scale(-learning_rate)`
+or `scale_by_schedule(lambda count: -learning_rate(count))`. A schedule made by
+`scale_by_learning_rate` is read as `learning_rate` from its own closure. A constant `scale` is read
+as `learning_rate` only where a chain has the layout of optax's aliases (`chain_roles`), with the
+sign those use; any other `scale` is read as `step_size`, its exact factor.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -22,8 +30,9 @@ import numpy as np
 import optax
 from jax.tree_util import DictKey, GetAttrKey, SequenceKey, keystr
 
+from ._errors import DeletedArrayError, InvalidArgumentError, OptimizerMismatchError, bounded
 from ._query import KeyPath
-from ._tree import _MISSING, child_at, is_namedtuple
+from ._tree import _MISSING, child_at, is_namedtuple, is_nnx_variable_type
 
 
 class ConstantHyperparameter(NamedTuple):
@@ -51,10 +60,32 @@ class OptimizerReading(NamedTuple):
 
 
 def read_optimizer(optimizer: Any, state: Any) -> OptimizerReading:
-    """The constant and scheduled hyperparameters `optimizer` holds, matched with `state`."""
+    """The constant and scheduled hyperparameters `optimizer` holds, matched with `state`.
+
+    Raises `OptimizerMismatchError` where the state contradicts the optimizer: nothing is read
+    from an optimizer that is not the state's.
+    """
+    if isinstance(optimizer, Mapping) or not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise InvalidArgumentError(
+            "optimizer= takes the optax GradientTransformation that made the state (such as "
+            f"optax.adamw(1e-3)), got a {bounded(type(optimizer).__name__, 60)}."
+        )
     reading = OptimizerReading([], [])
-    _walk(optimizer, state, (), reading)
+    _walk(optimizer, state, (), reading, None)
     return reading
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1] in tuple('AEIOUaeiou') else 'a'} {bounded(name, 60)}"
+
+
+def _mismatch(what: str, path: KeyPath) -> OptimizerMismatchError:
+    return OptimizerMismatchError(
+        f"The optimizer does not match this state: {bounded(what, 300)} at {_where(path)}. Pass the "
+        "optimizer that made the state (nothing was read from this one)."
+    )
 
 
 def _cells(function: Any) -> dict[str, Any]:
@@ -76,7 +107,7 @@ def _where(path: KeyPath) -> str:
     return keystr(path) or "the root"
 
 
-def _walk(optimizer: Any, state: Any, path: KeyPath, reading: OptimizerReading) -> None:
+def _walk(optimizer: Any, state: Any, path: KeyPath, reading: OptimizerReading, role: str | None) -> None:
     inner_multi_steps = getattr(optimizer, "_opt", None)
     update = getattr(optimizer, "update", optimizer)
     owner = getattr(update, "__self__", None)
@@ -89,18 +120,17 @@ def _walk(optimizer: Any, state: Any, path: KeyPath, reading: OptimizerReading) 
         init_fns = _cells(getattr(optimizer, "init", None)).get("init_fns", ())
         _walk_sequence(init_fns, cells["update_fns"], state, path, reading)
     elif factory == "with_extra_args_support":
-        _walk(cells["tx"], state, path, reading)
+        _walk(cells["tx"], state, path, reading, role)
     elif factory == "named_chain":
-        if not isinstance(state, dict) or [n for n, _ in cells["transforms"]] != list(state):
-            reading.unmatched.append(f"named_chain at {_where(path)}: the state is not keyed by its names")
-            return
+        names = [n for n, _ in cells["transforms"]]
+        if not isinstance(state, dict) or names != list(state):
+            raise _mismatch(f"named_chain of {names[:8]}, the state is not keyed by these names", path)
         for name, transform in cells["transforms"]:
-            _walk(transform, state[name], (*path, DictKey(name)), reading)
+            _walk(transform, state[name], (*path, DictKey(name)), reading, None)
     elif factory == "partition":
         inner_states = getattr(state, "inner_states", None)
         if not isinstance(inner_states, dict) or set(inner_states) != set(cells["transforms"]):
-            reading.unmatched.append(f"partition at {_where(path)}: the state has other labels")
-            return
+            raise _mismatch(f"partition of labels {sorted(map(str, cells['transforms']))[:8]}", path)
         for label, transform in cells["transforms"].items():
             label_path = (*path, GetAttrKey("inner_states"), DictKey(label))
             _descend(transform, inner_states[label], label_path, GetAttrKey("inner_state"), reading)
@@ -110,7 +140,7 @@ def _walk(optimizer: Any, state: Any, path: KeyPath, reading: OptimizerReading) 
         return  # its hyperparameters are in the state
     elif getattr(update, "__module__", "").startswith("optax."):
         if _state_matches(optimizer, factory, state, path, reading):
-            _read_leaf(factory, cells, state, path, reading)
+            _read_leaf(factory, cells, state, path, reading, role)
     else:
         qualname = getattr(update, "__qualname__", type(optimizer).__name__).replace(".<locals>", "")
         name = ".".join(qualname.split(".")[-2:])  # "custom.update_fn", not the whole nesting
@@ -130,9 +160,10 @@ _WRAPPERS = {
 def _descend(optimizer: Any, state: Any, path: KeyPath, key: GetAttrKey, reading: OptimizerReading) -> None:
     inner = child_at(state, key) if is_namedtuple(state) else _MISSING
     if inner is _MISSING:
-        reading.unmatched.append(f"{type(state).__name__} at {_where(path)} has no {key}")
-        return
-    _walk(optimizer, inner, (*path, key), reading)
+        raise _mismatch(
+            f"the optimizer wraps a state with a {key} field, the state is a {type(state).__name__}", path
+        )
+    _walk(optimizer, inner, (*path, key), reading, None)
 
 
 def _walk_sequence(
@@ -143,13 +174,67 @@ def _walk_sequence(
     reading: OptimizerReading,
 ) -> None:
     if type(state) is not tuple or len(state) != len(update_fns) or len(init_fns) != len(update_fns):
-        size = len(state) if isinstance(state, tuple) else "no"
-        reading.unmatched.append(
-            f"chain of {len(update_fns)} at {_where(path)}: the state has {size} entries"
-        )
-        return
+        found = f"a tuple of {len(state)}" if type(state) is tuple else _a(type(state).__name__)
+        raise _mismatch(f"a chain of {len(update_fns)} transformations, the state is {found}", path)
+    roles = chain_roles([_element_factory(update) for update in update_fns])
     for number, (init, update, inner) in enumerate(zip(init_fns, update_fns, state, strict=True)):
-        _walk(optax.GradientTransformation(init, update), inner, (*path, SequenceKey(number)), reading)
+        element = optax.GradientTransformation(init, update)
+        role = roles.get(number)
+        if role == FOLDED:
+            reading.unmatched.append(
+                f"{_element_factory(update)} at {_where((*path, SequenceKey(number)))}: fromage folds its "
+                "learning rate into this value, which is not one of its hyperparameters"
+            )
+            continue
+        if role == SIGN_FLIP:
+            continue
+        _walk(element, inner, (*path, SequenceKey(number)), reading, role)
+
+
+LEARNING_RATE, LEARNING_RATE_AS_GIVEN, SIGN_FLIP, FOLDED = "descent", "as given", "flip", "folded"
+"""Roles of a `scale` in a chain: the learning rate (`scale(-learning_rate)`, or `scale(learning_rate)`
+for adafactor's `flip_sign=False`), optax's final `scale(-1)` that turns ascent into descent, or a
+value fromage computes from its learning rate."""
+_MOMENTUM_AFTER_STEP = frozenset({"identity", "trace", "ema"})
+
+
+def chain_roles(factories: list[str]) -> dict[int, str]:
+    """Which elements of a chain (by the optax factory that made each) hold its learning rate.
+
+    Exactly the layouts optax's aliases build: `chain(..., scale_by_learning_rate(lr))`, where only
+    momentum may follow the step (`lars`, `rmsprop`); adafactor's `scale(lr)` then `scale(-1)`;
+    rprop's and optimistic_adam's final `scale(-1)`; fromage's folded step and decay. A chain of any
+    other layout gets no roles: its scales are read as `step_size`.
+    """
+    steps = [n for n, name in enumerate(factories) if name in ("scale", "scale_by_schedule")]
+    if not steps:
+        return {}
+    if factories[0] == "scale_by_factored_rms":  # adafactor
+        roles = {steps[0]: LEARNING_RATE_AS_GIVEN}
+        if len(steps) > 1 and factories[-1] == "scale":
+            roles[len(factories) - 1] = SIGN_FLIP
+        return roles
+    if (
+        len(factories) == 3
+        and factories[0] == "scale_by_trust_ratio"
+        and factories[2] == "add_decayed_weights"
+    ):
+        return {1: FOLDED, 2: FOLDED}
+    if factories in (["scale_by_rprop", "scale"], ["scale_by_adam", "scale_by_optimistic_gradient", "scale"]):
+        return {len(factories) - 1: SIGN_FLIP}  # rprop, optimistic_adam: the learning rate is elsewhere
+    [step] = steps if len(steps) == 1 else [None]
+    if step is None or step == 0 or not set(factories[step + 1 :]) <= _MOMENTUM_AFTER_STEP:
+        return {}
+    return {step: LEARNING_RATE}
+
+
+def _element_factory(update: Any) -> str:
+    """The optax factory of a chain element, through `with_extra_args_support`."""
+    factory = _factory(update)
+    while factory == "with_extra_args_support":
+        update = getattr(_cells(update).get("tx"), "update", None)
+        factory = _factory(update)
+    return factory
 
 
 @functools.lru_cache(maxsize=1024)
@@ -172,8 +257,7 @@ def _state_matches(
         return False
     if expected is not type(state):
         found, built = type(state).__name__, expected.__name__
-        reading.unmatched.append(f"{factory} at {_where(path)}: it builds a {built}, the state has a {found}")
-        return False
+        raise _mismatch(f"{factory} builds {_a(built)}, the state has {_a(found)}", path)
     return True
 
 
@@ -190,29 +274,63 @@ def _is_number(value: Any) -> bool:
 
 
 def _read_leaf(
-    factory: str, cells: dict[str, Any], state: Any, path: KeyPath, reading: OptimizerReading
+    factory: str,
+    cells: dict[str, Any],
+    state: Any,
+    path: KeyPath,
+    reading: OptimizerReading,
+    role: str | None,
 ) -> None:
-    found = reading.constants
+    found: list[ConstantHyperparameter] = []
     if factory == "scale" and _is_number(cells.get("step_size")):
-        # optax builds a constant learning rate as scale(-learning_rate), or scale(learning_rate)
-        # with flip_sign=False; scale(-1) is a sign flip, not a hyperparameter.
-        if abs(cells["step_size"]) != 1:
-            found.append(ConstantHyperparameter(path, "learning_rate", abs(cells["step_size"]), None, None))
-        return
-    if factory == "scale_by_schedule":
+        step = cells["step_size"]
+        if role == LEARNING_RATE:
+            found.append(ConstantHyperparameter(path, "learning_rate", -step, None, None))
+        elif role == LEARNING_RATE_AS_GIVEN:
+            found.append(ConstantHyperparameter(path, "learning_rate", step, None, None))
+        else:
+            found.append(ConstantHyperparameter(path, "step_size", step, None, None))
+    elif factory == "scale_by_schedule":
         function = cells["step_size_fn"]
         inner = _cells(function)
-        count = getattr(state, "count", None)
         if _factory(function) == "scale_by_learning_rate" and callable(inner.get("learning_rate")):
             name, schedule = "learning_rate", inner["learning_rate"]
+            if _made_by_optax(schedule):  # a value an alias computes from its learning rate
+                name, schedule = "step_size", function
         else:
             name, schedule = "step_size", function
-        value = None if count is None or isinstance(count, jax.core.Tracer) else schedule(count)
-        found.append(ConstantHyperparameter(path, name, value, schedule, (*path, GetAttrKey("count"))))
-        return
-    for name, value in sorted(cells.items()):
-        if _is_number(value):
-            found.append(ConstantHyperparameter(path, _RENAMED.get((factory, name), name), value, None, None))
+        step_path = (*path, GetAttrKey("count"))
+        value = _evaluate(schedule, getattr(state, "count", None), step_path)
+        found.append(ConstantHyperparameter(path, name, value, schedule, step_path))
+    else:
+        for name, value in sorted(cells.items()):
+            if _is_number(value):
+                found.append(
+                    ConstantHyperparameter(path, _RENAMED.get((factory, name), name), value, None, None)
+                )
+    # A value the state itself holds under the same name (schedule_free's b1) is read from the state.
+    reading.constants.extend(c for c in found if child_at(state, GetAttrKey(c.name)) is _MISSING)
+
+
+def _made_by_optax(function: Any) -> bool:
+    """A function an optax alias (fromage) made from its learning rate: not the user's schedule."""
+    qualname = getattr(function, "__qualname__", "")
+    return getattr(function, "__module__", "") == "optax._src.alias" and "<locals>" in qualname
+
+
+def _evaluate(schedule: Callable[[Any], Any], count: Any, path: KeyPath) -> Any:
+    """The schedule's value at the state's counter: a tracer under `jit`, a `ShapeDtypeStruct` on an
+    abstract state."""
+    if is_nnx_variable_type(type(count)):
+        count = count.get_value() if hasattr(count, "get_value") else count.value
+    if isinstance(count, jax.ShapeDtypeStruct):
+        return jax.eval_shape(schedule, count)
+    if isinstance(count, jax.Array) and not isinstance(count, jax.core.Tracer) and count.is_deleted():
+        raise DeletedArrayError(
+            f"The schedule's counter at {_where(path)} was deleted (donated to a jitted function?): "
+            "the schedule's value cannot be computed. Use the state the jitted call returned."
+        )
+    return schedule(count)
 
 
 _RENAMED = {("trace", "decay"): "momentum"}

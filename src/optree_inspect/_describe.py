@@ -23,7 +23,7 @@ from jax.tree_util import DictKey, GetAttrKey, keystr
 
 from ._closures import ConstantHyperparameter, OptimizerReading, read_optimizer
 from ._errors import bounded
-from ._optax_states import inject_state_nodes, scheduled_slot_on
+from ._optax_states import inject_state_nodes, is_optax_state_type, scheduled_slot_on
 from ._query import KeyPath
 from ._resolve import constant_query, shortest_query
 from ._tree import StructureIndex, index_and_leaves, is_nnx_variable_type, structure_index, value_at
@@ -547,12 +547,13 @@ COUNTER_NAMES = frozenset(
 
 
 def _is_counter(index: StructureIndex, node: int) -> bool:
-    """A counter field of an optax state (never a parameter that happens to be called `count`)."""
-    parent = index.types[index.parents[node]].__name__
+    """A counter field of an optax state: a field named like a counter of a state type that optax
+    defines, whatever holds it (never a parameter called `count` or `t`, even in an eqx Module)."""
+    parent = index.types[index.parents[node]]
     return (
         index.texts[node] in COUNTER_NAMES
         and isinstance(index.keys[node], GetAttrKey)
-        and parent not in _CONTAINERS
+        and is_optax_state_type(parent)
         and not index.in_bookkeeping[node]
     )
 

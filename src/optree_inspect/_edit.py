@@ -156,7 +156,9 @@ def _refuse_scheduled(tree: Any, paths: list[KeyPath]) -> None:
 def _refuse_schedules_changed_from_above(tree: Any, targets: dict[KeyPath, tuple[Any, Any]]) -> None:
     """Refuse an edit of an ancestor of an inject state that changes a scheduled hyperparameter
     but keeps its schedule's state: the schedule would undo it at the next update."""
-    for path, (_, new) in targets.items():
+    for path, (old, new) in targets.items():
+        if children_with_keys(old) is None:
+            continue  # a leaf holds no inject state
         for slot in scheduled_slots_under(tree, path):
             relative = slot.state_path[len(path) :]
             value_path = (*relative, GetAttrKey("hyperparams"), DictKey(slot.name))

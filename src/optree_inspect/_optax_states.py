@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 from jax.tree_util import DictKey, GetAttrKey
 
 from ._query import KeyPath
-from ._tree import INJECT_STATE_NAMES, StructureIndex, child_at, structure_index, value_at
+from ._tree import INJECT_STATE_NAMES, StructureIndex, child_at, is_namedtuple_type, structure_index, value_at
 
 HYPERPARAMETER_NAMES = frozenset(
     [
@@ -60,6 +60,11 @@ HYPERPARAMETER_NAMES = frozenset(
 """Names optax factories take as hyperparameters; a NoMatch on one of them gets the inject hint."""
 
 INJECT_EXAMPLE = "optax.inject_hyperparams(optax.adamw)(learning_rate=schedule)"
+
+
+def is_optax_state_type(kind: type) -> bool:
+    """Whether `kind` is a state type that optax defines (`ScaleByAdamState`, `MultiStepsState`)."""
+    return kind.__module__.split(".")[0] == "optax" and is_namedtuple_type(kind)
 
 
 def is_inject_state(node: Any) -> bool:

@@ -174,6 +174,12 @@ def constant_matches(
             walked = _walk_exact(tree, query.steps[:-1])
             if walked is not None and walked[0] == constant.node_path:
                 found.append((constant.path, constant.value))
+        elif isinstance(query, TypeQuery):
+            if isinstance(constant.value, query.cls):
+                found.append((constant.path, constant.value))
+        elif isinstance(query, PredicateQuery):
+            if query.predicate(constant.path, constant.value):
+                found.append((constant.path, constant.value))
         elif isinstance(query, PatternQuery):
             last = query.components[-1]
             if not isinstance(last, Name) or not fnmatch.fnmatchcase(constant.name, last.text):
