@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -187,6 +188,7 @@ def _same_values(new: Any, old: Any) -> bool:
         return False
     new_leaves, new_def = jax.tree.flatten(new)
     old_leaves, old_def = jax.tree.flatten(old)
+    new_def, old_def = typing.cast(Any, new_def), typing.cast(Any, old_def)
     if new_def != old_def:
         return False
     for a, b in zip(new_leaves, old_leaves, strict=True):

@@ -93,15 +93,17 @@ def missing_hyperparameter_hint(
     if name not in HYPERPARAMETER_NAMES:
         return None
     held = injected_names(index)
-    read = (
-        ""
-        if optimizer_given
-        else f"To read it from the optimizer, pass it: oi.get(state, {name!r}, optimizer=tx). "
-    )
+    if optimizer_given:
+        return (
+            f"{name!r} is an optax hyperparameter, but neither the state nor the optimizer holds one "
+            f"that can be read exactly. To make it readable and settable, inject it:\n  >>> {INJECT_EXAMPLE}"
+        )
+    read = f"To read it from the optimizer, pass it: oi.get(state, {name!r}, optimizer=tx). "
     if not held:
         return (
-            f"{name!r} is an optax hyperparameter, but this state holds none: the optimizer keeps it "
-            f"as a constant. {read}To change it, build the optimizer with\n  >>> {INJECT_EXAMPLE}"
+            f"{name!r} is an optax hyperparameter, but this state holds none: an optimizer keeps its "
+            f"hyperparameters in its closures unless they are injected. {read}To change it, build the "
+            f"optimizer with\n  >>> {INJECT_EXAMPLE}"
         )
     return (
         f"{name!r} is an optax hyperparameter, but the injected ones here are "
@@ -144,7 +146,7 @@ def scheduled_slots_under(tree: Any, path: KeyPath) -> list[ScheduledSlot]:
     if node is None:
         return []
     end = node + index.sizes[node]
-    slots = []
+    slots: list[ScheduledSlot] = []
     for state in inject_state_nodes(index):
         if not node <= state < end:
             continue

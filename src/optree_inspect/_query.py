@@ -246,4 +246,4 @@ def _scan_string_literal(text: str, pos: int) -> int:
 
 
 def _keystr(path: Sequence[KeyEntry]) -> str:
-    return keystr(path)
+    return keystr(tuple(path))

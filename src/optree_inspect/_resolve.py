@@ -8,10 +8,11 @@ import itertools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey, keystr
 
 from ._closures import ConstantHyperparameter, read_optimizer
-from ._errors import AmbiguousMatchError, NoMatchError, bounded, listing, short_repr
+from ._errors import AmbiguousMatchError, DeletedArrayError, NoMatchError, bounded, listing, short_repr
 from ._match import item_matches, key_kind, match, prefix_matches
 from ._optax_states import missing_hyperparameter_hint
 from ._query import (
@@ -94,7 +95,13 @@ def get(tree: Any, query: Any, /, default: Any = _UNSET, *, optimizer: Any = Non
     parsed = parse_query(query)
     matches = _resolve(tree, parsed, optimizer)
     if len(matches) == 1:
-        return matches[0][1]
+        path, value = matches[0]
+        if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer) and value.is_deleted():
+            raise DeletedArrayError(
+                f"The array at {bounded(keystr(path), 100) or '<root>'} was deleted (donated to a jitted "
+                "function?): its data is gone. Use the state the jitted call returned."
+            )
+        return value
     if not matches:
         if default is not _UNSET:
             return default
@@ -289,14 +296,20 @@ def no_match_error(tree: Any, query: Query, optimizer: Any = None) -> NoMatchErr
     index = structure_index(tree)
     lines = [f"No node matches {text}."]
     last = query.components[-1]
+    if isinstance(last, Name) and optimizer is not None:
+        unread = read_optimizer(optimizer, tree).unmatched
+        if unread:
+            lines.append(f"Not read from the optimizer:\n{listing(unread[:3], len(unread))}")
     if isinstance(last, Name):
         hint = missing_hyperparameter_hint(index, last.text, optimizer is not None)
         if hint:
             lines.append(hint)
-    vocabulary = list(index.by_text.keys() - {""}) + [
-        name for name in index.by_type_name if name not in _CONTAINER_NAMES
+    vocabulary = [name for name in index.by_text if 0 < len(name) <= 100] + [
+        name for name in index.by_type_name if name not in _CONTAINER_NAMES and len(name) <= 100
     ]
-    wanted = [c.text for c in query.components if isinstance(c, Name) and not c.is_glob]
+    wanted = [
+        c.text for c in query.components if isinstance(c, Name) and not c.is_glob and len(c.text) <= 100
+    ]
     close = sorted({s for w in wanted for s in difflib.get_close_matches(w, vocabulary, n=4)} - set(wanted))
     if close:
         lines.append(f"Close names in the tree: {', '.join(close[:8])}.")

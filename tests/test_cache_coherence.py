@@ -1,0 +1,196 @@
+"""A cached structure index never answers for another tree: key types, leaf types, custom nodes,
+threads, and the objects the cache may keep alive."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import optree_inspect as oi
+from helpers import layered_params, seed_optimizer
+
+
+class Foo:
+    pass
+
+
+class Bar:
+    pass
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class Box:
+    """A custom node keyed by a name it keeps in its aux data."""
+
+    def __init__(self, name: str, value: Any) -> None:
+        self.name, self.value = name, value
+
+    def tree_flatten_with_keys(self) -> tuple[list[tuple[Any, Any]], str]:
+        return [(jax.tree_util.GetAttrKey(self.name), self.value)], self.name
+
+    def tree_flatten(self) -> tuple[list[Any], str]:
+        return [self.value], self.name
+
+    @classmethod
+    def tree_unflatten(cls, name: str, children: Any) -> Box:
+        return cls(name, children[0])
+
+
+# Keys that compare equal across types, and leaves of different types in one position, are exactly
+# what a treedef cannot tell apart: the trees below are drawn as one template filled in several ways.
+EQUAL_KEYS = [[0, False, 0.0, np.int64(0)], [1, True, 1.0], ["a"], [("a", 1)]]
+LEAF_CHOICES = [1.0, 2, "text", None, Foo(), Bar(), np.float32(1.5), jnp.ones(2)]
+
+
+def _template(depth: int) -> Any:
+    """A tree whose dict keys are key classes (indices into EQUAL_KEYS) and leaves are slots."""
+    leaf = st.just("leaf")
+    if depth == 0:
+        return leaf
+    child = _template(depth - 1)
+    return st.one_of(
+        leaf,
+        st.lists(st.integers(0, len(EQUAL_KEYS) - 1), max_size=3, unique=True).flatmap(
+            lambda classes: st.fixed_dictionaries({("key", c): child for c in classes})
+        ),
+        st.lists(child, max_size=3).map(tuple),
+        st.tuples(st.sampled_from(["a", "b"]), child).map(lambda pair: ("box", *pair)),
+    )
+
+
+def _fill(template: Any, draw: Any) -> Any:
+    if template == "leaf":
+        return draw(st.sampled_from(LEAF_CHOICES))
+    if isinstance(template, dict):
+        return {draw(st.sampled_from(EQUAL_KEYS[c])): _fill(v, draw) for (_, c), v in template.items()}
+    if template and template[0] == "box":
+        return Box(template[1], _fill(template[2], draw))
+    return tuple(_fill(child, draw) for child in template)
+
+
+@st.composite
+def tree_sequences(draw: Any) -> list[Any]:
+    template = draw(_template(3))
+    return [_fill(template, draw) for _ in range(draw(st.integers(2, 5)))]
+
+
+QUERIES = ["0", "1", "False", "True", "1.0", "a", "*", "[0]", "[False]", "[1.0]", "['a']", "x.0", Foo, Bar]
+
+
+def _answers(tree: Any) -> list[Any]:
+    answers: list[Any] = []
+    for query in QUERIES:
+        try:
+            answers.append([(jax.tree_util.keystr(m.path), type(m.value)) for m in oi.find(tree, query)])
+        except (TypeError, ValueError):  # unsortable mixed keys: JAX itself refuses such a dict
+            answers.append("refused")
+    try:
+        description = oi.describe(tree)
+        answers.append(str(description))
+        answers.append([row.query for row in description])
+    except (TypeError, ValueError):
+        answers.append("refused")
+    return answers
+
+
+@settings(max_examples=150)
+@given(tree_sequences())
+def test_every_answer_equals_an_uncached_answer(trees: list[Any]) -> None:
+    for tree in trees:  # each answer may come from the cache built for an earlier tree
+        cached = _answers(tree)
+        oi.clear_caches()
+        assert cached == _answers(tree)
+
+
+def test_keys_equal_across_types_are_never_confused() -> None:
+    oi.clear_caches()
+    oi.describe({"x": {False: 1.0, True: 2.0}})
+    assert [oi.keystr(m.path) for m in oi.find({"x": {0: 1.0, 1: 2.0}}, "x.0")] == ["['x'][0]"]
+    assert oi.find({"x": {0: 1.0, 1: 2.0}}, "x.False") == []
+    oi.describe({"x": {1.0: 1.0}})
+    assert oi.find({"x": {1: 1.0}}, "x.1.0") == []
+    assert oi.get({"x": {1: 1.0}}, "x[1]") == 1.0
+    assert oi.get({"x": {1: 5.0}}, "['x'][1]") == 5.0
+    with pytest.raises(oi.NoMatchError):
+        oi.get({"x": {True: 1.0}}, "['x'][1]")
+
+
+def test_leaf_types_are_part_of_the_structure() -> None:
+    oi.find({"a": Foo()}, "Foo")
+    assert [type(m.value) for m in oi.find({"a": Bar()}, "Bar")] == [Bar]
+    assert oi.find({"a": Bar()}, Foo) == []
+    assert "Bar" in str(oi.describe({"a": Bar()}))
+
+
+def test_many_threads_at_once() -> None:
+    states = [seed_optimizer().init(layered_params(n)) for n in range(1, 40)]
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for number in range(60):
+                state = states[(offset + number) % len(states)]
+                oi.find(state, "w")
+                oi.get(state, "learning_rate")
+                oi.set(state, "weight_decay", 0.5)
+                oi.describe(state).to_dict()
+                if number % 20 == 0:
+                    oi.clear_caches()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(k * 7,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+class Payload:
+    """A user object held in a custom node's aux data."""
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class Holder:
+    def __init__(self, payload: Any, value: Any) -> None:
+        self.payload, self.value = payload, value
+
+    def tree_flatten_with_keys(self) -> tuple[list[tuple[Any, Any]], Any]:
+        return [(jax.tree_util.GetAttrKey("value"), self.value)], self.payload
+
+    def tree_flatten(self) -> tuple[list[Any], Any]:
+        return [self.value], self.payload
+
+    @classmethod
+    def tree_unflatten(cls, payload: Any, children: Any) -> Holder:
+        return cls(payload, children[0])
+
+
+def test_the_cache_keeps_no_user_object_alive() -> None:
+    payload = Payload()
+    alive = weakref.ref(payload)
+    tree = {"h": Holder(payload, jnp.ones(2))}
+    oi.describe(tree)
+    assert oi.get(tree, "value").shape == (2,)
+    del tree, payload
+    gc.collect()
+    assert alive() is None
+
+
+def test_inert_aux_data_is_still_cached() -> None:
+    import equinox as eqx
+
+    model = eqx.nn.MLP(2, 2, 4, 2, key=jax.random.key(0))
+    index = oi._tree.structure_index(model)
+    assert index.cacheable
+    assert oi._tree.structure_index(model) is index
