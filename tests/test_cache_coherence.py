@@ -51,20 +51,18 @@ EQUAL_KEYS = [[0, False, 0.0, np.int64(0)], [1, True, 1.0], ["a"], [("a", 1)]]
 LEAF_CHOICES = [1.0, 2, "text", None, Foo(), Bar(), np.float32(1.5), jnp.ones(2)]
 
 
-def _template(depth: int) -> Any:
-    """A tree whose dict keys are key classes (indices into EQUAL_KEYS) and leaves are slots."""
-    leaf = st.just("leaf")
-    if depth == 0:
-        return leaf
-    child = _template(depth - 1)
-    return st.one_of(
-        leaf,
-        st.lists(st.integers(0, len(EQUAL_KEYS) - 1), max_size=3, unique=True).flatmap(
-            lambda classes: st.fixed_dictionaries({("key", c): child for c in classes})
+TEMPLATES = st.recursive(
+    st.just("leaf"),
+    lambda children: st.one_of(
+        st.dictionaries(st.integers(0, len(EQUAL_KEYS) - 1), children, max_size=3).map(
+            lambda classes: {("key", c): v for c, v in classes.items()}
         ),
-        st.lists(child, max_size=3).map(tuple),
-        st.tuples(st.sampled_from(["a", "b"]), child).map(lambda pair: ("box", *pair)),
-    )
+        st.lists(children, max_size=3).map(tuple),
+        st.tuples(st.sampled_from(["a", "b"]), children).map(lambda pair: ("box", *pair)),
+    ),
+    max_leaves=8,
+)
+"""A tree whose dict keys are key classes (indices into EQUAL_KEYS) and whose leaves are slots."""
 
 
 def _fill(template: Any, draw: Any) -> Any:
@@ -79,7 +77,7 @@ def _fill(template: Any, draw: Any) -> Any:
 
 @st.composite
 def tree_sequences(draw: Any) -> list[Any]:
-    template = draw(_template(3))
+    template = draw(TEMPLATES)
     return [_fill(template, draw) for _ in range(draw(st.integers(2, 5)))]
 
 

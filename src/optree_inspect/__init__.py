@@ -20,6 +20,7 @@ from ._errors import QueryError as QueryError
 from ._errors import QuerySyntaxError as QuerySyntaxError
 from ._errors import ScheduledHyperparameterError as ScheduledHyperparameterError
 from ._errors import StructureError as StructureError
+from ._errors import TreeError as TreeError
 from ._errors import TreeTooDeepError as TreeTooDeepError
 from ._resolve import Match as Match
 from ._resolve import find as find
@@ -43,6 +44,7 @@ __all__ = [
     "Row",
     "ScheduledHyperparameterError",
     "StructureError",
+    "TreeError",
     "TreeTooDeepError",
     "clear_caches",
     "describe",

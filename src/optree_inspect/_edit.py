@@ -160,7 +160,7 @@ def _refuse_schedules_changed_from_above(tree: Any, targets: dict[KeyPath, tuple
     for path, (old, new) in targets.items():
         if children_with_keys(old) is None:
             continue  # a leaf holds no inject state
-        for slot in scheduled_slots_under(tree, path):
+        for slot in scheduled_slots_under(old, path):
             relative = slot.state_path[len(path) :]
             value_path = (*relative, GetAttrKey("hyperparams"), DictKey(slot.name))
             schedule_path = (*relative, GetAttrKey("hyperparams_states"), DictKey(slot.name))
@@ -239,7 +239,8 @@ def is_function(value: Any) -> bool:
 
 
 def _is_jitted(value: Any) -> bool:
-    return type(value).__name__ == "PjitFunction" or isinstance(value, jax.stages.Wrapped)
+    """A jitted function or a `jax.numpy` ufunc."""
+    return isinstance(value, jnp.ufunc | jax.stages.Wrapped) or type(value).__name__ == "PjitFunction"
 
 
 def call_on(function: Any, old: Any, path: KeyPath) -> Any:
@@ -462,7 +463,10 @@ def _check_range(dtype: np.dtype, new: Any, path: KeyPath) -> None:
         if low < info.min or high > info.max:
             raise _out_of_range(dtype, low if low < info.min else high, path, (int(info.min), int(info.max)))
         return
-    finite = values.astype(np.float64)
+    try:
+        finite = values.astype(np.float64)
+    except OverflowError:  # a Python int beyond any float
+        raise _out_of_range(dtype, new, path) from None
     finite = finite[np.isfinite(finite)]
     largest = float(jnp.finfo(dtype).max)
     if finite.size and float(np.abs(finite).max()) > largest:

@@ -87,7 +87,12 @@ class DeletedArrayError(Error, ValueError):
     """The selected array was deleted (donated to a jitted function): its data is gone."""
 
 
-class TreeTooDeepError(Error, ValueError):
+class TreeError(Error, ValueError):
+    """JAX cannot flatten the tree: a dict whose keys it cannot sort (`{0: ..., "b": ...}`), or a
+    custom node whose flatten function fails."""
+
+
+class TreeTooDeepError(TreeError):
     """The tree is nested deeper than JAX can flatten (about 1,000 levels)."""
 
 

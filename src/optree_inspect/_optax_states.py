@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 from jax.tree_util import DictKey, GetAttrKey
 
 from ._query import KeyPath
-from ._tree import INJECT_STATE_NAMES, StructureIndex, child_at, is_namedtuple_type, structure_index, value_at
+from ._tree import INJECT_STATE_NAMES, StructureIndex, child_at, is_namedtuple_type, walk_with_paths
 
 HYPERPARAMETER_NAMES = frozenset(
     [
@@ -139,23 +139,17 @@ def scheduled_slot_on(tree: Any, path: KeyPath) -> ScheduledSlot | None:
     return None
 
 
-def scheduled_slots_under(tree: Any, path: KeyPath) -> list[ScheduledSlot]:
-    """The scheduled hyperparameters of the inject states strictly below `path` (or at it)."""
-    index = structure_index(tree)
-    node = index.number_of(path)
-    if node is None:
-        return []
-    end = node + index.sizes[node]
+def scheduled_slots_under(subtree: Any, path: KeyPath) -> list[ScheduledSlot]:
+    """The scheduled hyperparameters of the inject states in `subtree`, the node at `path`.
+
+    O(size of the subtree): only the edited part of the tree is walked.
+    """
     slots: list[ScheduledSlot] = []
-    for state in inject_state_nodes(index):
-        if not node <= state < end:
-            continue
-        state_path = index.path(state)
-        value = value_at(tree, state_path)
-        if not is_inject_state(value):
-            continue
-        schedules = getattr(value, "hyperparams_states", None) or {}
-        slots.extend(ScheduledSlot(name, state_path) for name in value.hyperparams if name in schedules)
+    for relative, node in walk_with_paths(subtree):
+        if is_inject_state(node):
+            schedules = getattr(node, "hyperparams_states", None) or {}
+            state_path = (*path, *relative)
+            slots.extend(ScheduledSlot(name, state_path) for name in node.hyperparams if name in schedules)
     return slots
 
 

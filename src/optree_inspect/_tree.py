@@ -20,7 +20,7 @@ from typing import Any
 import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
-from ._errors import TreeTooDeepError
+from ._errors import TreeError, TreeTooDeepError, bounded
 from ._query import SCHEDULE_BOOKKEEPING, KeyEntry, KeyPath
 
 _REGISTRY = jax.tree_util.default_registry
@@ -43,7 +43,10 @@ def children_with_keys(node: Any) -> list[tuple[KeyEntry, Any]] | None:
     >>> children_with_keys({"b": 1, "a": 2})
     [(DictKey(key='a'), 2), (DictKey(key='b'), 1)]
     """
-    flat = _REGISTRY.flatten_one_level_with_keys(node)
+    try:
+        flat = _REGISTRY.flatten_one_level_with_keys(node)
+    except (ValueError, TypeError) as error:
+        raise _tree_error(node, error) from None
     if flat is None:
         return None
     pairs = list(flat[0])
@@ -275,10 +278,19 @@ def structure_index(tree: Any) -> StructureIndex:
     return index_and_leaves(tree)[0]
 
 
+def _tree_error(node: Any, error: Exception) -> TreeError:
+    return TreeError(
+        f"JAX cannot flatten a {bounded(type(node).__name__, 60)} in this tree: "
+        f"{bounded(str(error), 200)} (a dict's keys must be sortable, such as all str or all int)."
+    )
+
+
 def flatten(tree: Any) -> tuple[list[Any], Any]:
-    """`jax.tree.flatten`, with JAX's own depth limit turned into a documented error."""
+    """`jax.tree.flatten`, with JAX's own failures turned into documented errors."""
     try:
         return jax.tree.flatten(tree)
+    except (ValueError, TypeError) as error:
+        raise _tree_error(tree, error) from None
     except (RecursionError, SystemError) as error:
         if isinstance(error, SystemError) and not isinstance(error.__context__, RecursionError):
             raise
