@@ -71,10 +71,17 @@ def test_a_three_layer_mlp_shows_its_params_in_full() -> None:
 
 
 def test_wide_nodes_that_cannot_fold_are_capped() -> None:
-    tree = tuple(optax.EmptyState() for _ in range(100))
+    tree = tuple(optax.EmptyState() if i % 2 else optax.MaskedNode() for i in range(100))
     lines = str(oi.describe(tree)).splitlines()
     assert lines[-1].strip() == "... 76 more children"
     assert len(lines) == 1 + 24 + 1
+
+
+def test_runs_of_siblings_of_one_structure_are_one_line() -> None:
+    lines = str(oi.describe(tuple(optax.EmptyState() for _ in range(100)))).splitlines()
+    assert lines[1:] == ["  [0]: EmptyState", "  [1] ... [99]: 99 more EmptyState"]
+    three = str(oi.describe(tuple(optax.EmptyState() for _ in range(3)))).splitlines()
+    assert len(three) == 4  # fewer than RUN_MIN siblings are shown one by one
 
 
 def test_weak_types_python_scalars_and_dtypes() -> None:

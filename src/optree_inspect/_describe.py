@@ -190,6 +190,7 @@ def _layout(index: StructureIndex) -> list[_Line]:
     """Which nodes are shown and how, in pre-order; then cut to `MAX_LINES` by depth."""
     protected = _protected_nodes(index)
     signatures = _signatures(index)
+    params_shaped = _params_shaped(index)
     seen: dict[int, int] = {}
     lines: list[_Line] = []
     stack: list[tuple[_Line, bool]] = [(_Line(0, 0, "node", 0), False)]
@@ -200,7 +201,7 @@ def _layout(index: StructureIndex) -> list[_Line]:
             lines.append(line)
             continue
         # Only the root of a params-shaped region (a mu, nu, trace, params) folds or is "like".
-        foldable = not in_region and node > 0 and node not in protected and _is_params_shaped(index, node)
+        foldable = not in_region and node > 0 and node not in protected and params_shaped[node]
         if foldable and index.leaf_counts[node] > 1:
             signature = signatures[node]
             if signature in seen:
@@ -229,15 +230,17 @@ def _sibling_runs(
     is shown, the others are one "run" line (from its `node` to `other`, like the first)."""
     entries: list[_Line] = []
     start = 0
+    # Leaves never join a run (their shapes differ); empty nodes (MaskedNode, EmptyState) run apart.
+    kinds = [(signatures[c], index.is_leaf[c], index.leaf_counts[c] == 0) for c in children]
     while start < len(children):
         end = start + 1
-        while end < len(children) and signatures[children[end]] == signatures[children[start]]:
+        while end < len(children) and kinds[end] == kinds[start]:
             end += 1
         entries.append(_Line(children[start], depth, "node", 0))
         first = children[start]
         if (
             end - start >= RUN_MIN
-            and index.leaf_counts[first] > 0
+            and not index.is_leaf[first]
             and first not in protected
             and not is_nnx_variable_type(index.types[first])
         ):
@@ -282,12 +285,16 @@ def _protected_nodes(index: StructureIndex) -> set[int]:
     return protected
 
 
-def _is_params_shaped(index: StructureIndex, node: int) -> bool:
-    end = node + index.sizes[node]
-    return all(
+def _params_shaped(index: StructureIndex) -> list[bool]:
+    """For every node, whether its subtree holds only containers, leaves and nnx Variables. O(nodes)."""
+    shaped = [
         index.is_leaf[n] or index.types[n].__name__ in _CONTAINERS or is_nnx_variable_type(index.types[n])
-        for n in range(node, end)
-    )
+        for n in range(len(index))
+    ]
+    for node in range(len(index) - 1, 0, -1):
+        if not shaped[node]:
+            shaped[index.parents[node]] = False
+    return shaped
 
 
 def _signatures(index: StructureIndex) -> list[int]:
@@ -361,6 +368,12 @@ def _run_row(index: StructureIndex, leaves: list[Any], stats: _LeafStats, line: 
     position = siblings.index(first)
     reference = siblings[position - 1]
     members = siblings[position : siblings.index(last) + 1]
+    if not index.leaf_counts[reference]:
+        summary = f"{len(members):,} more {index.types[first].__name__}"
+        label = f"{_label(index, first)} ... {_label(index, last)}"
+        return Row(
+            path, "", line.depth, label, index.types[first].__name__, summary, True, index.path(reference)
+        )
     summary = f"{len(members):,} like {keystr(index.path(reference)) or '<root>'}, "
     summary += _aggregate(index, first, last + 1, stats, False)
     ranges = []

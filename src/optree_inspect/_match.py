@@ -90,7 +90,16 @@ def _glob_min_length(pattern: str) -> int:
 
 
 def candidates(index: StructureIndex, component: Component) -> list[int]:
-    """The nodes whose edge `component` matches, in pre-order."""
+    """The nodes whose edge `component` matches, in pre-order (memoised on the index)."""
+    memo_key = ("candidates", component)
+    found = index.results.get(memo_key)
+    if found is None:
+        found = _candidates(index, component)
+        index.results[memo_key] = found
+    return found
+
+
+def _candidates(index: StructureIndex, component: Component) -> list[int]:
     if isinstance(component, Item):
         return [
             n for n in index.by_text.get(str(component.key), []) if component_matches(component, index, n)
@@ -140,11 +149,11 @@ def match(index: StructureIndex, components: Sequence[Component], enters_bookkee
     """
     if len(components) > index.max_depth + 1:
         return []  # each component needs an edge of its own on the path
-    selected = candidates(index, components[0])
+    selected = list(candidates(index, components[0]))
     for component in components[1:]:
         if not selected:
             return []
         selected = _strictly_below(index, selected, candidates(index, component))
-    if enters_bookkeeping:
+    if enters_bookkeeping or not index.has_bookkeeping:
         return selected
     return [n for n in selected if not index.in_bookkeeping[n]]

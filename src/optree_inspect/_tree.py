@@ -154,7 +154,7 @@ class StructureIndex:
     cacheable: bool = True
     by_text: dict[str, list[int]] = field(default_factory=dict)
     by_type_name: dict[str, list[int]] = field(default_factory=dict)
-    results: dict[object, tuple[int, ...]] = field(default_factory=dict)
+    results: dict[object, Any] = field(default_factory=dict)
     """Memoised query results: the index is immutable, so they stay right for its structure."""
     short_queries: dict[int, str] = field(default_factory=dict)
     layout: list[Any] | None = None
@@ -176,6 +176,10 @@ class StructureIndex:
         for number in range(1, len(self.keys)):
             depths[number] = depths[self.parents[number]] + 1
         return depths
+
+    @functools.cached_property
+    def has_bookkeeping(self) -> bool:
+        return any(self.in_bookkeeping)
 
     @functools.cached_property
     def max_depth(self) -> int:
