@@ -7,7 +7,7 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -96,8 +96,7 @@ def _pairs() -> list[tuple[str, Any, Any]]:
 
 
 def _cold() -> None:
-    _tree._CACHE.clear()
-    _tree._last = None
+    oi.clear_caches()
 
 
 @pytest.mark.parametrize("name", [name for name, _, _ in _pairs()])
@@ -156,3 +155,114 @@ def test_two_processes_joined_by_jax_distributed() -> None:
     for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err[-3000:]
     assert sorted(out.strip() for out, _ in outputs) == ["OK 0", "OK 1"]
+
+
+# describe fits a screen, whatever the state ----------------------------------------------------
+
+
+class Cell(NamedTuple):
+    a: jax.Array
+    b: jax.Array
+
+
+class Pair(NamedTuple):
+    left: Cell
+    right: Any
+
+
+def _namedtuples(count: int) -> Any:
+    # Alternating shapes defeat sibling runs: only the line budget keeps this on a screen.
+    return tuple(
+        Pair(Cell(jnp.zeros(1), jnp.zeros(2)), Cell(jnp.zeros(1), jnp.zeros(2)) if i % 2 else (jnp.zeros(3),))
+        for i in range(count)
+    )
+
+
+def _partition_of_adams(groups: int, injected: bool) -> Any:
+    params = {f"p{i:03d}": jnp.zeros(3) for i in range(groups)}
+    labels = {name: f"g{i:03d}" for i, name in enumerate(params)}
+
+    def make(i: int) -> optax.GradientTransformation:
+        rate = 10 ** (-4 + 2 * i / (groups - 1))
+        return optax.inject_hyperparams(optax.adam)(learning_rate=rate) if injected else optax.adam(rate)
+
+    return optax.partition({f"g{i:03d}": make(i) for i in range(groups)}, labels).init(params)
+
+
+SCREEN_CASES = {
+    "2,000 NamedTuples": lambda: _namedtuples(1000),
+    "deep and wide": lambda: {
+        f"k{i}": {f"j{j}": (optax.EmptyState(), {"x": jnp.ones(j + 1)}) for j in range(30)} for i in range(30)
+    },
+    "partition of 200 masked adams": lambda: _partition_of_adams(200, injected=False),
+    "partition of 100 injected adams": lambda: _partition_of_adams(100, injected=True),
+    "20,000-leaf seed state": lambda: seed_optimizer().init(layered_params(5000)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCREEN_CASES))
+def test_describe_fits_one_screen_for_every_state(name: str) -> None:
+    tree = SCREEN_CASES[name]()
+    description = oi.describe(tree)
+    assert len(str(description).splitlines()) <= oi._describe.MAX_LINES
+    assert len(description._repr_html_()) < 60_000
+    for row in list(description)[:: max(1, len(description) // 20)]:
+        if row.query:
+            assert oi.get(tree, row.query) is oi.get(tree, row.path)
+
+
+def test_layer_wise_learning_rates_are_one_line_with_their_range() -> None:
+    state = _partition_of_adams(100, injected=True)
+    text = str(oi.describe(state))
+    assert "g001 ... g099: 99 like .inner_states['g000']" in text
+    assert "learning_rate 0.0001048 ... 0.01" in text
+    values = oi.hyperparams(state)
+    rates = [float(v) for q, v in values.items() if q.endswith("learning_rate")]
+    assert len(rates) == 100 and rates[0] == pytest.approx(1e-4) and rates[-1] == pytest.approx(1e-2)
+    for query, value in values.items():
+        assert oi.get(state, query) is value
+
+
+def _rows_work(tree: Any, monkeypatch: pytest.MonkeyPatch) -> float:
+    """How many node numbers the pattern matcher handles to name every row of a description, per
+    node of the tree."""
+    from optree_inspect import _match
+
+    seen = [0]
+    original = _match._candidates
+
+    def counted(index: Any, component: Any) -> list[int]:
+        found = original(index, component)
+        seen[0] += len(found)
+        return found
+
+    monkeypatch.setattr(_match, "_candidates", counted)
+    oi.clear_caches()
+    description = oi.describe(tree)
+    description.to_dict()
+    monkeypatch.undo()
+    return (seen[0] + len(description)) / len(oi._tree.structure_index(tree))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda n: _namedtuples(n), lambda n: _partition_of_adams(n, injected=True)],
+    ids=["namedtuples", "injected partition"],
+)
+def test_naming_every_row_costs_near_linear_work(make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    small, large = _rows_work(make(40), monkeypatch), _rows_work(make(160), monkeypatch)
+    assert large <= 1.5 * small, (small, large)  # the work per node stays flat as the tree grows
+
+
+def test_huge_patterns_cost_nothing_beyond_their_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optree_inspect import _match
+
+    state = seed_optimizer().init(layered_params(50))
+    oi.find(state, "w")
+    calls: list[int] = []
+    original = _match._candidates
+    monkeypatch.setattr(_match, "_candidates", lambda *args: calls.append(1) or original(*args))
+    assert oi.find(state, ".".join(["w"] * 500_000)) == []  # more components than the tree is deep
+    assert calls == []
+    assert oi.find(state, "*a" * 500_000) == []  # longer than any name: no fnmatch over the tree
+    assert oi.find(state, "?" * 1_000_000) == []
