@@ -1,4 +1,4 @@
-"""Optax states shared by many tests: the seed optimizer and every wrapper of optax-states.md."""
+"""Optax states shared by many tests: the seed optimizer and every optax wrapper."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ WRAPPED: dict[str, Callable[[], optax.GradientTransformation]] = {
         optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), lambda step: step % 2 == 0
     ),
 }
-"""Every wrapper of optax-states.md around an injected optimizer with one `learning_rate`."""
+"""Every optax wrapper around an injected optimizer with one `learning_rate`."""
 
 
 def wrapped_state(name: str) -> Any:

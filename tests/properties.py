@@ -1,4 +1,4 @@
-"""The properties of issue 6, as checks that both the hypothesis tests and the explicit
+"""The properties of find/get/set/describe, as checks that both the hypothesis tests and the explicit
 per-factory cases run on an optimizer state."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def leaf_paths_round_trip(state: Any) -> None:
         assert oi.get(state, keystr(path)) is leaf, keystr(path)
 
 
-# Property 2: a slow reference matcher, straight from DESIGN.md section 1 --------------------------
+# Property 2: a slow reference matcher, straight from the README's Queries section --------------------------
 
 
 def _edge_text(key: Any) -> str:

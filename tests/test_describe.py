@@ -1,4 +1,4 @@
-"""describe and hyperparams (DESIGN.md section 4)."""
+"""describe and hyperparams (README: The verbs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""find and get: every query form, wrapper and container of DESIGN.md section 1, and section 5's errors."""
+"""find and get: every query form, wrapper and container of the README, and its errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property tests against randomly composed optax optimizers (issue 6's properties 1-7)."""
+"""Property tests against randomly composed optax optimizers (the properties in tests/properties.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""set: functional, jit-safe, schedule-aware edits (DESIGN.md section 3)."""
+"""set: functional, jit-safe, schedule-aware edits (README: The verbs)."""
 
 from __future__ import annotations
 

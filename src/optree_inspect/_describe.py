@@ -1,4 +1,4 @@
-"""Rendering: `describe` (text, IPython, HTML) and `hyperparams` (DESIGN.md section 4).
+"""Rendering: `describe` (text, IPython, HTML) and `hyperparams` (README: The verbs).
 
 The layout (which nodes are shown, folded, or "like" an earlier one) depends on the structure only,
 so it is memoised on the structure index; each call reads the leaves' shapes and dtypes and the few

@@ -1,4 +1,4 @@
-"""Resolving a query against a tree: `find` and `get` (DESIGN.md sections 1, 2 and 5)."""
+"""Resolving a query against a tree: `find` and `get` (README: Queries, The verbs)."""
 
 from __future__ import annotations
 
