@@ -368,8 +368,14 @@ def _run_row(index: StructureIndex, leaves: list[Any], stats: _LeafStats, line: 
     position = siblings.index(first)
     reference = siblings[position - 1]
     members = siblings[position : siblings.index(last) + 1]
-    if not index.leaf_counts[reference]:
+    if index.sizes[reference] == 1:  # empty nodes: MaskedNode, EmptyState
         summary = f"{len(members):,} more {index.types[first].__name__}"
+        label = f"{_label(index, first)} ... {_label(index, last)}"
+        return Row(
+            path, "", line.depth, label, index.types[first].__name__, summary, True, index.path(reference)
+        )
+    if not index.leaf_counts[reference]:
+        summary = f"{len(members):,} like {keystr(index.path(reference)) or '<root>'}, no leaves"
         label = f"{_label(index, first)} ... {_label(index, last)}"
         return Row(
             path, "", line.depth, label, index.types[first].__name__, summary, True, index.path(reference)
