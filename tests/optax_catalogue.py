@@ -74,7 +74,15 @@ def _lookahead() -> Case:
 
 SCHEDULE = optax.linear_schedule(1e-3, 0.0, 100)
 
-FACTORIES: dict[str, Callable[[], Case]] = {
+
+def installed(name: str) -> bool:
+    """Whether the installed optax has the factory `name` (`contrib.x` for optax.contrib.x)."""
+    module, _, attribute = name.rpartition(".")
+    modules = [oc] if module == "contrib" else [optax, optax.transforms]
+    return any(hasattr(candidate, attribute) for candidate in modules)
+
+
+ALL_FACTORIES: dict[str, Callable[[], Case]] = {
     # A. aliases
     "adabelief": lambda: Case(optax.adabelief(1e-3)),
     "adadelta": lambda: Case(optax.adadelta()),
@@ -157,7 +165,7 @@ FACTORIES: dict[str, Callable[[], Case]] = {
     "clip_by_global_norm": lambda: Case(optax.clip_by_global_norm(1.0)),
     "ema": lambda: Case(optax.ema(0.9)),
     "trace": lambda: Case(optax.trace(0.9)),
-    "freeze": lambda: Case(optax.freeze(MASK)),
+    "freeze": lambda: Case(optax.transforms.freeze(MASK)),
     "monitor": lambda: Case(optax.monitor({"gnorm": optax.global_norm}), settles_after_first_update=True),
     "snapshot": lambda: Case(optax.snapshot("gnorm", optax.global_norm)),
     "measure_with_ema": lambda: Case(optax.measure_with_ema(optax.global_norm, 0.9)),
@@ -172,7 +180,9 @@ FACTORIES: dict[str, Callable[[], Case]] = {
         optax.conditionally_transform(optax.sgd(0.1), lambda step: step % 2 == 0)
     ),
     "flatten": lambda: Case(optax.flatten(optax.adam(1e-3))),
-    "selective_transform": lambda: Case(optax.selective_transform(optax.adam(1e-3), freeze_mask=MASK)),
+    "selective_transform": lambda: Case(
+        optax.transforms.selective_transform(optax.adam(1e-3), freeze_mask=MASK)
+    ),
     "with_extra_args_support": lambda: Case(optax.with_extra_args_support(optax.sgd(0.1))),
     "lookahead": _lookahead,
     "MultiSteps": lambda: Case(optax.MultiSteps(optax.adam(1e-3), 2).gradient_transformation()),
@@ -220,51 +230,65 @@ FACTORIES: dict[str, Callable[[], Case]] = {
     "contrib.dpsgd": lambda: _batched(oc.dpsgd(1e-3, 1.0, 0.1, seed=0)),
 }
 
+FACTORIES = {name: case for name, case in ALL_FACTORIES.items() if installed(name)}
+"""The factories of the catalogue that the installed optax has (older ones lack some)."""
+
 EXCLUDED: dict[str, str] = {}
 """Factories that are public but cannot be built here, each with its reason (none today)."""
 
-INJECTED: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
-    name: (factory, static)
-    for name, factory, static in [
-        ("adabelief", optax.adabelief, ()),
-        ("adadelta", optax.adadelta, ()),
-        ("adafactor", optax.adafactor, ("min_dim_size_to_factor",)),
-        ("adagrad", optax.adagrad, ()),
-        ("adam", optax.adam, ()),
-        ("adamax", optax.adamax, ()),
-        ("adamaxw", optax.adamaxw, ()),
-        ("adamw", optax.adamw, ()),
-        ("adan", optax.adan, ()),
-        ("amsgrad", optax.amsgrad, ()),
-        ("fromage", optax.fromage, ()),
-        ("lamb", optax.lamb, ()),
-        ("lars", optax.lars, ()),
-        ("lion", optax.lion, ()),
-        ("nadam", optax.nadam, ()),
-        ("nadamw", optax.nadamw, ()),
-        ("noisy_sgd", optax.noisy_sgd, ("key",)),
-        ("novograd", optax.novograd, ()),
-        ("optimistic_adam", optax.optimistic_adam, ()),
-        ("optimistic_gradient_descent", optax.optimistic_gradient_descent, ()),
-        ("radam", optax.radam, ()),
-        ("rmsprop", optax.rmsprop, ()),
-        ("rprop", optax.rprop, ()),
-        ("sgd", optax.sgd, ()),
-        ("sign_sgd", optax.sign_sgd, ()),
-        ("signum", optax.signum, ()),
-        ("sm3", optax.sm3, ()),
-        ("yogi", optax.yogi, ()),
-        ("contrib.acprop", oc.acprop, ()),
-        ("contrib.ademamix", oc.ademamix, ()),
-        ("contrib.adopt", oc.adopt, ("clip_value_fn",)),
-        ("contrib.madgrad", oc.madgrad, ()),
-        ("contrib.simplified_ademamix", oc.simplified_ademamix, ()),
-        ("contrib.muon", oc.muon, ()),
-        ("contrib.prodigy", oc.prodigy, ()),
-        ("contrib.schedule_free_adamw", oc.schedule_free_adamw, ()),
-        ("contrib.schedule_free_sgd", oc.schedule_free_sgd, ()),
+
+def _injected(
+    entries: list[tuple[str, tuple[str, ...]]],
+) -> dict[str, tuple[Callable[..., Any], tuple[str, ...]]]:
+    found = {}
+    for name, static in entries:
+        if installed(name):
+            module, _, attribute = name.rpartition(".")
+            found[name] = (getattr(oc if module == "contrib" else optax, attribute), static)
+    return found
+
+
+INJECTED: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = _injected(
+    [
+        ("adabelief", ()),
+        ("adadelta", ()),
+        ("adafactor", ("min_dim_size_to_factor",)),
+        ("adagrad", ()),
+        ("adam", ()),
+        ("adamax", ()),
+        ("adamaxw", ()),
+        ("adamw", ()),
+        ("adan", ()),
+        ("amsgrad", ()),
+        ("fromage", ()),
+        ("lamb", ()),
+        ("lars", ()),
+        ("lion", ()),
+        ("nadam", ()),
+        ("nadamw", ()),
+        ("noisy_sgd", ("key",)),
+        ("novograd", ()),
+        ("optimistic_adam", ()),
+        ("optimistic_gradient_descent", ()),
+        ("radam", ()),
+        ("rmsprop", ()),
+        ("rprop", ()),
+        ("sgd", ()),
+        ("sign_sgd", ()),
+        ("signum", ()),
+        ("sm3", ()),
+        ("yogi", ()),
+        ("contrib.acprop", ()),
+        ("contrib.ademamix", ()),
+        ("contrib.adopt", ("clip_value_fn",)),
+        ("contrib.madgrad", ()),
+        ("contrib.simplified_ademamix", ()),
+        ("contrib.muon", ()),
+        ("contrib.prodigy", ()),
+        ("contrib.schedule_free_adamw", ()),
+        ("contrib.schedule_free_sgd", ()),
     ]
-}
+)
 """Factories with a `learning_rate` that `inject_hyperparams` takes, and the static_args they need."""
 
 

@@ -45,6 +45,13 @@ def leaf_paths_round_trip(state: Any) -> None:
         assert oi.get(state, keystr(path)) is leaf, keystr(path)
 
 
+def _value(node: Any) -> Any:
+    """The array of an nnx Variable (on every flax version), or the node itself."""
+    from optree_inspect._compat import is_nnx_variable_type, variable_value
+
+    return variable_value(node) if is_nnx_variable_type(type(node)) else node
+
+
 # Property 2: a slow reference matcher, straight from the README's Queries section --------------------------
 
 
@@ -138,7 +145,7 @@ def injected(state: Any) -> list[tuple[tuple[Any, ...], bool]]:
 
 
 def new_value(old: Any) -> Any:
-    value = old.get_value() if hasattr(old, "get_value") else old
+    value = _value(old)
     if jnp.issubdtype(value.dtype, jnp.integer):
         return value + 1
     return value * 0.5 + 0.125
@@ -164,8 +171,8 @@ def set_hyperparameters(state: Any, step: Callable[[Any], Any], traces: list[int
         value = new_value(old)
         new = oi.set(state, path, value)
         stored = oi.get(new, path)
-        stored_value = stored.get_value() if hasattr(stored, "get_value") else stored
-        old_value = old.get_value() if hasattr(old, "get_value") else old
+        stored_value = _value(stored)
+        old_value = _value(old)
         expected = np.asarray(value).astype(old_value.dtype)
         assert np.array_equal(np.asarray(stored_value), expected), keystr(path)
         assert jax.tree.structure(new) == treedef
@@ -177,7 +184,7 @@ def set_hyperparameters(state: Any, step: Callable[[Any], Any], traces: list[int
                 assert new_leaf is leaf, keystr(leaf_path)
         after = step(new)
         kept = oi.get(after, path)
-        kept = kept.get_value() if hasattr(kept, "get_value") else kept
+        kept = _value(kept)
         assert np.allclose(np.asarray(kept, np.float64), np.asarray(expected, np.float64)), keystr(path)
     assert all(
         new_leaf is leaf

@@ -21,6 +21,8 @@ import optax
 import optax.contrib as oc
 from hypothesis import strategies as st
 
+from optax_catalogue import installed
+
 KEY_NAMES = ["w", "b", "count", "mu", "nu", "learning_rate", "inner_state", "enc.1", "layer0", "hyperparams"]
 SHAPES = [(), (1,), (3,), (2, 3)]
 
@@ -44,24 +46,33 @@ def params_trees(draw: st.DrawFn) -> Any:
     return level(0)
 
 
+def _factory(name: str) -> Callable[..., optax.GradientTransformation]:
+    module, _, attribute = name.rpartition(".")
+    return getattr(oc if module == "contrib" else optax, attribute)  # type: ignore[no-any-return]
+
+
 CONSTANT_HYPERPARAMS: dict[str, Callable[..., optax.GradientTransformation]] = {
-    "adam": optax.adam,
-    "adamw": optax.adamw,
-    "sgd": optax.sgd,
-    "lion": optax.lion,
-    "rmsprop": optax.rmsprop,
-    "adagrad": optax.adagrad,
-    "adabelief": optax.adabelief,
-    "lamb": optax.lamb,
-    "nadamw": optax.nadamw,
-    "novograd": optax.novograd,
-    "radam": optax.radam,
-    "yogi": optax.yogi,
-    "signum": optax.signum,
-    "fromage": optax.fromage,
-    "contrib.ademamix": oc.ademamix,
-    "contrib.madgrad": oc.madgrad,
-    "contrib.schedule_free_adamw": oc.schedule_free_adamw,
+    name: _factory(name)
+    for name in [
+        "adam",
+        "adamw",
+        "sgd",
+        "lion",
+        "rmsprop",
+        "adagrad",
+        "adabelief",
+        "lamb",
+        "nadamw",
+        "novograd",
+        "radam",
+        "yogi",
+        "signum",
+        "fromage",
+        "contrib.ademamix",
+        "contrib.madgrad",
+        "contrib.schedule_free_adamw",
+    ]
+    if installed(name)
 }
 """Aliases that take a `learning_rate` and can be injected without static_args."""
 

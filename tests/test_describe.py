@@ -41,9 +41,16 @@ def states() -> dict[str, Any]:
     "name", ["seed_chain", "named_chain", "partition", "multi_steps", "train_state", "sgd", "seed_20k"]
 )
 def test_golden_text(name: str) -> None:
-    expected = (GOLDEN / f"{name}.txt").read_text()
-    assert str(oi.describe(states()[name])) + "\n" == expected
-    assert repr(oi.describe(states()[name])) + "\n" == expected
+    if name == "named_chain" and type(states()[name]) is dict:
+        pytest.skip(f"optax {optax.__version__} keeps named_chain's state in a dict, which jit sorts")
+    expected = _same_on_every_version((GOLDEN / f"{name}.txt").read_text())
+    assert _same_on_every_version(str(oi.describe(states()[name])) + "\n") == expected
+    assert _same_on_every_version(repr(oi.describe(states()[name])) + "\n") == expected
+
+
+def _same_on_every_version(text: str) -> str:
+    """named_chain's state is an OrderedDict from optax 0.2.6, a dict before: compare either."""
+    return text.replace("OrderedDict: ", "dict: ", 1) if text.startswith("OrderedDict: ") else text
 
 
 def test_what_the_seed_state_shows() -> None:

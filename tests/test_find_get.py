@@ -226,7 +226,9 @@ def test_nnx_optimizer_variables_are_nodes() -> None:
     lr = oi.get(optimizer.opt_state, "learning_rate")
     assert isinstance(lr, nnx.Variable)
     assert lr is optimizer.opt_state[1].hyperparams["learning_rate"]
-    assert oi.get(optimizer.opt_state, "learning_rate.value") is lr.get_value()
+    if jax.tree_util.default_registry.flatten_one_level(lr) is None:
+        pytest.skip("before flax 0.11 a Variable is a leaf to JAX: it has no .value child")
+    assert oi.get(optimizer.opt_state, "learning_rate.value") is oi._compat.variable_value(lr)
     kernel = oi.get(optimizer.opt_state, "mu.linear.kernel")
     assert isinstance(kernel, nnx.Variable)
 

@@ -242,17 +242,20 @@ def test_the_learning_rate_is_read_exactly_or_not_at_all(tx: Any, expected: dict
         assert not any(q.split(".")[-1] == "learning_rate" for q in values)
 
 
-def test_fromage_reports_no_transformed_learning_rate_nor_an_invented_weight_decay() -> None:
-    for learning_rate in (0.5, schedule()):
-        tx = optax.fromage(learning_rate)
-        state = trained(tx)
-        values = oi.hyperparams(state, optimizer=tx)
-        assert not {"learning_rate", "weight_decay", "step_size"} & set(values), values
-        assert float(values["min_norm"]) == pytest.approx(1e-6)
-        text = str(oi.describe(state, optimizer=tx))
-        assert "fromage folds its learning rate" in text or callable(learning_rate)
-        with pytest.raises(oi.NoMatchError):
-            oi.get(state, "learning_rate", optimizer=tx)
+@pytest.mark.parametrize("scheduled", [False, True])
+def test_fromage_reports_no_transformed_learning_rate_nor_an_invented_weight_decay(scheduled: bool) -> None:
+    try:
+        tx = optax.fromage(schedule() if scheduled else 0.5)
+    except TypeError:
+        pytest.skip(f"optax {optax.__version__}'s fromage takes no schedule")
+    state = trained(tx)
+    values = oi.hyperparams(state, optimizer=tx)
+    assert not {"learning_rate", "weight_decay", "step_size"} & set(values), values
+    assert float(values["min_norm"]) == pytest.approx(1e-6)
+    if not scheduled:
+        assert "fromage folds its learning rate" in str(oi.describe(state, optimizer=tx))
+    with pytest.raises(oi.NoMatchError):
+        oi.get(state, "learning_rate", optimizer=tx)
 
 
 def test_a_scheduled_learning_rate_under_jit_is_the_schedules_value() -> None:

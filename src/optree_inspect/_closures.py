@@ -30,9 +30,10 @@ import numpy as np
 import optax
 from jax.tree_util import DictKey, GetAttrKey, SequenceKey, keystr
 
+from ._compat import is_nnx_variable_type, variable_value
 from ._errors import DeletedArrayError, InvalidArgumentError, OptimizerMismatchError, bounded
 from ._query import KeyPath
-from ._tree import _MISSING, child_at, is_namedtuple, is_nnx_variable_type
+from ._tree import _MISSING, child_at, is_namedtuple
 
 
 class ConstantHyperparameter(NamedTuple):
@@ -123,7 +124,7 @@ def _walk(optimizer: Any, state: Any, path: KeyPath, reading: OptimizerReading, 
         _walk(cells["tx"], state, path, reading, role)
     elif factory == "named_chain":
         names = [n for n, _ in cells["transforms"]]
-        if not isinstance(state, dict) or names != list(state):
+        if not isinstance(state, dict) or set(names) != set(state):  # jit sorts a dict's keys
             raise _mismatch(f"named_chain of {names[:8]}, the state is not keyed by these names", path)
         for name, transform in cells["transforms"]:
             _walk(transform, state[name], (*path, DictKey(name)), reading, None)
@@ -322,7 +323,7 @@ def _evaluate(schedule: Callable[[Any], Any], count: Any, path: KeyPath) -> Any:
     """The schedule's value at the state's counter: a tracer under `jit`, a `ShapeDtypeStruct` on an
     abstract state."""
     if is_nnx_variable_type(type(count)):
-        count = count.get_value() if hasattr(count, "get_value") else count.value
+        count = variable_value(count)
     if isinstance(count, jax.ShapeDtypeStruct):
         return jax.eval_shape(schedule, count)
     if isinstance(count, jax.Array) and not isinstance(count, jax.core.Tracer) and count.is_deleted():

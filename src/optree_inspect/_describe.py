@@ -22,11 +22,12 @@ import numpy as np
 from jax.tree_util import DictKey, GetAttrKey, keystr
 
 from ._closures import ConstantHyperparameter, OptimizerReading, read_optimizer
+from ._compat import is_nnx_variable_type, partition_spec_text, variable_value
 from ._errors import bounded
 from ._optax_states import inject_state_nodes, is_optax_state_type, scheduled_slot_on
 from ._query import KeyPath
 from ._resolve import constant_query, shortest_query
-from ._tree import StructureIndex, index_and_leaves, is_nnx_variable_type, structure_index, value_at
+from ._tree import StructureIndex, index_and_leaves, structure_index, value_at
 
 FOLD_LEAVES = 16
 """A params-shaped subtree with more leaves than this is one line."""
@@ -471,6 +472,8 @@ def _bytes(count: int) -> str:
 
 
 def _leaf_summary(leaf: Any) -> str:
+    if is_nnx_variable_type(type(leaf)):  # flax before 0.11: a Variable is a leaf to JAX
+        return f"{type(leaf).__name__} {_leaf_summary(variable_value(leaf))}"
     if type(leaf) in (bool, int, float, complex):
         return bounded(f"{type(leaf).__name__} = {leaf}", 60)
     if leaf is None:
@@ -522,7 +525,7 @@ def _sharding_text(leaf: Any) -> str:
         return ""
     spec = getattr(sharding, "spec", None)
     if spec is not None and any(axis is not None for axis in spec):
-        return f"@ {spec}"
+        return f"@ {partition_spec_text(spec)}"
     return f"@ replicated({len(sharding.device_set)})"
 
 
@@ -606,7 +609,7 @@ def hyperparams(tree: Any, /, *, counters: bool = False, optimizer: Any = None) 
     for node in set(nodes):
         value = value_at(tree, index.path(node))
         if is_nnx_variable_type(type(value)):
-            value = value.get_value()
+            value = variable_value(value)
         entries.append((node, 0, shortest_query(index, node), value))
     if optimizer is not None:
         constants = read_optimizer(optimizer, tree).constants

@@ -12,10 +12,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax._src.lax import lax as lax_internal
 from jax.tree_util import DictKey, GetAttrKey, keystr
 
 from ._closures import ConstantHyperparameter, read_optimizer
+from ._compat import is_nnx_variable_type, variable_value, variable_with_value, weakly_typed_like
 from ._errors import (
     ConstantHyperparameterError,
     DeletedArrayError,
@@ -42,7 +42,6 @@ from ._tree import (
     child_at,
     children_with_keys,
     is_namedtuple,
-    is_nnx_variable_type,
     structure_index,
     value_at,
 )
@@ -292,7 +291,10 @@ def _enter(old: Any, new: Any, path: KeyPath, call: bool) -> _Frame | _Replaceme
     if call and is_function(new):
         new = call_on(new, old, path)
     if is_nnx_variable_type(type(old)) and not is_nnx_variable_type(type(new)):
-        [(key, inner)] = children_with_keys(old) or []
+        children = children_with_keys(old)
+        if children is None:  # flax before 0.11: a Variable is a leaf to JAX
+            return _Replacement(variable_with_value(old, coerce_leaf(variable_value(old), new, path)))
+        [(key, inner)] = children
         return _Frame(old, path, [(key, inner, new)])
     old_children = children_with_keys(old)
     if old_children is None:
@@ -399,7 +401,7 @@ def coerce_leaf(old: Any, new: Any, path: KeyPath = ()) -> Any:
     weak = bool(getattr(_aval(old), "weak_type", False))
     if isinstance(old, jax.core.Tracer) or isinstance(new, jax.core.Tracer):
         result = jnp.broadcast_to(jax.lax.convert_element_type(jnp.asarray(new), dtype), old.shape)
-        return _weak(result, dtype) if weak else result
+        return weakly_typed_like(old, result) if weak else result
     _check_range(np.dtype(dtype), new, path)
     if isinstance(old, np.ndarray):
         return np.broadcast_to(np.asarray(new, dtype=dtype), old.shape).copy()
@@ -513,21 +515,16 @@ def _check_shape(shape: tuple[int, ...], new_shape: tuple[int, ...], path: KeyPa
         )
 
 
-def _weak(value: jax.Array, dtype: Any) -> jax.Array:
-    # No public API makes an array weakly typed; lax.full_like does it for scalars only.
-    return lax_internal._convert_element_type(value, np.dtype(dtype), weak_type=True)
-
-
 def _placed_like(old: jax.Array, host: np.ndarray, weak: bool, path: KeyPath) -> jax.Array:
     """`host` as a jax.Array placed as `old` is: same sharding and commitment."""
     sharding = old.sharding
     if not sharding.is_fully_addressable:
         # Multi-process: each process builds only its own shards, reading no remote data.
         global_array = jax.make_array_from_callback(old.shape, sharding, lambda index: host[index])
-        return _weak(global_array, old.dtype) if weak else global_array
+        return weakly_typed_like(old, global_array) if weak else global_array
     result: jax.Array = jnp.asarray(host)
     if weak:
-        result = _weak(result, old.dtype)
+        result = weakly_typed_like(old, result)
     if old.committed:
         result = jax.device_put(result, sharding)
     return result

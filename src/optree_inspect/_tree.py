@@ -20,6 +20,7 @@ from typing import Any
 import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
+from ._compat import is_nnx_variable_type
 from ._errors import TreeError, TreeTooDeepError, bounded
 from ._query import SCHEDULE_BOOKKEEPING, KeyEntry, KeyPath
 
@@ -56,12 +57,6 @@ def children_with_keys(node: Any) -> list[tuple[KeyEntry, Any]] | None:
             (GetAttrKey(name), child) for name, (_, child) in zip(type(node)._fields, pairs, strict=True)
         ]
     return pairs
-
-
-def is_nnx_variable_type(kind: type) -> bool:
-    """Whether `kind` is an nnx Variable (flax is imported only by code that made one)."""
-    nnx = sys.modules.get("flax.nnx")
-    return nnx is not None and issubclass(kind, nnx.Variable)
 
 
 def edge_text(key: KeyEntry | None) -> str:
@@ -353,6 +348,7 @@ def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
     return index, leaves
 
 
+_TYPING_MODULES = frozenset({"typing", "types", "typing_extensions"})
 _INERT_SCALARS = (type(None), bool, int, float, complex, str, bytes, type)
 
 
@@ -367,9 +363,27 @@ def _aux_is_inert(aux: Any, depth: int = 0) -> bool:
         return all(_aux_is_inert(item, depth + 1) for item in aux)
     if type(aux) is dict:
         return all(_aux_is_inert(k, depth + 1) and _aux_is_inert(v, depth + 1) for k, v in aux.items())
-    if isinstance(aux, enum.Enum) or _holds_nothing(aux):
+    if isinstance(aux, enum.Enum) or _holds_nothing(aux) or _is_module_level(aux):
         return True
-    return _is_module_level(aux)
+    if type(aux).__module__ in _TYPING_MODULES:  # annotations: they hold types and literals
+        return True
+    attributes = _own_attributes(aux)
+    return attributes is not None and all(_aux_is_inert(value, depth + 1) for value in attributes)
+
+
+def _own_attributes(value: Any) -> list[Any] | None:
+    """The values an object holds in its `__dict__` and slots (equinox's flattened aux data is such
+    a record), or None for an object of a builtin or C type that may hold anything."""
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return None
+    found = list(getattr(value, "__dict__", {}).values())
+    for klass in kind.__mro__:
+        slots = getattr(klass, "__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__") and hasattr(value, name):
+                found.append(getattr(value, name))
+    return found
 
 
 def _holds_nothing(value: Any) -> bool:
