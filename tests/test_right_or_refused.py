@@ -212,7 +212,15 @@ def test_set_find_and_describe_at_any_depth_jax_can_flatten(depth: int) -> None:
 
 
 def test_past_jaxs_depth_limit_a_documented_error() -> None:
-    tree = _nested(1500)
+    # JAX's own limit depends on the Python version (about 1,000 levels on 3.11, 10,000 on 3.13).
+    for depth in (1500, 12_000, 60_000):
+        tree = _nested(depth)
+        try:
+            jax.tree.flatten(tree)
+        except (RecursionError, SystemError):
+            break
+    else:
+        pytest.skip("JAX flattens 60,000 levels here")
     for call in (lambda: oi.describe(tree), lambda: oi.find(tree, "a"), lambda: oi.hyperparams(tree)):
         with pytest.raises(oi.TreeTooDeepError, match="deeper than JAX can flatten"):
             call()

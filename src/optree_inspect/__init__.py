@@ -2,6 +2,7 @@
 
 from jax.tree_util import keystr as keystr
 
+from ._closures import Optimizer as Optimizer
 from ._describe import Description as Description
 from ._describe import Row as Row
 from ._describe import describe as describe
@@ -22,6 +23,7 @@ from ._errors import ScheduledHyperparameterError as ScheduledHyperparameterErro
 from ._errors import StructureError as StructureError
 from ._errors import TreeError as TreeError
 from ._errors import TreeTooDeepError as TreeTooDeepError
+from ._query import Query as Query
 from ._resolve import Match as Match
 from ._resolve import find as find
 from ._resolve import get as get
@@ -38,7 +40,9 @@ __all__ = [
     "LeafTypeError",
     "Match",
     "NoMatchError",
+    "Optimizer",
     "OptimizerMismatchError",
+    "Query",
     "QueryError",
     "QuerySyntaxError",
     "Row",

@@ -23,7 +23,7 @@ import contextlib
 import functools
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import jax
 import numpy as np
@@ -34,6 +34,9 @@ from ._compat import is_nnx_variable_type, variable_value
 from ._errors import DeletedArrayError, InvalidArgumentError, OptimizerMismatchError, bounded
 from ._query import KeyPath
 from ._tree import _MISSING, child_at, is_namedtuple
+
+Optimizer: TypeAlias = optax.GradientTransformation | optax.MultiSteps
+"""What `optimizer=` takes: the optax optimizer that made the state."""
 
 
 class ConstantHyperparameter(NamedTuple):

@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import DictKey, GetAttrKey, keystr
+from jaxtyping import PyTree
 
-from ._closures import ConstantHyperparameter, OptimizerReading, read_optimizer
+from ._closures import ConstantHyperparameter, Optimizer, OptimizerReading, read_optimizer
 from ._compat import is_nnx_variable_type, partition_spec_text, variable_value
 from ._errors import bounded
 from ._optax_states import inject_state_nodes, is_optax_state_type, scheduled_slot_on
@@ -110,7 +111,7 @@ class Description:
         }
 
 
-def describe(tree: Any, /, *, optimizer: Any = None) -> Description:
+def describe(tree: PyTree, /, *, optimizer: Optimizer | None = None) -> Description:
     """A compact picture of `tree`: one line a node, params-shaped subtrees folded.
 
     Arrays are summarised as `f32[4,4]` (`weak_f32[]` for weak types), scalars show their value,
@@ -580,7 +581,9 @@ def _is_counter(index: StructureIndex, node: int) -> bool:
     )
 
 
-def hyperparams(tree: Any, /, *, counters: bool = False, optimizer: Any = None) -> dict[str, Any]:
+def hyperparams(
+    tree: PyTree, /, *, counters: bool = False, optimizer: Optimizer | None = None
+) -> dict[str, PyTree]:
     """Every injected hyperparameter, keyed by its shortest unique query, in tree order.
 
     Scheduled ones are included with the value of the last update. With `counters=True`, the

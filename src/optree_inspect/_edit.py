@@ -7,14 +7,15 @@ import functools
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import DictKey, GetAttrKey, keystr
+from jaxtyping import PyTree
 
-from ._closures import ConstantHyperparameter, read_optimizer
+from ._closures import ConstantHyperparameter, Optimizer, read_optimizer
 from ._compat import is_nnx_variable_type, variable_value, variable_with_value, weakly_typed_like
 from ._errors import (
     ConstantHyperparameterError,
@@ -34,7 +35,7 @@ from ._optax_states import (
     scheduled_slot_on,
     scheduled_slots_under,
 )
-from ._query import KeyEntry, KeyPath, parse_query
+from ._query import KeyEntry, KeyPath, Query, parse_query
 from ._resolve import _UNSET, constant_matches, no_match_error, resolve_all, resolve_one
 from ._tree import (
     _DICT_TYPES,
@@ -49,7 +50,27 @@ from ._tree import (
 _PYTHON_SCALARS = (bool, int, float, complex)
 
 
-def set(tree: Any, query: Any, value: Any = _UNSET, /, *, every: bool = False, optimizer: Any = None) -> Any:
+@overload
+def set(
+    tree: PyTree, query: Query, value: Any, /, *, every: bool = ..., optimizer: Optimizer | None = ...
+) -> PyTree: ...
+
+
+@overload
+def set(
+    tree: PyTree, query: Mapping[Query, Any], /, *, every: bool = ..., optimizer: Optimizer | None = ...
+) -> PyTree: ...
+
+
+def set(
+    tree: PyTree,
+    query: Query | Mapping[Query, Any],
+    value: Any = _UNSET,
+    /,
+    *,
+    every: bool = False,
+    optimizer: Optimizer | None = None,
+) -> PyTree:
     """A new tree with the node(s) that `query` selects replaced by `value`.
 
     **Arguments:**

@@ -93,7 +93,7 @@ class TreeError(Error, ValueError):
 
 
 class TreeTooDeepError(TreeError):
-    """The tree is nested deeper than JAX can flatten (about 1,000 levels)."""
+    """The tree is nested deeper than JAX can flatten (about 1,000 levels on Python 3.11)."""
 
 
 class InvalidArgumentError(Error, TypeError):

@@ -100,10 +100,13 @@ class PredicateQuery:
     predicate: Callable[[KeyPath, Any], bool]
 
 
-Query: TypeAlias = ExactQuery | PatternQuery | TypeQuery | PredicateQuery
+ParsedQuery: TypeAlias = ExactQuery | PatternQuery | TypeQuery | PredicateQuery
+
+Query: TypeAlias = str | KeyPath | type | Callable[[KeyPath, Any], bool]
+"""What `find`, `get` and `set` accept: a keystr or pattern, a key path, a type or a predicate."""
 
 
-def parse_query(query: object) -> Query:
+def parse_query(query: object) -> ParsedQuery:
     """The query object for any of the five query forms.
 
     >>> parse_query("[1].hyperparams['learning_rate']").steps

@@ -10,8 +10,9 @@ from typing import Any, NamedTuple
 
 import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey, keystr
+from jaxtyping import PyTree
 
-from ._closures import ConstantHyperparameter, read_optimizer
+from ._closures import ConstantHyperparameter, Optimizer, read_optimizer
 from ._errors import AmbiguousMatchError, DeletedArrayError, NoMatchError, bounded, listing, short_repr
 from ._match import item_matches, key_kind, match, prefix_matches
 from ._optax_states import missing_hyperparameter_hint
@@ -26,6 +27,7 @@ from ._query import (
     KeyEntry,
     KeyPath,
     Name,
+    ParsedQuery,
     PatternQuery,
     PredicateQuery,
     Query,
@@ -55,7 +57,7 @@ class Match(NamedTuple):
     value: Any
 
 
-def find(tree: Any, query: Any, /, *, optimizer: Any = None) -> list[Match]:
+def find(tree: PyTree, query: Query, /, *, optimizer: Optimizer | None = None) -> list[Match]:
     """Every node of `tree` that `query` selects, in pre-order; `[]` when none does.
 
     **Arguments:**
@@ -77,7 +79,9 @@ def find(tree: Any, query: Any, /, *, optimizer: Any = None) -> list[Match]:
     return [Match(path, value) for path, value in _resolve(tree, parse_query(query), optimizer)]
 
 
-def get(tree: Any, query: Any, /, default: Any = _UNSET, *, optimizer: Any = None) -> Any:
+def get(
+    tree: PyTree, query: Query, /, default: Any = _UNSET, *, optimizer: Optimizer | None = None
+) -> PyTree:
     """The single node of `tree` that `query` selects.
 
     **Raises:** `NoMatchError` when nothing matches and no `default` is given (with `default=`,
@@ -109,7 +113,7 @@ def get(tree: Any, query: Any, /, default: Any = _UNSET, *, optimizer: Any = Non
     raise ambiguous_error(tree, parsed, [path for path, _ in matches], optimizer)
 
 
-def resolve_one(tree: Any, query: Query) -> tuple[KeyPath, Any]:
+def resolve_one(tree: Any, query: ParsedQuery) -> tuple[KeyPath, Any]:
     """The path and node of the single match of `query`, with `get`'s errors."""
     matches = _resolve(tree, query)
     if len(matches) == 1:
@@ -119,19 +123,19 @@ def resolve_one(tree: Any, query: Query) -> tuple[KeyPath, Any]:
     raise ambiguous_error(tree, query, [path for path, _ in matches])
 
 
-def resolve_all(tree: Any, query: Query) -> list[tuple[KeyPath, Any]]:
+def resolve_all(tree: Any, query: ParsedQuery) -> list[tuple[KeyPath, Any]]:
     """The paths and nodes of every match of `query`."""
     return _resolve(tree, query)
 
 
-def _resolve(tree: Any, query: Query, optimizer: Any = None) -> list[tuple[KeyPath, Any]]:
+def _resolve(tree: Any, query: ParsedQuery, optimizer: Any = None) -> list[tuple[KeyPath, Any]]:
     found = _resolve_state(tree, query)
     if optimizer is not None:
         found += constant_matches(tree, query, read_optimizer(optimizer, tree).constants)
     return found
 
 
-def _resolve_state(tree: Any, query: Query) -> list[tuple[KeyPath, Any]]:
+def _resolve_state(tree: Any, query: ParsedQuery) -> list[tuple[KeyPath, Any]]:
     if isinstance(query, ExactQuery):
         found = _walk_exact(tree, query.steps)
         return [] if found is None else [found]
@@ -170,7 +174,7 @@ def find_in_index(index: StructureIndex, pattern: str) -> tuple[int, ...]:
 
 
 def constant_matches(
-    tree: Any, query: Query, constants: list[ConstantHyperparameter]
+    tree: Any, query: ParsedQuery, constants: list[ConstantHyperparameter]
 ) -> list[tuple[KeyPath, Any]]:
     """The optimizer-held hyperparameters that `query` selects, each a field of its state node."""
     found = []
@@ -261,7 +265,7 @@ def _walk_exact(tree: Any, steps: Sequence[Step | KeyEntry]) -> tuple[KeyPath, A
 # Errors ----------------------------------------------------------------------------------------
 
 
-def _query_text(query: Query) -> str:
+def _query_text(query: ParsedQuery) -> str:
     if isinstance(query, (ExactQuery, PatternQuery)):
         return repr(bounded(query.text))
     if isinstance(query, TypeQuery):
@@ -269,7 +273,7 @@ def _query_text(query: Query) -> str:
     return "the predicate"
 
 
-def no_match_error(tree: Any, query: Query, optimizer: Any = None) -> NoMatchError:
+def no_match_error(tree: Any, query: ParsedQuery, optimizer: Any = None) -> NoMatchError:
     """A NoMatchError that says where an exact path stops, or suggests names that exist."""
     text = _query_text(query)
     if isinstance(query, ExactQuery):
@@ -334,7 +338,7 @@ def _step_text(step: Step | KeyEntry) -> str:
 
 
 def ambiguous_error(
-    tree: Any, query: Query, paths: list[KeyPath], optimizer: Any = None
+    tree: Any, query: ParsedQuery, paths: list[KeyPath], optimizer: Any = None
 ) -> AmbiguousMatchError:
     """An AmbiguousMatchError that lists (capped) candidates, each with a query for it alone."""
     index = structure_index(tree)

@@ -294,8 +294,8 @@ def flatten(tree: Any) -> tuple[list[Any], Any]:
         if isinstance(error, SystemError) and not isinstance(error.__context__, RecursionError):
             raise
         raise TreeTooDeepError(
-            "The tree is nested deeper than JAX can flatten (about 1,000 levels); no JAX function "
-            "can take it. Look inside it with an exact path from a shallower node."
+            "The tree is nested deeper than JAX can flatten (about 1,000 levels on Python 3.11); no "
+            "JAX function can take it. Look inside it with an exact path from a shallower node."
         ) from None
 
 
