@@ -83,7 +83,7 @@ def test_closure_values_agree_with_what_inject_hyperparams_stores(name: str, kin
         optax.inject_hyperparams(factory, static_args=static)(learning_rate=0.0123, **extra).init(P)
     )
     state = plain.init(P)
-    reading = oi._closures.read_optimizer(plain, state)
+    reading = oi._optax.closures.read_optimizer(plain, state)
     assert reading.unmatched == ([] if name != "fromage" else reading.unmatched[:2])
     by_name: dict[str, list[Any]] = {}
     for constant in reading.constants:
@@ -293,7 +293,7 @@ def test_hyperparams_keys_are_unique_queries_even_where_the_state_holds_the_same
 def test_closure_layout_of_this_optax() -> None:
     """Pins the closure layout read in _closures.py; fails loudly when optax changes it."""
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule(), weight_decay=0.01))
-    reading = oi._closures.read_optimizer(tx, tx.init(PARAMS))
+    reading = oi._optax.closures.read_optimizer(tx, tx.init(PARAMS))
     found = [(jax.tree_util.keystr(c.path), c.schedule is not None) for c in reading.constants]
     assert (reading.unmatched, found) == (
         [],

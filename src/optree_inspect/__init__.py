@@ -2,11 +2,9 @@
 
 from jax.tree_util import keystr as keystr
 
-from ._closures import Optimizer as Optimizer
 from ._describe import Description as Description
 from ._describe import Row as Row
 from ._describe import describe as describe
-from ._describe import hyperparams as hyperparams
 from ._edit import set as set
 from ._errors import AmbiguousMatchError as AmbiguousMatchError
 from ._errors import ConstantHyperparameterError as ConstantHyperparameterError
@@ -23,6 +21,8 @@ from ._errors import ScheduledHyperparameterError as ScheduledHyperparameterErro
 from ._errors import StructureError as StructureError
 from ._errors import TreeError as TreeError
 from ._errors import TreeTooDeepError as TreeTooDeepError
+from ._optax.closures import Optimizer as Optimizer
+from ._optax.hyperparams import hyperparams as hyperparams
 from ._query import Query as Query
 from ._resolve import Match as Match
 from ._resolve import find as find

@@ -19,16 +19,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import DictKey, GetAttrKey, keystr
+from jax.tree_util import keystr
 from jaxtyping import PyTree
 
-from ._closures import ConstantHyperparameter, Optimizer, OptimizerReading, read_optimizer
 from ._compat import is_nnx_variable_type, partition_spec_text, variable_value
 from ._errors import bounded
-from ._optax_states import inject_state_nodes, is_optax_state_type, scheduled_slot_on
-from ._query import KeyPath
-from ._resolve import constant_query, shortest_query
-from ._tree import StructureIndex, index_and_leaves, structure_index, value_at
+from ._keys import KeyPath, edge_label
+from ._naming import attached_query, shortest_query
+from ._optax.closures import ConstantHyperparameter, Optimizer, OptimizerReading, read_optimizer
+from ._optax.states import hyperparameter_nodes, protected_nodes, scheduled_slot_on
+from ._tree import CONTAINER_TYPE_NAMES, StructureIndex, index_and_leaves
 
 FOLD_LEAVES = 16
 """A params-shaped subtree with more leaves than this is one line."""
@@ -40,9 +40,9 @@ MAX_LINES = 120
 """A description has at most this many lines (and a line for what the optimizer could not match):
 below the deepest level that fits, subtrees are folded."""
 
-_CONTAINERS = frozenset(
-    {"dict", "list", "tuple", "OrderedDict", "defaultdict", "NoneType", "State", "MaskedNode"}
-)
+_CONTAINERS = CONTAINER_TYPE_NAMES | {"State", "MaskedNode"}
+"""What a params-shaped subtree is made of, besides leaves and nnx Variables: JAX's containers, nnx
+States and optax's MaskedNode holes."""
 _DTYPE_NAMES = {"float": "f", "bfloat": "bf", "int": "i", "uint": "u", "complex": "c"}
 
 
@@ -167,7 +167,7 @@ def _with_optimizer(
             held = (
                 "schedule in the optimizer, next value" if constant.schedule else "constant in the optimizer"
             )
-            query = constant_query(tree, index, constant, reading.constants)
+            query = attached_query(tree, index, constant, reading.constants)
             summary = f"{value} ({held})"
             result.append(
                 Row(constant.path, query, row.depth + 1, constant.name, "optimizer", summary, False, None)
@@ -190,7 +190,7 @@ def _number(value: Any) -> str:
 
 def _layout(index: StructureIndex) -> list[_Line]:
     """Which nodes are shown and how, in pre-order; then cut to `MAX_LINES` by depth."""
-    protected = _protected_nodes(index)
+    protected = protected_nodes(index)
     signatures = _signatures(index)
     params_shaped = _params_shaped(index)
     seen: dict[int, int] = {}
@@ -277,16 +277,6 @@ def _has_children(index: StructureIndex, node: int) -> bool:
     return index.sizes[node] > 1 and not is_nnx_variable_type(index.types[node])
 
 
-def _protected_nodes(index: StructureIndex) -> set[int]:
-    """Nodes never folded: the injected hyperparameters and their schedules' states."""
-    protected: set[int] = set()
-    for state in inject_state_nodes(index):
-        for field in index.children(state):
-            if index.texts[field] in ("hyperparams", "hyperparams_states"):
-                protected.update(range(field, field + index.sizes[field]))
-    return protected
-
-
 def _params_shaped(index: StructureIndex) -> list[bool]:
     """For every node, whether its subtree holds only containers, leaves and nnx Variables. O(nodes)."""
     shaped = [
@@ -316,16 +306,6 @@ def _signatures(index: StructureIndex) -> list[int]:
 
 
 # Rows (structure plus leaf metadata) ------------------------------------------------------------
-
-
-def _label(index: StructureIndex, node: int) -> str:
-    """The edge into `node` as a reader wants it: `count`, `learning_rate`, `[0]`, `['enc.1']`."""
-    key = index.keys[node]
-    if isinstance(key, GetAttrKey):
-        return key.name
-    if isinstance(key, DictKey) and isinstance(key.key, str) and key.key.isidentifier():
-        return key.key
-    return "" if key is None else str(key)
 
 
 def _row(index: StructureIndex, tree: Any, leaves: list[Any], stats: _LeafStats, line: _Line) -> Row:
@@ -358,7 +338,7 @@ def _row(index: StructureIndex, tree: Any, leaves: list[Any], stats: _LeafStats,
     if _is_hyperparameter(index, node) and scheduled_slot_on(tree, path) is not None:
         summary += " (scheduled)"
     folded = line.kind in ("fold", "like")
-    return Row(path, query, line.depth, _label(index, node), type_name, summary, folded, like)
+    return Row(path, query, line.depth, edge_label(index.keys[node]), type_name, summary, folded, like)
 
 
 def _run_row(index: StructureIndex, leaves: list[Any], stats: _LeafStats, line: _Line, path: KeyPath) -> Row:
@@ -372,13 +352,13 @@ def _run_row(index: StructureIndex, leaves: list[Any], stats: _LeafStats, line: 
     members = siblings[position : siblings.index(last) + 1]
     if index.sizes[reference] == 1:  # empty nodes: MaskedNode, EmptyState
         summary = f"{len(members):,} more {index.types[first].__name__}"
-        label = f"{_label(index, first)} ... {_label(index, last)}"
+        label = f"{edge_label(index.keys[first])} ... {edge_label(index.keys[last])}"
         return Row(
             path, "", line.depth, label, index.types[first].__name__, summary, True, index.path(reference)
         )
     if not index.leaf_counts[reference]:
         summary = f"{len(members):,} like {keystr(index.path(reference)) or '<root>'}, no leaves"
-        label = f"{_label(index, first)} ... {_label(index, last)}"
+        label = f"{edge_label(index.keys[first])} ... {edge_label(index.keys[last])}"
         return Row(
             path, "", line.depth, label, index.types[first].__name__, summary, True, index.path(reference)
         )
@@ -390,7 +370,7 @@ def _run_row(index: StructureIndex, leaves: list[Any], stats: _LeafStats, line: 
             continue
         values = [_scalar_number(leaves[index.leaf_starts[m + offset]]) for m in members]
         numbers = [v for v in values if v is not None]
-        name = _label(index, reference + offset)
+        name = edge_label(index.keys[reference + offset])
         if len(numbers) < len(values):
             ranges.append(f"{name} ?")
         elif min(numbers) == max(numbers):
@@ -399,7 +379,7 @@ def _run_row(index: StructureIndex, leaves: list[Any], stats: _LeafStats, line: 
             ranges.append(f"{name} {min(numbers):.4g} ... {max(numbers):.4g}")
     if ranges:
         summary += "; " + ", ".join(ranges[:8]) + (", ..." if len(ranges) > 8 else "")
-    label = f"{_label(index, first)} ... {_label(index, last)}"
+    label = f"{edge_label(index.keys[first])} ... {edge_label(index.keys[last])}"
     return Row(path, "", line.depth, label, index.types[first].__name__, summary, True, index.path(reference))
 
 
@@ -434,7 +414,14 @@ class _LeafStats:
 
 
 def _is_hyperparameter(index: StructureIndex, node: int) -> bool:
-    return node > 1 and index.texts[index.parents[node]] == "hyperparams"
+    """Whether `node` is an injected hyperparameter (the set is memoised on the index)."""
+    nodes = index.results.get(_HYPERPARAMETERS)
+    if nodes is None:
+        nodes = index.results[_HYPERPARAMETERS] = frozenset(hyperparameter_nodes(index))
+    return node in nodes
+
+
+_HYPERPARAMETERS = ("describe", "hyperparameter nodes")
 
 
 def _aggregate(index: StructureIndex, node: int, end: int, stats: _LeafStats, with_keys: bool) -> str:
@@ -560,63 +547,3 @@ def _html(rows: tuple[Row, ...]) -> str:
     parts.extend("</details>" for _ in open_depths)
     parts.append("</div>")
     return "\n".join(parts)
-
-
-# hyperparams -----------------------------------------------------------------------------------
-
-COUNTER_NAMES = frozenset(
-    {"count", "step", "gradient_step", "mini_step", "step_count", "t", "steps_since_sync"}
-)
-
-
-def _is_counter(index: StructureIndex, node: int) -> bool:
-    """A counter field of an optax state: a field named like a counter of a state type that optax
-    defines, whatever holds it (never a parameter called `count` or `t`, even in an eqx Module)."""
-    parent = index.types[index.parents[node]]
-    return (
-        index.texts[node] in COUNTER_NAMES
-        and isinstance(index.keys[node], GetAttrKey)
-        and is_optax_state_type(parent)
-        and not index.in_bookkeeping[node]
-    )
-
-
-def hyperparams(
-    tree: PyTree, /, *, counters: bool = False, optimizer: Optimizer | None = None
-) -> dict[str, PyTree]:
-    """Every injected hyperparameter, keyed by its shortest unique query, in tree order.
-
-    Scheduled ones are included with the value of the last update. With `counters=True`, the
-    scalar step counters of the state (`count`, `gradient_step`, ...) are included too, keyed the
-    same way. Values are arrays (nnx Variables are unwrapped), tracers inside `jax.jit`. With
-    `optimizer=`, the hyperparameters it keeps in its closures are included too, keyed the same
-    way: numbers, and for a schedule the value it gives at the next update.
-
-    ```python
-    >>> import jax.numpy as jnp, optax, optree_inspect as oi
-    >>> tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)
-    >>> oi.hyperparams(tx.init({"w": jnp.zeros(2)}))
-    {'learning_rate': Array(0.1, dtype=float32), 'momentum': Array(0.9, dtype=float32)}
-
-    ```
-    """
-    index = structure_index(tree)
-    nodes: list[int] = []
-    for state in sorted(inject_state_nodes(index)):
-        for field in index.children(state):
-            if index.texts[field] == "hyperparams":
-                nodes.extend(index.children(field))
-    if counters:
-        nodes.extend(node for node in range(1, len(index)) if _is_counter(index, node))
-    entries: list[tuple[int, int, str, Any]] = []
-    for node in set(nodes):
-        value = value_at(tree, index.path(node))
-        if is_nnx_variable_type(type(value)):
-            value = variable_value(value)
-        entries.append((node, 0, shortest_query(index, node), value))
-    if optimizer is not None:
-        constants = read_optimizer(optimizer, tree).constants
-        for order, constant in enumerate(constants, start=1):
-            node = index.number_of(constant.node_path) or 0
-            entries.append((node, order, constant_query(tree, index, constant, constants), constant.value))
-    return {query: value for _, _, query, value in sorted(entries, key=lambda e: e[:2])}

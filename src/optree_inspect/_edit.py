@@ -15,7 +15,6 @@ import numpy as np
 from jax.tree_util import DictKey, GetAttrKey, keystr
 from jaxtyping import PyTree
 
-from ._closures import ConstantHyperparameter, Optimizer, read_optimizer
 from ._compat import is_nnx_variable_type, variable_value, variable_with_value, weakly_typed_like
 from ._errors import (
     ConstantHyperparameterError,
@@ -28,15 +27,17 @@ from ._errors import (
     bounded,
     short_repr,
 )
-from ._optax_states import (
-    INJECT_EXAMPLE,
+from ._keys import KeyEntry, KeyPath
+from ._optax.closures import ConstantHyperparameter, Optimizer, read_optimizer
+from ._optax.names import INJECT_EXAMPLE
+from ._optax.states import (
     ScheduledSlot,
     schedule_step_query,
     scheduled_slot_on,
     scheduled_slots_under,
 )
-from ._query import KeyEntry, KeyPath, Query, parse_query
-from ._resolve import _UNSET, constant_matches, no_match_error, resolve_all, resolve_one
+from ._query import Query, parse_query
+from ._resolve import _UNSET, attached_matches, no_match_error, resolve_one
 from ._tree import (
     _DICT_TYPES,
     _MISSING,
@@ -117,7 +118,7 @@ def set(
         parsed = parse_query(edit_query)
         _refuse_constants(tree, parsed, constants)
         if every:
-            matches = resolve_all(tree, parsed)
+            matches = parsed.select(tree)
             if not matches:
                 raise no_match_error(tree, parsed)
         else:
@@ -158,7 +159,7 @@ def _refuse_overlaps(paths: list[KeyPath]) -> None:
 
 
 def _refuse_constants(tree: Any, query: Any, constants: list[ConstantHyperparameter]) -> None:
-    for path, _ in constant_matches(tree, query, constants)[:1]:
+    for path, _ in attached_matches(tree, query, constants)[:1]:
         raise ConstantHyperparameterError(
             f"{str(path[-1])[1:]!r} at {_path_text(path)} is a constant of the optimizer, held in "
             "its closures, not in the state: no value set in the state can change it. To make it "

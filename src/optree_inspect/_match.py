@@ -12,40 +12,10 @@ from __future__ import annotations
 
 import bisect
 import fnmatch
-import numbers
 from collections.abc import Sequence
-from typing import Any
 
-from jax.tree_util import DictKey, SequenceKey
-
-from ._query import Component, Item
+from ._keys import Component, Item, item_matches
 from ._tree import StructureIndex
-
-
-def key_kind(key: Any) -> object:
-    """What must agree, besides `==`, for a bracketed literal to name a key: `[0]` is not `[False]`
-    nor `[0.0]`, but it is an `np.int64(0)` key; `['a']` is a `str` subclass key `'a'` too."""
-    if isinstance(key, bool):
-        return bool
-    if isinstance(key, str):
-        return str
-    if isinstance(key, numbers.Integral):
-        return numbers.Integral
-    if isinstance(key, numbers.Real):
-        return numbers.Real
-    if isinstance(key, numbers.Complex):
-        return numbers.Complex
-    return type(key)
-
-
-def item_matches(item: Item, key: Any) -> bool:
-    """Whether the bracketed literal `item` names the edge `key`."""
-    if isinstance(key, DictKey):
-        try:
-            return key_kind(key.key) == key_kind(item.key) and bool(key.key == item.key)
-        except Exception:  # a key whose == raises or returns an array
-            return False
-    return isinstance(key, SequenceKey) and key_kind(item.key) is numbers.Integral and key.idx == item.key
 
 
 def component_matches(component: Component, index: StructureIndex, node: int) -> bool:

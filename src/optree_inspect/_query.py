@@ -1,4 +1,5 @@
-"""Parsing the `query` argument of `find`, `get` and `set` into a query object (README: Queries).
+"""The `query` argument of `find`, `get` and `set`: parsed into one of five query forms, each of
+which selects nodes, selects attached values, and explains a miss (README: Queries).
 
 Five forms: a key path (a tuple of JAX key entries), a keystr (a string that starts with `.` or `[`,
 or is empty), a pattern (any other string), a type, and a predicate. Strings are read by a small
@@ -9,61 +10,74 @@ literals.
 from __future__ import annotations
 
 import ast
+import difflib
+import fnmatch
 import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
-from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey, keystr
+from jax.tree_util import GetAttrKey, keystr
 
-from ._errors import InvalidArgumentError, QuerySyntaxError
-
-KeyEntry: TypeAlias = DictKey | SequenceKey | GetAttrKey | FlattenedIndexKey
-KeyPath: TypeAlias = tuple[KeyEntry, ...]
-KEY_TYPES = (DictKey, SequenceKey, GetAttrKey, FlattenedIndexKey)
-
-SCHEDULE_BOOKKEEPING = "hyperparams_states"
-"""The field of optax's inject state that patterns enter only when they name it."""
+from ._errors import InvalidArgumentError, QuerySyntaxError, bounded, listing
+from ._keys import (
+    KEY_TYPES,
+    Attr,
+    Component,
+    FlatIndex,
+    Item,
+    KeyEntry,
+    KeyPath,
+    Name,
+    Step,
+    path_text,
+    step_matches,
+    step_text,
+)
+from ._match import match, prefix_matches
+from ._optax.names import SCHEDULE_BOOKKEEPING
+from ._tree import (
+    CONTAINER_TYPE_NAMES,
+    StructureIndex,
+    child_at,
+    children_with_keys,
+    exact_key,
+    structure_index,
+    value_at,
+    walk_exact,
+    walk_with_paths,
+)
 
 _GLOB_CHARS = frozenset("*?")
 _NAME_STOP = frozenset(".[]")
 _FLAT_INDEX = re.compile(r"<flat index (\d+)>")
+_CLOSE_NAMES = 8
 
 
-@dataclass(frozen=True)
-class Attr:
-    """`.name` in a keystr: a `GetAttrKey`."""
+class Attached(Protocol):
+    """A value that is not in the tree but read beside it as a field of one of its nodes (a
+    hyperparameter an optimizer keeps in its closures): queries select it like a node."""
 
-    name: str
+    @property
+    def node_path(self) -> KeyPath: ...
 
+    @property
+    def name(self) -> str: ...
 
-@dataclass(frozen=True)
-class Item:
-    """`[literal]` in a keystr or pattern: a `DictKey` with that key or, for an int, a `SequenceKey`."""
+    @property
+    def value(self) -> Any: ...
 
-    key: Any
-
-
-@dataclass(frozen=True)
-class FlatIndex:
-    """`[<flat index N>]`: the `FlattenedIndexKey` of an unkeyed custom node."""
-
-    index: int
+    @property
+    def path(self) -> KeyPath: ...
 
 
-Step: TypeAlias = Attr | Item | FlatIndex
+Found: TypeAlias = list[tuple[KeyPath, Any]]
 
 
-@dataclass(frozen=True)
-class Name:
-    """A pattern component that is a name or an fnmatch glob (`*`, `?`)."""
-
-    text: str
-    is_glob: bool
-
-
-Component: TypeAlias = Name | Item
+# Each query form owns its behaviour: what it selects in a tree, whether it selects a value
+# attached beside the tree, what a miss says, and how a message names it. A new form is one class
+# here and one entry in `parse_query`.
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,37 @@ class ExactQuery:
 
     steps: tuple[Step | KeyEntry, ...]
     text: str
+
+    @property
+    def label(self) -> str:
+        return repr(bounded(self.text))
+
+    def select(self, tree: Any) -> Found:
+        found = walk_exact(tree, self.steps)
+        return [] if found is None else [found]
+
+    def selects_attached(self, tree: Any, attached: Attached) -> bool:
+        if not self.steps or not step_matches(self.steps[-1], GetAttrKey(attached.name)):
+            return False
+        walked = walk_exact(tree, self.steps[:-1])
+        return walked is not None and walked[0] == attached.node_path
+
+    def explain_miss(self, tree: Any) -> list[str]:
+        node, done = tree, list[KeyEntry]()
+        for step in self.steps:
+            key = exact_key(node, step)
+            if key is None:
+                where, what = path_text(tuple(done)), type(node).__name__
+                children = [str(k) for k, _ in children_with_keys(node) or ()]
+                if not children:
+                    return [f"No node at {self.label}: {where} is a {what} with no children."]
+                return [
+                    f"No node at {self.label}: {where} ({what}) has no child {step_text(step)}; its "
+                    f"children are:\n{listing(children)}"
+                ]
+            done.append(key)
+            node = child_at(node, key)
+        return [f"No node at {self.label}."]
 
 
 @dataclass(frozen=True)
@@ -82,8 +127,47 @@ class PatternQuery:
     text: str
 
     @property
+    def label(self) -> str:
+        return repr(bounded(self.text))
+
+    @property
     def enters_schedule_bookkeeping(self) -> bool:
         return any(isinstance(c, Name) and c.text == SCHEDULE_BOOKKEEPING for c in self.components)
+
+    def nodes(self, index: StructureIndex) -> tuple[int, ...]:
+        """The numbers of the nodes of `index` it selects, memoised on the index."""
+        found = index.results.get(self)
+        if found is None:
+            found = tuple(match(index, self.components, self.enters_schedule_bookkeeping))
+            index.results[self] = found
+        return found
+
+    def select(self, tree: Any) -> Found:
+        index = structure_index(tree)
+        return [(path, value_at(tree, path)) for path in map(index.path, self.nodes(index))]
+
+    def selects_attached(self, tree: Any, attached: Attached) -> bool:
+        last = self.components[-1]
+        if not isinstance(last, Name) or not fnmatch.fnmatchcase(attached.name, last.text):
+            return False
+        index = structure_index(tree)
+        node = index.number_of(attached.node_path)
+        chain = [] if node is None else [*index.ancestors(node), node]
+        return node is not None and prefix_matches(index, self.components[:-1], chain)
+
+    def explain_miss(self, tree: Any) -> list[str]:
+        index = structure_index(tree)
+        vocabulary = [name for name in index.by_text if 0 < len(name) <= 100] + [
+            name for name in index.by_type_name if name not in CONTAINER_TYPE_NAMES and len(name) <= 100
+        ]
+        wanted = [
+            c.text for c in self.components if isinstance(c, Name) and not c.is_glob and len(c.text) <= 100
+        ]
+        close = {s for w in wanted for s in difflib.get_close_matches(w, vocabulary, n=4)} - set(wanted)
+        lines = [f"No node matches {self.label}."]
+        if close:
+            lines.append(f"Close names in the tree: {', '.join(sorted(close)[:_CLOSE_NAMES])}.")
+        return lines
 
 
 @dataclass(frozen=True)
@@ -92,12 +176,46 @@ class TypeQuery:
 
     cls: type
 
+    @property
+    def label(self) -> str:
+        return bounded(self.cls.__name__)
+
+    def select(self, tree: Any) -> Found:
+        if type(self.cls).__instancecheck__ is not type.__instancecheck__:
+            # jax.Array and ABCs accept instances (such as tracers) that are not subclasses.
+            return [(path, node) for path, node in walk_with_paths(tree) if isinstance(node, self.cls)]
+        index = structure_index(tree)
+        found = index.results.get(self)
+        if found is None:
+            found = tuple(n for n, kind in enumerate(index.types) if issubclass(kind, self.cls))
+            index.results[self] = found
+        return [(path, value_at(tree, path)) for path in map(index.path, found)]
+
+    def selects_attached(self, tree: Any, attached: Attached) -> bool:
+        return isinstance(attached.value, self.cls)
+
+    def explain_miss(self, tree: Any) -> list[str]:
+        return [f"No node of type {self.label} in the tree."]
+
 
 @dataclass(frozen=True)
 class PredicateQuery:
     """Every node for which `predicate(path, node)` is true."""
 
     predicate: Callable[[KeyPath, Any], bool]
+
+    @property
+    def label(self) -> str:
+        return "the predicate"
+
+    def select(self, tree: Any) -> Found:
+        return [(path, node) for path, node in walk_with_paths(tree) if self.predicate(path, node)]
+
+    def selects_attached(self, tree: Any, attached: Attached) -> bool:
+        return bool(self.predicate(attached.path, attached.value))
+
+    def explain_miss(self, tree: Any) -> list[str]:
+        return ["No node satisfies the predicate."]
 
 
 ParsedQuery: TypeAlias = ExactQuery | PatternQuery | TypeQuery | PredicateQuery

@@ -13,21 +13,23 @@ import enum
 import functools
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import jax
-from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
+from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
 from ._compat import is_nnx_variable_type
 from ._errors import TreeError, TreeTooDeepError, bounded
-from ._query import SCHEDULE_BOOKKEEPING, KeyEntry, KeyPath
+from ._keys import Item, KeyEntry, KeyPath, Step, candidate_keys, edge_text, key_kind, step_matches
+from ._optax.names import INJECT_STATE_NAMES, SCHEDULE_BOOKKEEPING
 
 _REGISTRY = jax.tree_util.default_registry
+CONTAINER_TYPE_NAMES = frozenset({"tuple", "list", "dict", "OrderedDict", "defaultdict", "NoneType"})
+"""JAX's own pytree containers: their type names say nothing a query could use."""
 _DICT_TYPES = (dict, collections.OrderedDict, collections.defaultdict)
 _MISSING = object()
-INJECT_STATE_NAMES = frozenset({"InjectStatefulHyperparamsState", "InjectHyperparamsState"})
 
 
 def is_namedtuple(node: object) -> bool:
@@ -59,19 +61,6 @@ def children_with_keys(node: Any) -> list[tuple[KeyEntry, Any]] | None:
     return pairs
 
 
-def edge_text(key: KeyEntry | None) -> str:
-    """How a pattern name sees an edge: a dict key as text, a field name, an index in decimal."""
-    if isinstance(key, DictKey):
-        return str(key.key)
-    if isinstance(key, SequenceKey):
-        return str(key.idx)
-    if isinstance(key, GetAttrKey):
-        return key.name
-    if isinstance(key, FlattenedIndexKey):
-        return str(key.key)
-    return ""
-
-
 def child_at(node: Any, key: KeyEntry) -> Any:
     """The child of `node` under `key`, or `_MISSING`; O(1) for dicts, sequences and NamedTuples."""
     kind = type(node)
@@ -87,6 +76,47 @@ def child_at(node: Any, key: KeyEntry) -> Any:
         if child_key == key:
             return child
     return _MISSING
+
+
+def exact_key(node: Any, step: Step | KeyEntry) -> KeyEntry | None:
+    """The key of `node`'s child that `step` names, looked up in O(1) where JAX's layout allows."""
+    if type(node) in _DICT_TYPES and isinstance(step, DictKey | Item):
+        stored = _stored_key(node, step.key)
+        return None if stored is _MISSING else DictKey(stored)
+    for key in candidate_keys(step):
+        if child_at(node, key) is not _MISSING:
+            return key
+    for key, _ in children_with_keys(node) or ():
+        if step_matches(step, key):
+            return key
+    return None
+
+
+def _stored_key(node: dict[Any, Any], key: Any) -> Any:
+    """The key of the dict `node` that equals `key` and is of its kind (`0` is not `False`)."""
+    try:
+        if key not in node:
+            return _MISSING
+    except TypeError:  # unhashable
+        return _MISSING
+    if isinstance(key, str):
+        return key  # only a str (or a subclass) equals a str
+    for stored in node:
+        if key_kind(stored) == key_kind(key) and stored == key:
+            return stored
+    return _MISSING
+
+
+def walk_exact(tree: Any, steps: Sequence[Step | KeyEntry]) -> tuple[KeyPath, Any] | None:
+    """The path and node that an exact path names, or None; O(depth) for JAX's own containers."""
+    node, path = tree, []
+    for step in steps:
+        key = exact_key(node, step)
+        if key is None:
+            return None
+        path.append(key)
+        node = child_at(node, key)
+    return tuple(path), node
 
 
 def value_at(tree: Any, path: KeyPath) -> Any:

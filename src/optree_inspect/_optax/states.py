@@ -1,4 +1,4 @@
-"""What is special about optax states: injected hyperparameters and their schedules."""
+"""What is special about optax states: injected hyperparameters, their schedules, counters."""
 
 from __future__ import annotations
 
@@ -6,65 +6,20 @@ from typing import Any, NamedTuple
 
 from jax.tree_util import DictKey, GetAttrKey
 
-from ._query import KeyPath
-from ._tree import INJECT_STATE_NAMES, StructureIndex, child_at, is_namedtuple_type, walk_with_paths
-
-HYPERPARAMETER_NAMES = frozenset(
-    [
-        "learning_rate",
-        "b1",
-        "b2",
-        "b3",
-        "eps",
-        "eps_root",
-        "weight_decay",
-        "momentum",
-        "nesterov",
-        "decay",
-        "rho",
-        "alpha",
-        "beta",
-        "gamma",
-        "eta",
-        "eta_minus",
-        "eta_plus",
-        "initial_accumulator_value",
-        "initial_scale",
-        "max_norm",
-        "max_delta",
-        "clip_threshold",
-        "clipping_threshold",
-        "decay_rate",
-        "decay_offset",
-        "min_norm",
-        "trust_coefficient",
-        "threshold",
-        "weight_lr_power",
-        "lower_bound",
-        "estim_lr0",
-        "estim_lr_coef",
-        "ns_steps",
-        "adam_b1",
-        "adam_b2",
-        "adam_eps_root",
-        "adam_weight_decay",
-        "max_step_size",
-        "min_step_size",
-        "l2_norm_clip",
-        "noise_multiplier",
-        "scale",
-        "update_proj_gap",
-        "update_interval",
-    ]
+from .._errors import QuerySyntaxError
+from .._keys import KeyPath
+from .._match import match
+from .._naming import shortest_query
+from .._query import PatternQuery, parse_query
+from .._tree import StructureIndex, child_at, walk_with_paths
+from .names import (
+    COUNTER_NAMES,
+    HYPERPARAMETER_NAMES,
+    INJECT_EXAMPLE,
+    INJECT_STATE_NAMES,
+    SCHEDULE_BOOKKEEPING,
+    is_optax_state_type,
 )
-"""Names optax factories take as hyperparameters; a NoMatch on one of them gets the inject hint."""
-
-INJECT_EXAMPLE = "optax.inject_hyperparams(optax.adamw)(learning_rate=schedule)"
-
-
-def is_optax_state_type(kind: type) -> bool:
-    """Whether `kind` is a state type that optax defines (`ScaleByAdamState`, `MultiStepsState`)."""
-    return kind.__module__.split(".")[0] == "optax" and is_namedtuple_type(kind)
 
 
 def is_inject_state(node: Any) -> bool:
@@ -76,14 +31,56 @@ def inject_state_nodes(index: StructureIndex) -> list[int]:
     return [number for name in INJECT_STATE_NAMES for number in index.by_type_name.get(name, [])]
 
 
+def hyperparameter_nodes(index: StructureIndex) -> list[int]:
+    """The injected hyperparameters of `index` (the entries of each inject state's `hyperparams`),
+    in tree order."""
+    nodes: list[int] = []
+    for state in sorted(inject_state_nodes(index)):
+        for field in index.children(state):
+            if index.texts[field] == "hyperparams":
+                nodes.extend(index.children(field))
+    return nodes
+
+
 def injected_names(index: StructureIndex) -> list[str]:
     """The names of the hyperparameters held by the inject states of `index`, in tree order."""
-    names: list[str] = []
-    for state in sorted(inject_state_nodes(index)):
-        for child in index.children(state):
-            if index.texts[child] == "hyperparams":
-                names.extend(index.texts[h] for h in index.children(child) if index.texts[h] not in names)
-    return names
+    return list(dict.fromkeys(index.texts[node] for node in hyperparameter_nodes(index)))
+
+
+def protected_nodes(index: StructureIndex) -> set[int]:
+    """Nodes `describe` never folds (but to fit its line budget): the injected hyperparameters and
+    their schedules' states."""
+    protected: set[int] = set()
+    for state in inject_state_nodes(index):
+        for field in index.children(state):
+            if index.texts[field] in ("hyperparams", SCHEDULE_BOOKKEEPING):
+                protected.update(range(field, field + index.sizes[field]))
+    return protected
+
+
+def is_counter(index: StructureIndex, node: int) -> bool:
+    """A counter field of an optax state: a field named like a counter of a state type that optax
+    defines, whatever holds it (never a parameter called `count` or `t`, even in an eqx Module)."""
+    return (
+        node > 0
+        and index.texts[node] in COUNTER_NAMES
+        and isinstance(index.keys[node], GetAttrKey)
+        and is_optax_state_type(index.types[index.parents[node]])
+        and not index.in_bookkeeping[node]
+    )
+
+
+def bookkeeping_hint(index: StructureIndex, query: PatternQuery) -> str | None:
+    """For a pattern that misses: the node it would select inside schedule bookkeeping, if any."""
+    if not index.has_bookkeeping or query.enters_schedule_bookkeeping:
+        return None
+    inside = [n for n in match(index, query.components, True) if index.in_bookkeeping[n]]
+    if not inside:
+        return None
+    return (
+        f"It matches schedule bookkeeping, which a pattern enters only when it names "
+        f"{SCHEDULE_BOOKKEEPING!r}: {shortest_query(index, inside[0])!r}."
+    )
 
 
 def missing_hyperparameter_hint(
@@ -155,16 +152,15 @@ def scheduled_slots_under(subtree: Any, path: KeyPath) -> list[ScheduledSlot]:
 
 def schedule_step_query(index: StructureIndex, slot: ScheduledSlot) -> str:
     """A query for the schedule's step counter, `hyperparams_states.<name>.count` when unique."""
-    from ._resolve import find_in_index, shortest_query
-
     schedule = index.number_of((*slot.state_path, GetAttrKey("hyperparams_states"), DictKey(slot.name)))
     assert schedule is not None
     step = next((c for c in index.children(schedule) if index.texts[c] == "count"), None)
     target = schedule if step is None else step
     explicit = f"hyperparams_states.{slot.name}" + ("" if step is None else ".count")
     try:
-        if find_in_index(index, explicit) == (target,):
-            return explicit
-    except ValueError:  # a name that is not a pattern component
-        pass
+        pattern = parse_query(explicit)
+    except QuerySyntaxError:  # a name that is not a pattern component
+        return shortest_query(index, target)
+    if isinstance(pattern, PatternQuery) and pattern.nodes(index) == (target,):
+        return explicit
     return shortest_query(index, target)

@@ -28,12 +28,12 @@ from typing import Any, NamedTuple, TypeAlias
 import jax
 import numpy as np
 import optax
-from jax.tree_util import DictKey, GetAttrKey, SequenceKey, keystr
+from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
-from ._compat import is_nnx_variable_type, variable_value
-from ._errors import DeletedArrayError, InvalidArgumentError, OptimizerMismatchError, bounded
-from ._query import KeyPath
-from ._tree import _MISSING, child_at, is_namedtuple
+from .._compat import is_nnx_variable_type, variable_value
+from .._errors import DeletedArrayError, InvalidArgumentError, OptimizerMismatchError, bounded
+from .._keys import KeyPath, path_text
+from .._tree import _MISSING, child_at, is_namedtuple
 
 Optimizer: TypeAlias = optax.GradientTransformation | optax.MultiSteps
 """What `optimizer=` takes: the optax optimizer that made the state."""
@@ -108,7 +108,19 @@ def _factory(function: Any) -> str:
 
 
 def _where(path: KeyPath) -> str:
-    return keystr(path) or "the root"
+    return "the root" if not path else path_text(path)
+
+
+class _Visit(NamedTuple):
+    """One transformation of the optimizer, in step with its part of the state."""
+
+    optimizer: Any
+    update: Any
+    cells: dict[str, Any]
+    state: Any
+    path: KeyPath
+    reading: OptimizerReading
+    role: str | None
 
 
 def _walk(optimizer: Any, state: Any, path: KeyPath, reading: OptimizerReading, role: str | None) -> None:
@@ -119,46 +131,68 @@ def _walk(optimizer: Any, state: Any, path: KeyPath, reading: OptimizerReading, 
         inner = inner_multi_steps if inner_multi_steps is not None else owner._opt  # type: ignore[union-attr]
         _descend(inner, state, path, GetAttrKey("inner_opt_state"), reading)
         return
-    factory, cells = _factory(update), _cells(update)
-    if factory == "chain":
-        init_fns = _cells(getattr(optimizer, "init", None)).get("init_fns", ())
-        _walk_sequence(init_fns, cells["update_fns"], state, path, reading)
-    elif factory == "with_extra_args_support":
-        _walk(cells["tx"], state, path, reading, role)
-    elif factory == "named_chain":
-        names = [n for n, _ in cells["transforms"]]
-        if not isinstance(state, dict) or set(names) != set(state):  # jit sorts a dict's keys
-            raise _mismatch(f"named_chain of {names[:8]}, the state is not keyed by these names", path)
-        for name, transform in cells["transforms"]:
-            _walk(transform, state[name], (*path, DictKey(name)), reading, None)
-    elif factory == "partition":
-        inner_states = getattr(state, "inner_states", None)
-        if not isinstance(inner_states, dict) or set(inner_states) != set(cells["transforms"]):
-            raise _mismatch(f"partition of labels {sorted(map(str, cells['transforms']))[:8]}", path)
-        for label, transform in cells["transforms"].items():
-            label_path = (*path, GetAttrKey("inner_states"), DictKey(label))
-            _descend(transform, inner_states[label], label_path, GetAttrKey("inner_state"), reading)
-    elif factory in _WRAPPERS:
-        _descend(cells[_WRAPPERS[factory][0]], state, path, GetAttrKey(_WRAPPERS[factory][1]), reading)
-    elif factory.startswith("inject_hyperparams") or factory.startswith("inject_stateful_hyperparams"):
+    factory = _factory(update)
+    visit = _Visit(optimizer, update, _cells(update), state, path, reading, role)
+    if factory in CONTAINERS:
+        CONTAINERS[factory](visit)
+    elif factory in WRAPPERS:
+        inner_name, field = WRAPPERS[factory]
+        _descend(visit.cells[inner_name], state, path, GetAttrKey(field), reading)
+    elif factory.startswith(("inject_hyperparams", "inject_stateful_hyperparams")):
         return  # its hyperparameters are in the state
     elif getattr(update, "__module__", "").startswith("optax."):
         if _state_matches(optimizer, factory, state, path, reading):
-            _read_leaf(factory, cells, state, path, reading, role)
+            _read_leaf(factory, visit.cells, state, path, reading, role)
     else:
         qualname = getattr(update, "__qualname__", type(optimizer).__name__).replace(".<locals>", "")
         name = ".".join(qualname.split(".")[-2:])  # "custom.update_fn", not the whole nesting
         reading.unmatched.append(f"{name} at {_where(path)}: not an optax transformation")
 
 
-_WRAPPERS = {
+def _chain(visit: _Visit) -> None:
+    init_fns = _cells(getattr(visit.optimizer, "init", None)).get("init_fns", ())
+    _walk_sequence(init_fns, visit.cells["update_fns"], visit.state, visit.path, visit.reading)
+
+
+def _extra_args(visit: _Visit) -> None:
+    _walk(visit.cells["tx"], visit.state, visit.path, visit.reading, visit.role)
+
+
+def _named_chain(visit: _Visit) -> None:
+    names = [n for n, _ in visit.cells["transforms"]]
+    if not isinstance(visit.state, dict) or set(names) != set(visit.state):  # jit sorts a dict's keys
+        raise _mismatch(f"named_chain of {names[:8]}, the state is not keyed by these names", visit.path)
+    for name, transform in visit.cells["transforms"]:
+        _walk(transform, visit.state[name], (*visit.path, DictKey(name)), visit.reading, None)
+
+
+def _partition(visit: _Visit) -> None:
+    transforms = visit.cells["transforms"]
+    inner_states = getattr(visit.state, "inner_states", None)
+    if not isinstance(inner_states, dict) or set(inner_states) != set(transforms):
+        raise _mismatch(f"partition of labels {sorted(map(str, transforms))[:8]}", visit.path)
+    for label, transform in transforms.items():
+        label_path = (*visit.path, GetAttrKey("inner_states"), DictKey(label))
+        _descend(transform, inner_states[label], label_path, GetAttrKey("inner_state"), visit.reading)
+
+
+CONTAINERS: dict[str, Callable[[_Visit], None]] = {
+    "chain": _chain,
+    "with_extra_args_support": _extra_args,
+    "named_chain": _named_chain,
+    "partition": _partition,
+}
+"""Transformations that hold several others, by the optax factory that makes them."""
+
+WRAPPERS = {
     "masked": ("inner", "inner_state"),
     "apply_if_finite": ("inner", "inner_state"),
     "conditionally_mask": ("inner", "inner_state"),
     "conditionally_transform": ("inner", "inner_state"),
     "lookahead": ("fast_optimizer", "fast_state"),
 }
-"""Wrappers of one inner transformation: the closure variable that holds it, the state field."""
+"""Wrappers of one inner transformation: the closure variable that holds it, the state field. A new
+optax wrapper of this kind is one entry here."""
 
 
 def _descend(optimizer: Any, state: Any, path: KeyPath, key: GetAttrKey, reading: OptimizerReading) -> None:
