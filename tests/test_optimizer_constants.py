@@ -71,6 +71,13 @@ NOT_READABLE = {
 }
 
 
+SHARED_NAMES = {
+    ("lamb", "eps"): "scale_by_trust_ratio has an eps too, which lamb leaves at 0",
+}
+"""Where an alias gives a second transformation a parameter of the same name but not the user's
+value: both are read, each under its own transformation, and one of them is the injected value."""
+
+
 @pytest.mark.parametrize("kind", ["alone", "chain", "named_chain", "partition", "multi_steps"])
 @pytest.mark.parametrize("name", sorted(INJECTED))
 def test_closure_values_agree_with_what_inject_hyperparams_stores(name: str, kind: str) -> None:
@@ -98,7 +105,8 @@ def test_closure_values_agree_with_what_inject_hyperparams_stores(name: str, kin
     assert all(float(v) == pytest.approx(0.0123, rel=1e-4) for v in by_name["learning_rate"]), by_name
     for hyperparameter in set(injected) & set(by_name):
         expected = np.float32(injected[hyperparameter])
-        assert any(np.isclose(np.float32(v), expected, rtol=1e-4) for v in by_name[hyperparameter]), (
+        agree = any if (name, hyperparameter) in SHARED_NAMES else all
+        assert agree(np.isclose(np.float32(v), expected, rtol=1e-4) for v in by_name[hyperparameter]), (
             hyperparameter
         )
 

@@ -21,6 +21,7 @@ from optree_inspect import _tree
 
 
 def _count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
+    """Count calls of `module.name`: only for a function its own module calls by that global name."""
     calls: list[int] = []
     original = getattr(module, name)
 
@@ -32,17 +33,46 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> lis
     return calls
 
 
+FLATTENS: list[int] = []
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class Counted:
+    """A node that counts every time JAX flattens it: any walk of the whole tree flattens it."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def tree_flatten_with_keys(self) -> tuple[list[tuple[Any, Any]], None]:
+        FLATTENS.append(1)
+        return [(jax.tree_util.GetAttrKey("value"), self.value)], None
+
+    def tree_flatten(self) -> tuple[list[Any], None]:
+        FLATTENS.append(1)
+        return [self.value], None
+
+    @classmethod
+    def tree_unflatten(cls, aux: None, children: Any) -> Counted:
+        return cls(children[0])
+
+
 @pytest.mark.parametrize("layers", [100, 5000])
-def test_exact_paths_never_walk_the_tree(monkeypatch: pytest.MonkeyPatch, layers: int) -> None:
-    state = seed_optimizer().init(layered_params(layers))
-    structure = _count_calls(monkeypatch, _tree, "index_and_leaves")
-    flattens = _count_calls(monkeypatch, _tree, "children_with_keys")
-    path = "[1].hyperparams['weight_decay']"
-    assert oi.get(state, path) is state[1].hyperparams["weight_decay"]
-    assert oi.get(state, "[1].inner_state[0].mu['layer7']['w']") is state[1].inner_state[0].mu["layer7"]["w"]
+def test_exact_paths_never_walk_the_tree(layers: int) -> None:
+    # Counted nodes off the path: a walk, a flatten or an index build anywhere would flatten them.
+    state = {
+        "opt": seed_optimizer().init(layered_params(layers)),
+        "side": [Counted(jnp.zeros(1)) for _ in range(layers)],
+    }
+    FLATTENS.clear()
+    path = "['opt'][1].hyperparams['weight_decay']"
+    assert oi.get(state, path) is state["opt"][1].hyperparams["weight_decay"]
+    mu = oi.get(state, "['opt'][1].inner_state[0].mu['layer7']['w']")
+    assert mu is state["opt"][1].inner_state[0].mu["layer7"]["w"]
     new = oi.set(state, path, 0.5)
-    assert new[1].inner_state is state[1].inner_state
-    assert structure == [] and flattens == []
+    assert new["opt"][1].inner_state is state["opt"][1].inner_state and new["side"] is state["side"]
+    assert FLATTENS == []
+    oi.find(state, "w")  # a floating query does walk: the counter sees it
+    assert FLATTENS
 
 
 def test_a_cached_structure_is_walked_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -139,9 +139,9 @@ def describe(tree: PyTree, /, *, optimizer: Optimizer | None = None) -> Descript
     """
     index, leaves = index_and_leaves(tree)
     reading = read_optimizer(optimizer, tree) if optimizer is not None else None
-    if index.layout is None:
-        index.layout = _layout(index)
-    lines = index.layout
+    if index.memo.layout is None:
+        index.memo.layout = _layout(index)
+    lines = index.memo.layout
     stats = _LeafStats(leaves)
     rows = [_row(index, tree, leaves, stats, line) for line in lines]
     nodes: list[int | None] = [line.node if line.kind != "more" else None for line in lines]
@@ -415,9 +415,9 @@ class _LeafStats:
 
 def _is_hyperparameter(index: StructureIndex, node: int) -> bool:
     """Whether `node` is an injected hyperparameter (the set is memoised on the index)."""
-    nodes = index.results.get(_HYPERPARAMETERS)
+    nodes = index.memo.results.get(_HYPERPARAMETERS)
     if nodes is None:
-        nodes = index.results[_HYPERPARAMETERS] = frozenset(hyperparameter_nodes(index))
+        nodes = index.memo.results[_HYPERPARAMETERS] = frozenset(hyperparameter_nodes(index))
     return node in nodes
 
 

@@ -62,10 +62,10 @@ def _glob_min_length(pattern: str) -> int:
 def candidates(index: StructureIndex, component: Component) -> list[int]:
     """The nodes whose edge `component` matches, in pre-order (memoised on the index)."""
     memo_key = ("candidates", component)
-    found = index.results.get(memo_key)
+    found = index.memo.results.get(memo_key)
     if found is None:
         found = _candidates(index, component)
-        index.results[memo_key] = found
+        index.memo.results[memo_key] = found
     return found
 
 

@@ -44,13 +44,13 @@ def _join(parts: Sequence[str]) -> str:
 def shortest_query(index: StructureIndex, node: int) -> str:
     """The shortest pattern that selects `node` alone (fewest components, then fewest indices and
     characters), or its keystr when no pattern of up to four components does."""
-    cached = index.short_queries.get(node)
+    cached = index.memo.short_queries.get(node)
     if cached is not None:
         return cached
     best = _search_shortest(index, node)
     if best is None:
         best = keystr(index.path(node))
-    index.short_queries[node] = best
+    index.memo.short_queries[node] = best
     return best
 
 

@@ -136,10 +136,10 @@ class PatternQuery:
 
     def nodes(self, index: StructureIndex) -> tuple[int, ...]:
         """The numbers of the nodes of `index` it selects, memoised on the index."""
-        found = index.results.get(self)
+        found = index.memo.results.get(self)
         if found is None:
             found = tuple(match(index, self.components, self.enters_schedule_bookkeeping))
-            index.results[self] = found
+            index.memo.results[self] = found
         return found
 
     def select(self, tree: Any) -> Found:
@@ -185,10 +185,10 @@ class TypeQuery:
             # jax.Array and ABCs accept instances (such as tracers) that are not subclasses.
             return [(path, node) for path, node in walk_with_paths(tree) if isinstance(node, self.cls)]
         index = structure_index(tree)
-        found = index.results.get(self)
+        found = index.memo.results.get(self)
         if found is None:
             found = tuple(n for n, kind in enumerate(index.types) if issubclass(kind, self.cls))
-            index.results[self] = found
+            index.memo.results[self] = found
         return [(path, value_at(tree, path)) for path in map(index.path, found)]
 
     def selects_attached(self, tree: Any, attached: Attached) -> bool:

@@ -164,6 +164,19 @@ def _cacheable_node(node: Any, pairs: list[tuple[KeyEntry, Any]]) -> bool:
 
 
 @dataclass
+class IndexMemo:
+    """Answers derived from one structure index, filled in as calls need them. The index itself is
+    not changed after `build_index`, so these stay right for every tree it describes."""
+
+    results: dict[object, Any] = field(default_factory=dict)
+    """Query results (node numbers) and pattern-component candidates."""
+    short_queries: dict[int, str] = field(default_factory=dict)
+    """The shortest query of each node named so far."""
+    layout: list[Any] | None = None
+    """The plan of `describe`: which nodes are shown, folded, "like" another or in a run."""
+
+
+@dataclass
 class StructureIndex:
     """Every node of one tree structure, in pre-order, as parallel lists indexed by node number."""
 
@@ -179,11 +192,8 @@ class StructureIndex:
     cacheable: bool = True
     by_text: dict[str, list[int]] = field(default_factory=dict)
     by_type_name: dict[str, list[int]] = field(default_factory=dict)
-    results: dict[object, Any] = field(default_factory=dict)
-    """Memoised query results: the index is immutable, so they stay right for its structure."""
-    short_queries: dict[int, str] = field(default_factory=dict)
-    layout: list[Any] | None = None
-    """The memoised plan of `describe` (which nodes are shown, folded or "like")."""
+    memo: IndexMemo = field(default_factory=lambda: IndexMemo())
+    """What later calls derive from the structure alone, kept for the next call on it."""
 
     @functools.cached_property
     def leaf_starts(self) -> list[int]:
