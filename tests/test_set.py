@@ -386,6 +386,17 @@ SHARDED_SCRIPT = textwrap.dedent(
         after = shardings(state)
         assert after == before, [k for k in after if after[k] != before[k]]
         state = step(state)
+    # Device-resident values: a whole moment subtree, replicated or row-sharded, and a scalar,
+    # coerced and placed on the devices with no implicit transfer at all.
+    moments = oi.get(state, "ScaleByAdamState.mu")
+    decay = jnp.float32(0.25)
+    doubled = jax.tree.map(lambda x: x * 2.0, moments)
+    for new_mu in (doubled, jax.device_put(jax.tree.map(jnp.zeros_like, moments), replicated)):
+        with jax.transfer_guard("disallow"):
+            state = oi.set(state, {"ScaleByAdamState.mu": new_mu, "weight_decay": decay})
+        after = shardings(state)
+        assert after == before, [k for k in after if after[k] != before[k]]
+        state = step(state)
     assert len(traces) == 1, traces
     assert oi.get(state, "mu.w").sharding.spec == P("data")
     print("OK", len(jax.devices()))
@@ -400,3 +411,38 @@ def test_sharded_state_keeps_every_sharding_and_never_retraces() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "OK 8"
+
+
+def test_device_values_are_coerced_on_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = trained(seed_optimizer())
+    mu = oi.get(state, "ScaleByAdamState.mu")
+    new_mu = jax.tree.map(lambda x: x + 1.0, mu)
+    values = {"weight_decay": jnp.float32(0.5), "ScaleByAdamState.mu": new_mu, "[1].count": jnp.int32(7)}
+    oi.set(state, values)  # compile the few small programs it uses once, outside the guard
+
+    def no_host_copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a jax.Array was copied to host memory")
+
+    monkeypatch.setattr(type(jnp.zeros(1)), "__array__", no_host_copy)
+    with jax.transfer_guard("disallow"):
+        new = oi.set(state, values)
+    monkeypatch.undo()
+    assert float(new[1].hyperparams["weight_decay"]) == 0.5 and int(new[1].count) == 7
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), oi.get(new, "mu"), new_mu))
+
+
+@pytest.mark.parametrize(
+    ("leaf", "value"),
+    [
+        (jnp.int8(0), jnp.int32(1000)),
+        (jnp.uint8(0), jnp.int32(-1)),
+        (jnp.zeros(2, jnp.float16), jnp.full(2, 1e6, jnp.float32)),
+        (jnp.zeros(2, jnp.bfloat16), jnp.full(2, 3e38, jnp.float32) * 10),
+    ],
+)
+def test_narrowing_device_values_out_of_range_are_refused(leaf: Any, value: Any) -> None:
+    if not jnp.isfinite(value).all() and jnp.issubdtype(leaf.dtype, jnp.floating):
+        assert oi.set({"x": leaf}, "x", value)["x"].dtype == leaf.dtype  # inf is stored as given
+        return
+    with jax.transfer_guard("disallow"), pytest.raises(oi.StructureError, match="out of range"):
+        oi.set({"x": leaf}, "x", value)

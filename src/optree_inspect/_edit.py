@@ -12,7 +12,7 @@ from typing import Any, overload
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import DictKey, GetAttrKey, keystr
+from jax.tree_util import DictKey, GetAttrKey
 from jaxtyping import PyTree
 
 from ._compat import is_nnx_variable_type, variable_value, variable_with_value, weakly_typed_like
@@ -27,7 +27,7 @@ from ._errors import (
     bounded,
     short_repr,
 )
-from ._keys import KeyEntry, KeyPath
+from ._keys import KeyEntry, KeyPath, path_text
 from ._optax.closures import ConstantHyperparameter, Optimizer, read_optimizer
 from ._optax.names import INJECT_EXAMPLE
 from ._optax.states import (
@@ -125,7 +125,7 @@ def set(
             matches = [resolve_one(tree, parsed)]
         for path, old in matches:
             if path in targets:
-                raise EditConflictError(f"Two edits select the same node {_path_text(path)}.")
+                raise EditConflictError(f"Two edits select the same node {path_text(path)}.")
             targets[path] = (old, edit_value)
     _refuse_overlaps(list(targets))
     _refuse_scheduled(tree, list(targets))
@@ -142,10 +142,6 @@ def set(
 _REGISTRY = jax.tree_util.default_registry
 
 
-def _path_text(path: KeyPath) -> str:
-    return bounded(keystr(path) or "<root>", 100)
-
-
 def _refuse_overlaps(paths: list[KeyPath]) -> None:
     """No edit inside another: each path's proper prefixes are looked up, O(total depth)."""
     edited = frozenset(paths)
@@ -153,7 +149,7 @@ def _refuse_overlaps(paths: list[KeyPath]) -> None:
         for length in range(len(longer)):
             if longer[:length] in edited:
                 raise EditConflictError(
-                    f"Two edits overlap: {_path_text(longer[:length])} contains {_path_text(longer)}; "
+                    f"Two edits overlap: {path_text(longer[:length])} contains {path_text(longer)}; "
                     "edit the node or its descendant, not both."
                 )
 
@@ -161,7 +157,7 @@ def _refuse_overlaps(paths: list[KeyPath]) -> None:
 def _refuse_constants(tree: Any, query: Any, constants: list[ConstantHyperparameter]) -> None:
     for path, _ in attached_matches(tree, query, constants)[:1]:
         raise ConstantHyperparameterError(
-            f"{str(path[-1])[1:]!r} at {_path_text(path)} is a constant of the optimizer, held in "
+            f"{str(path[-1])[1:]!r} at {path_text(path)} is a constant of the optimizer, held in "
             "its closures, not in the state: no value set in the state can change it. To make it "
             "settable, build the optimizer with its hyperparameters injected:\n"
             f"  >>> {INJECT_EXAMPLE}"
@@ -226,7 +222,7 @@ def _same_values(new: Any, old: Any) -> bool:
 
 
 def _scheduled_error(tree: Any, slot: ScheduledSlot) -> ScheduledHyperparameterError:
-    where = _path_text((*slot.state_path, GetAttrKey("hyperparams"), DictKey(slot.name)))
+    where = path_text((*slot.state_path, GetAttrKey("hyperparams"), DictKey(slot.name)))
     step = schedule_step_query(structure_index(tree), slot)
     return ScheduledHyperparameterError(
         f"{slot.name!r} at {where} is driven by a schedule: optax recomputes it from the "
@@ -268,7 +264,7 @@ def call_on(function: Any, old: Any, path: KeyPath) -> Any:
     """`function(old)`, refusing a deleted array first (calling would fail without a path)."""
     if isinstance(old, jax.Array) and not isinstance(old, jax.core.Tracer) and old.is_deleted():
         raise DeletedArrayError(
-            f"The array at {_path_text(path)} was deleted (donated to a jitted function?): a function "
+            f"The array at {path_text(path)} was deleted (donated to a jitted function?): a function "
             "cannot be called on it. Set a value instead, or use the state the jitted call returned."
         )
     return function(old)
@@ -325,7 +321,7 @@ def _enter(old: Any, new: Any, path: KeyPath, call: bool) -> _Frame | _Replaceme
     problem = _one_level_difference(old, old_children, new, new_children)
     if problem:
         raise StructureError(
-            f"The value for {_path_text(path)} must have the structure of the node it replaces; {problem}"
+            f"The value for {path_text(path)} must have the structure of the node it replaces; {problem}"
         )
     assert new_children is not None
     pairs = [(key, o, n) for (key, o), (_, n) in zip(old_children, new_children, strict=True)]
@@ -371,8 +367,7 @@ def _dtype_of(value: Any, path: KeyPath) -> np.dtype:
         except Exception:  # JAX's message repeats the value, however large: say it briefly
             pass
     raise LeafTypeError(
-        f"The value for the array leaf at {_path_text(path)} is not a number or an array: "
-        f"{short_repr(value)}."
+        f"The value for the array leaf at {path_text(path)} is not a number or an array: {short_repr(value)}."
     )
 
 
@@ -380,14 +375,14 @@ def coerce_leaf(old: Any, new: Any, path: KeyPath = ()) -> Any:
     """`new` with the dtype, weak type, shape and sharding of the leaf `old`."""
     if children_with_keys(new) is not None:
         raise StructureError(
-            f"The node at {_path_text(path)} is a leaf ({bounded(type(old).__name__, 60)}); the value is "
+            f"The node at {path_text(path)} is a leaf ({bounded(type(old).__name__, 60)}); the value is "
             f"a {bounded(type(new).__name__, 60)}, a subtree. Select a node of that structure instead."
         )
     if isinstance(old, jax.ShapeDtypeStruct):
         if isinstance(new, jax.ShapeDtypeStruct) and new.shape == old.shape and new.dtype == old.dtype:
             return new
         raise LeafTypeError(
-            f"The leaf at {_path_text(path)} is abstract (a jax.ShapeDtypeStruct, as jax.eval_shape "
+            f"The leaf at {path_text(path)} is abstract (a jax.ShapeDtypeStruct, as jax.eval_shape "
             "makes): it holds no value to change. Set it on a concrete state, or give a "
             "ShapeDtypeStruct of the same shape and dtype."
         )
@@ -406,7 +401,7 @@ def coerce_leaf(old: Any, new: Any, path: KeyPath = ()) -> Any:
     if not _is_array_like(old):
         if type(new) is not type(old):
             raise LeafTypeError(
-                f"The leaf at {_path_text(path)} is a {bounded(type(old).__name__, 60)}, not an array; it "
+                f"The leaf at {path_text(path)} is a {bounded(type(old).__name__, 60)}, not an array; it "
                 f"takes only another of its type, got {bounded(type(new).__name__, 60)}."
             )
         return new
@@ -415,7 +410,7 @@ def coerce_leaf(old: Any, new: Any, path: KeyPath = ()) -> Any:
         new_dtype = getattr(new, "dtype", None)
         if new_dtype != dtype or np.shape(new) != old.shape:
             raise LeafTypeError(
-                f"The leaf at {_path_text(path)} is a {dtype}{list(old.shape)} key; got {new_dtype}."
+                f"The leaf at {path_text(path)} is a {dtype}{list(old.shape)} key; got {new_dtype}."
             )
         return new
     _check_kind(np.dtype(dtype), new, path)
@@ -424,6 +419,8 @@ def coerce_leaf(old: Any, new: Any, path: KeyPath = ()) -> Any:
     if isinstance(old, jax.core.Tracer) or isinstance(new, jax.core.Tracer):
         result = jnp.broadcast_to(jax.lax.convert_element_type(jnp.asarray(new), dtype), old.shape)
         return weakly_typed_like(old, result) if weak else result
+    if _on_devices(old, new):
+        return _coerced_on_device(old, new, weak, path)
     _check_range(np.dtype(dtype), new, path)
     if isinstance(old, np.ndarray):
         return np.broadcast_to(np.asarray(new, dtype=dtype), old.shape).copy()
@@ -431,6 +428,77 @@ def coerce_leaf(old: Any, new: Any, path: KeyPath = ()) -> Any:
         return np.asarray(new, dtype=dtype)[()]
     host = np.broadcast_to(np.asarray(new, dtype=dtype), old.shape)
     return _placed_like(old, host, weak, path)
+
+
+def _on_devices(old: Any, new: Any) -> bool:
+    """A JAX array value for a JAX array leaf, both on this process's devices: coerce it there."""
+    return (
+        isinstance(new, jax.Array)
+        and isinstance(old, jax.Array)
+        and new.is_fully_addressable
+        and old.is_fully_addressable
+    )
+
+
+def _coerced_on_device(old: jax.Array, new: jax.Array, weak: bool, path: KeyPath) -> jax.Array:
+    """`new` cast, broadcast and placed like `old` without a trip through host memory: no implicit
+    transfer (it works under `jax.transfer_guard("disallow")`) and no blocking of async dispatch,
+    but for the one boolean a narrowing cast's range check reads, fetched explicitly."""
+    _check_range_on_device(np.dtype(old.dtype), new, path)
+    result = jax.lax.convert_element_type(new, old.dtype)
+    if result.shape != old.shape:
+        result = jnp.broadcast_to(result, old.shape)
+    if weak:
+        result = weakly_typed_like(old, result)
+    if old.committed or result.sharding != old.sharding:
+        result = jax.device_put(result, old.sharding)
+    return result
+
+
+def _limits(dtype: np.dtype) -> tuple[float, float] | None:
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        return int(info.min), int(info.max)
+    if jnp.issubdtype(dtype, jnp.floating):
+        largest = float(jnp.finfo(dtype).max)
+        return -largest, largest
+    if dtype == np.bool_:
+        return 0, 1
+    return None
+
+
+def _check_range_on_device(dtype: np.dtype, new: jax.Array, path: KeyPath) -> None:
+    """The range check of `_check_range`, computed where `new` lives; nothing is read when every
+    value of `new`'s dtype fits in `dtype` (the common case: a moment set with its own dtype)."""
+    source, target = _limits(np.dtype(new.dtype)), _limits(dtype)
+    if source is None or target is None or (source[0] >= target[0] and source[1] <= target[1]):
+        return
+    low = target[0] if source[0] < target[0] else None
+    high = target[1] if source[1] > target[1] else None
+    if bool(jax.device_get(_outside(new, low=low, high=high))):
+        raise _out_of_range(
+            dtype, None, path, _shown_limits(dtype, target), what=f"A {new.dtype} array value has values"
+        )
+
+
+@functools.partial(jax.jit, static_argnames=("low", "high"))
+def _outside(values: jax.Array, low: float | None, high: float | None) -> jax.Array:
+    """Whether any finite value is below `low` or above `high`: compiled with the bounds as
+    constants, so that nothing is sent to the device."""
+    if jnp.issubdtype(values.dtype, jnp.floating):
+        values = jnp.where(jnp.isfinite(values), values, jnp.zeros_like(values))  # inf and nan as given
+    outside = jnp.zeros(values.shape, bool)
+    if low is not None:
+        outside = outside | (values < low)
+    if high is not None:
+        outside = outside | (values > high)
+    return jnp.any(outside)
+
+
+def _shown_limits(dtype: np.dtype, limits: tuple[float, float]) -> tuple[Any, Any]:
+    if jnp.issubdtype(dtype, jnp.integer):
+        return int(limits[0]), int(limits[1])
+    return f"{limits[0]:.6g}", f"{limits[1]:.6g}"
 
 
 def _aval(leaf: Any) -> Any:
@@ -445,7 +513,7 @@ def _shape_of(value: Any, path: KeyPath) -> tuple[int, ...]:
         return tuple(np.shape(value))
     except Exception:  # a ragged nested list, say
         raise LeafTypeError(
-            f"The value for the array leaf at {_path_text(path)} has no array shape: {short_repr(value)}."
+            f"The value for the array leaf at {path_text(path)} has no array shape: {short_repr(value)}."
         ) from None
 
 
@@ -498,16 +566,17 @@ def _check_range(dtype: np.dtype, new: Any, path: KeyPath) -> None:
 
 
 def _out_of_range(
-    dtype: np.dtype, value: Any, path: KeyPath, bounds: tuple[Any, Any] | None = None
+    dtype: np.dtype, value: Any, path: KeyPath, bounds: tuple[Any, Any] | None = None, what: str = ""
 ) -> StructureError:
     limits = ""
     if bounds and isinstance(bounds[0], int):
         limits = f" (it holds {bounds[0]:,} to {bounds[1]:,})"
     elif bounds:
         limits = f" (it holds {bounds[0]} to {bounds[1]})"
+    what = what or f"The value {short_repr(value, 40)} is"
     return StructureError(
-        f"The value {short_repr(value, 40)} is out of range for the {dtype} leaf at {_path_text(path)}"
-        f"{limits}: it would wrap or become inf. Clip it first if that is what you mean."
+        f"{what} out of range for the {dtype} leaf at {path_text(path)}{limits}: it would wrap or "
+        "become inf. Clip it first if that is what you mean."
     )
 
 
@@ -524,7 +593,7 @@ def _check_kind(dtype: np.dtype, new: Any, path: KeyPath) -> None:
     if _kind_rank(new_dtype) > _kind_rank(dtype):
         name = type(new).__name__ if isinstance(new, _PYTHON_SCALARS) else str(new_dtype)
         raise LeafTypeError(
-            f"Cannot store a {name} value in the {dtype} leaf at {_path_text(path)}: that would "
+            f"Cannot store a {name} value in the {dtype} leaf at {path_text(path)}: that would "
             "change its kind. Cast the value first if that is what you mean."
         )
 
@@ -532,7 +601,7 @@ def _check_kind(dtype: np.dtype, new: Any, path: KeyPath) -> None:
 def _check_shape(shape: tuple[int, ...], new_shape: tuple[int, ...], path: KeyPath) -> None:
     if new_shape not in ((), shape):
         raise StructureError(
-            f"The leaf at {_path_text(path)} has shape {shape}; a value of shape "
+            f"The leaf at {path_text(path)} has shape {shape}; a value of shape "
             f"{bounded(str(new_shape), 60)} would change it (only scalars broadcast)."
         )
 
