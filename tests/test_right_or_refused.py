@@ -390,3 +390,23 @@ def _snapshot(tree: Any) -> Any:
     except ValueError:  # a dict whose keys JAX cannot sort: compare its text
         return repr(tree)
     return treedef, [id(leaf) for leaf in leaves]
+
+
+# What a person sees of a match and of an error ---------------------------------------------------
+
+
+def test_a_match_reads_as_its_keystr_and_value() -> None:
+    [match] = oi.find(STATE, "[1].count")
+    assert repr(match) == f"Match('[1].count', {STATE[1].count!r})"
+    assert match.path == (jax.tree_util.SequenceKey(1), jax.tree_util.GetAttrKey("count"))
+
+
+def test_errors_start_at_the_public_call() -> None:
+    import traceback
+
+    with pytest.raises(oi.ScheduledHyperparameterError) as info:
+        oi.set(STATE, "learning_rate", 1e-3)
+    frames = traceback.extract_tb(info.value.__traceback__)
+    inside = [frame for frame in frames if "optree_inspect" in frame.filename]
+    assert len(inside) == 1, [f"{f.filename}:{f.name}" for f in frames]
+    assert type(info.value).__module__ == "optree_inspect" and info.value.__suppress_context__

@@ -23,7 +23,7 @@ from jax.tree_util import keystr
 from jaxtyping import PyTree
 
 from ._compat import is_nnx_variable_type, partition_spec_text, variable_value
-from ._errors import bounded
+from ._errors import bounded, raised_here
 from ._keys import KeyPath, edge_label
 from ._naming import attached_query, shortest_query
 from ._optax.closures import ConstantHyperparameter, Optimizer, OptimizerReading, read_optimizer
@@ -111,6 +111,7 @@ class Description:
         }
 
 
+@raised_here
 def describe(tree: PyTree, /, *, optimizer: Optimizer | None = None) -> Description:
     """A compact picture of `tree`: one line a node, params-shaped subtrees folded.
 

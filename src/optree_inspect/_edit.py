@@ -25,6 +25,7 @@ from ._errors import (
     ScheduledHyperparameterError,
     StructureError,
     bounded,
+    raised_here,
     short_repr,
 )
 from ._keys import KeyEntry, KeyPath, path_text
@@ -63,6 +64,7 @@ def set(
 ) -> PyTree: ...
 
 
+@raised_here
 def set(
     tree: PyTree,
     query: Query | Mapping[Query, Any],

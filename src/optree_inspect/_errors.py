@@ -6,7 +6,12 @@ value: the pieces are cut with `bounded` where they are written, and `Error.__st
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 MAX_LISTED = 8
 """How many candidates, children or suggestions an error message lists at most."""
@@ -101,6 +106,20 @@ class InvalidArgumentError(Error, TypeError):
     not an optax `GradientTransformation`."""
 
 
+def raised_here(function: Callable[P, R]) -> Callable[P, R]:
+    """Make `function`'s documented errors start their traceback at the public call, so that a
+    user sees their own line and the message, not the package's internal frames."""
+
+    @functools.wraps(function)
+    def public(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except Error as error:
+            raise error.with_traceback(None) from None
+
+    return public
+
+
 def bounded(text: str, limit: int = 80) -> str:
     """`text` cut to `limit` characters, so that no message grows with the tree."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -122,3 +141,9 @@ def listing(items: list[str], total: int | None = None) -> str:
     if total > MAX_LISTED:
         lines.append(f"  ... and {total - MAX_LISTED} more")
     return "\n".join(lines)
+
+
+for _error in (
+    value for value in list(globals().values()) if isinstance(value, type) and issubclass(value, Error)
+):
+    _error.__module__ = "optree_inspect"  # tracebacks name the public class: optree_inspect.NoMatchError

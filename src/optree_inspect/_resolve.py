@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+from jax.tree_util import keystr
 from jaxtyping import PyTree
 
-from ._errors import AmbiguousMatchError, DeletedArrayError, NoMatchError, bounded, listing
+from ._errors import AmbiguousMatchError, DeletedArrayError, NoMatchError, bounded, listing, raised_here
 from ._keys import KeyPath, path_text
 from ._naming import attached_query, shortest_query
 from ._optax.closures import ConstantHyperparameter, Optimizer, read_optimizer
@@ -20,12 +21,19 @@ _UNSET: Any = object()
 
 
 class Match(NamedTuple):
-    """One node that a query selects: its JAX key path and the node itself."""
+    """One node that a query selects: its JAX key path and the node itself.
+
+    Its repr spells the path as a keystr: `Match('[0].count', Array(0, dtype=int32))`.
+    """
 
     path: KeyPath
     value: Any
 
+    def __repr__(self) -> str:
+        return f"Match({keystr(self.path)!r}, {self.value!r})"
 
+
+@raised_here
 def find(tree: PyTree, query: Query, /, *, optimizer: Optimizer | None = None) -> list[Match]:
     """Every node of `tree` that `query` selects, in pre-order; `[]` when none does.
 
@@ -48,6 +56,7 @@ def find(tree: PyTree, query: Query, /, *, optimizer: Optimizer | None = None) -
     return [Match(path, value) for path, value in _resolve(tree, parse_query(query), optimizer)]
 
 
+@raised_here
 def get(
     tree: PyTree, query: Query, /, default: Any = _UNSET, *, optimizer: Optimizer | None = None
 ) -> PyTree:

@@ -7,12 +7,14 @@ from typing import Any
 from jaxtyping import PyTree
 
 from .._compat import is_nnx_variable_type, variable_value
+from .._errors import raised_here
 from .._naming import attached_query, shortest_query
 from .._tree import structure_index, value_at
 from .closures import Optimizer, read_optimizer
 from .states import hyperparameter_nodes, is_counter
 
 
+@raised_here
 def hyperparams(
     tree: PyTree, /, *, counters: bool = False, optimizer: Optimizer | None = None
 ) -> dict[str, PyTree]:
