@@ -315,3 +315,16 @@ def test_closure_layout_of_this_optax() -> None:
             ("[1][2].learning_rate", True),
         ],
     ), f"optax {optax.__version__} changed the closure layout that optree_inspect reads (built for 0.2.8)"
+
+
+def test_a_schedule_whose_counter_is_an_nnx_variable() -> None:
+    from flax import nnx
+
+    class Model(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.linear = nnx.Linear(2, 3, rngs=rngs)
+
+    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 1e-3, 10, 100))
+    optimizer = nnx.Optimizer(Model(nnx.Rngs(0)), tx, wrt=nnx.Param)
+    assert float(oi.get(optimizer.opt_state, "learning_rate", optimizer=tx)) == 0.0
+    assert set(oi.hyperparams(optimizer.opt_state, optimizer=tx)) >= {"b1", "learning_rate", "weight_decay"}
