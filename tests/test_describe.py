@@ -147,8 +147,25 @@ def test_ipython_pretty_and_html() -> None:
     checker = Checker()
     checker.feed(page)
     assert checker.stack == [] and checker.details >= 5
-    assert "learning_rate: f32[] = 0.0001 (scheduled)" in page
-    assert "<script" not in page
+    assert (
+        '<span class="oi-label">learning_rate</span>: f32[] = 0.0001 <span class="oi-tag">(scheduled)</span>'
+        in page
+    )
+    assert "<script" not in page and "javascript" not in page.lower()
+
+
+def test_the_notebook_view_indents_linearly_and_opens_folded_nodes() -> None:
+    state = seed_optimizer().init(layered_params(100))
+    page = oi.describe(state)._repr_html_()
+    # Indentation comes from one constant margin per nesting level: nothing grows with depth.
+    assert "margin-left: 1.6em" in page and "margin-left: 2em" not in page and "style=" not in page
+    # A folded subtree is a closed <details> that lists its first keys.
+    assert '<details class=""><summary title="[1].inner_state[0].mu">' in page
+    assert "layer0, layer1, layer10, layer11" in page and "88 more" in page
+    # Hyperparameters and counters are marked, and each row's query can be selected and copied.
+    assert '<div class="oi-hyper" title="[1].hyperparams[&#x27;weight_decay&#x27;]">' in page
+    assert '<div class="oi-counter" title="[1].count">' in page
+    assert '<code class="oi-q" title="the query that selects it alone">weight_decay</code>' in page
 
 
 def test_nnx_variables_are_one_line() -> None:

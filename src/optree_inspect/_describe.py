@@ -27,7 +27,7 @@ from ._errors import bounded, raised_here
 from ._keys import KeyPath, edge_label
 from ._naming import attached_query, shortest_query
 from ._optax.closures import ConstantHyperparameter, Optimizer, OptimizerReading, read_optimizer
-from ._optax.states import hyperparameter_nodes, protected_nodes, scheduled_slot_on
+from ._optax.states import hyperparameter_nodes, is_counter, protected_nodes, scheduled_slot_on
 from ._tree import CONTAINER_TYPE_NAMES, StructureIndex, index_and_leaves
 
 FOLD_LEAVES = 16
@@ -100,7 +100,7 @@ class Description:
         printer.text(str(self))
 
     def _repr_html_(self) -> str:
-        return _html(self._rows)
+        return _html(self)
 
     def to_dict(self) -> dict[str, dict[str, str]]:
         """`{keystr: {"query", "type", "summary"}}` for every shown node, for logs and tests."""
@@ -528,23 +528,77 @@ def _text_line(row: Row) -> str:
     return f"{indent}{row.label}: {row.summary}"
 
 
-def _html(rows: tuple[Row, ...]) -> str:
-    """Nested `<details>` for every shown node with children; no JavaScript."""
-    parts = ['<div class="optree-inspect" style="font-family: monospace">']
+_STYLE = """<style>
+.optree-inspect { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px;
+  line-height: 1.5; }
+.optree-inspect summary { cursor: pointer; }
+.optree-inspect .oi-kids { margin-left: 1.6em; }
+.optree-inspect .oi-hyper > .oi-label { font-weight: bold; color: #d97706; }
+.optree-inspect .oi-counter .oi-label { color: #0891b2; }
+.optree-inspect .oi-optimizer .oi-label { font-style: italic; color: #d97706; }
+.optree-inspect .oi-tag { color: #d97706; }
+.optree-inspect .oi-keys { color: #8b949e; }
+.optree-inspect .oi-q { color: #8b949e; font-size: 11px; margin-left: 1.2em; user-select: all; }
+</style>"""
+"""Colours that read on light and dark notebook themes alike; no JavaScript."""
+_FOLD_KEYS = 12
+
+
+def _html(description: Description) -> str:
+    """Nested `<details>` (open for shown children, closed for folded subtrees, which list their
+    first keys), hyperparameters and counters emphasised, each row's query selectable."""
+    index, rows, nodes = description._index, description.rows, description._nodes
+    hyperparameters = set(hyperparameter_nodes(index))
+    parts = [_STYLE, '<div class="optree-inspect">']
     open_depths: list[int] = []
     for number, row in enumerate(rows):
         while open_depths and open_depths[-1] >= row.depth:
-            parts.append("</details>")
+            parts.append("</div></details>")
             open_depths.pop()
-        text = html.escape(_text_line(row).strip())
+        node = nodes[number]
+        kind = _row_kind(index, row, node, hyperparameters)
+        line = _html_line(row)
         title = html.escape(bounded(keystr(row.path), 200) or "<root>", quote=True)
         has_children = number + 1 < len(rows) and rows[number + 1].depth > row.depth
-        margin = f"margin-left: {row.depth}em"
         if has_children:
-            parts.append(f'<details open style="{margin}"><summary title="{title}">{text}</summary>')
+            parts.append(
+                f'<details open class="{kind}"><summary title="{title}">{line}</summary><div class="oi-kids">'
+            )
             open_depths.append(row.depth)
+        elif row.folded and node is not None and index.sizes[node] > 1:
+            parts.append(
+                f'<details class="{kind}"><summary title="{title}">{line}</summary>'
+                f'<div class="oi-kids oi-keys">{_first_keys(index, node)}</div></details>'
+            )
         else:
-            parts.append(f'<div style="{margin}" title="{title}">{text}</div>')
-    parts.extend("</details>" for _ in open_depths)
+            parts.append(f'<div class="{kind}" title="{title}">{line}</div>')
+    parts.extend("</div></details>" for _ in open_depths)
     parts.append("</div>")
     return "\n".join(parts)
+
+
+def _row_kind(index: StructureIndex, row: Row, node: int | None, hyperparameters: set[int]) -> str:
+    if row.type == "optimizer":
+        return "oi-optimizer"
+    if node in hyperparameters:
+        return "oi-hyper"
+    if node is not None and is_counter(index, node):
+        return "oi-counter"
+    return ""
+
+
+def _first_keys(index: StructureIndex, node: int) -> str:
+    """What a folded subtree holds, for its closed `<details>`: its first keys."""
+    keys = [edge_label(index.keys[child]) for child in itertools.islice(index.children(node), _FOLD_KEYS)]
+    count = sum(1 for _ in index.children(node))
+    more = f", ... {count - len(keys):,} more" if count > len(keys) else ""
+    return html.escape(", ".join(bounded(key, 40) for key in keys) + more)
+
+
+def _html_line(row: Row) -> str:
+    summary = html.escape(row.summary).replace("(scheduled)", '<span class="oi-tag">(scheduled)</span>')
+    query = f'<code class="oi-q" title="the query that selects it alone">{html.escape(row.query)}</code>'
+    shown = summary + (query if row.query else "")
+    if not row.label:
+        return shown
+    return f'<span class="oi-label">{html.escape(row.label)}</span>: {shown}'
