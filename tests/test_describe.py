@@ -95,7 +95,7 @@ def test_weak_types_python_scalars_and_dtypes() -> None:
     tree = {"a": jnp.asarray(1.0), "b": jnp.ones(2, jnp.bfloat16), "c": 3, "d": None, "e": jnp.asarray(True)}
     rows = {row.label: row.summary for row in oi.describe(tree)}
     assert rows == {"": "dict: 4 leaves, bf16/bool/f32, 9 B", "a": "weak_f32[] = 1", "b": "bf16[2]",
-                    "c": "int = 3", "d": "NoneType", "e": "bool[] = True"}  # fmt: skip
+                    "c": "int = 3", "d": "None", "e": "bool[] = True"}  # fmt: skip
 
 
 def test_every_row_query_selects_its_node() -> None:

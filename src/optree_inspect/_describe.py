@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import keystr
+from jax.tree_util import GetAttrKey, keystr
 from jaxtyping import PyTree
 
 from ._compat import is_nnx_variable_type, partition_spec_text, variable_value
@@ -27,8 +27,8 @@ from ._errors import bounded, raised_here
 from ._keys import KeyPath, edge_label
 from ._naming import attached_query, shortest_query
 from ._optax.closures import ConstantHyperparameter, Optimizer, OptimizerReading, read_optimizer
-from ._optax.states import hyperparameter_nodes, is_counter, protected_nodes, scheduled_slot_on
-from ._tree import CONTAINER_TYPE_NAMES, StructureIndex, index_and_leaves
+from ._optax.states import hyperparameter_nodes, is_counter, is_state_type, protected_nodes, scheduled_slot_on
+from ._tree import StructureIndex, index_and_leaves
 
 FOLD_LEAVES = 16
 """A params-shaped subtree with more leaves than this is one line."""
@@ -40,9 +40,6 @@ MAX_LINES = 120
 """A description has at most this many lines (and a line for what the optimizer could not match):
 below the deepest level that fits, subtrees are folded."""
 
-_CONTAINERS = CONTAINER_TYPE_NAMES | {"State", "MaskedNode"}
-"""What a params-shaped subtree is made of, besides leaves and nnx Variables: JAX's containers, nnx
-States and optax's MaskedNode holes."""
 _DTYPE_NAMES = {"float": "f", "bfloat": "bf", "int": "i", "uint": "u", "complex": "c"}
 
 
@@ -218,12 +215,26 @@ def _layout(index: StructureIndex) -> list[_Line]:
         if is_nnx_variable_type(index.types[node]):
             continue  # a Variable is one node: its value is shown on its line
         region = in_region or foldable
-        entries = _sibling_runs(index, signatures, protected, list(index.children(node)), depth + 1)
+        entries = _sibling_runs(index, signatures, protected, _shown_children(index, node), depth + 1)
         if len(entries) > MAX_CHILDREN:
             hidden = sum(1 if e.kind == "node" else e.other - e.node + 1 for e in entries[MAX_CHILDREN:])
             entries = [*entries[:MAX_CHILDREN], _Line(node, depth + 1, "more", hidden)]
         stack.extend((entry, region) for entry in reversed(entries))
     return _cut_to_budget(index, lines)
+
+
+def _shown_children(index: StructureIndex, node: int) -> list[int]:
+    """The children a description shows: all but private fields that hold no array (flax's
+    `_pytree__state` bookkeeping in an nnx Object, say)."""
+    return [
+        child
+        for child in index.children(node)
+        if not (
+            isinstance(index.keys[child], GetAttrKey)
+            and index.texts[child].startswith("_")
+            and index.leaf_counts[child] == 0
+        )
+    ]
 
 
 def _sibling_runs(
@@ -279,11 +290,10 @@ def _has_children(index: StructureIndex, node: int) -> bool:
 
 
 def _params_shaped(index: StructureIndex) -> list[bool]:
-    """For every node, whether its subtree holds only containers, leaves and nnx Variables. O(nodes)."""
-    shaped = [
-        index.is_leaf[n] or index.types[n].__name__ in _CONTAINERS or is_nnx_variable_type(index.types[n])
-        for n in range(len(index))
-    ]
+    """For every node, whether its subtree holds no optimizer-state node: params, moments and
+    anything else shaped like them, whatever their containers (dicts, dict subclasses, Modules,
+    dataclasses, flax structs, nnx States and Variables). MaskedNode holes count as params. O(nodes)."""
+    shaped = [not is_state_type(kind) for kind in index.types]
     for node in range(len(index) - 1, 0, -1):
         if not shaped[node]:
             shaped[index.parents[node]] = False
@@ -335,7 +345,7 @@ def _row(index: StructureIndex, tree: Any, leaves: list[Any], stats: _LeafStats,
         inner = leaves[index.leaf_starts[node]] if index.leaf_counts[node] else None
         summary = f"{type_name} {_leaf_summary(inner)}" if index.leaf_counts[node] else type_name
     else:
-        summary = type_name
+        summary = "None" if index.types[node] is type(None) else type_name
     if _is_hyperparameter(index, node) and scheduled_slot_on(tree, path) is not None:
         summary += " (scheduled)"
     folded = line.kind in ("fold", "like")

@@ -33,7 +33,7 @@ from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 from .._compat import is_nnx_variable_type, variable_value
 from .._errors import DeletedArrayError, InvalidArgumentError, OptimizerMismatchError, bounded
 from .._keys import KeyPath, path_text
-from .._tree import _MISSING, child_at, is_namedtuple
+from .._tree import _MISSING, child_at, is_namedtuple, structure_index, value_at
 
 Optimizer: TypeAlias = optax.GradientTransformation | optax.MultiSteps
 """What `optimizer=` takes: the optax optimizer that made the state."""
@@ -77,8 +77,44 @@ def read_optimizer(optimizer: Any, state: Any) -> OptimizerReading:
             f"optax.adamw(1e-3)), got a {bounded(type(optimizer).__name__, 60)}."
         )
     reading = OptimizerReading([], [])
-    _walk(optimizer, state, (), reading, None)
+    try:
+        _walk(optimizer, state, (), reading, None)
+    except OptimizerMismatchError as at_root:
+        return _read_inside(optimizer, state, at_root)
     return reading
+
+
+def _read_inside(optimizer: Any, tree: Any, at_root: OptimizerMismatchError) -> OptimizerReading:
+    """The reading of the one node of `tree` that is this optimizer's state, for a container that
+    holds it (a flax `TrainState`, an eqx Module or flax struct, an `nnx.Optimizer`)."""
+    expected = _state_type(optimizer.init)
+    index = structure_index(tree)
+    found: list[OptimizerReading] = []
+    paths: list[KeyPath] = []
+    for node in range(1, len(index)) if expected is not None else ():
+        if index.types[node] is not expected:
+            continue
+        path = index.path(node)
+        reading = OptimizerReading([], [])
+        try:
+            _walk(optimizer, value_at(tree, path), path, reading, None)
+        except OptimizerMismatchError:
+            continue
+        found.append(reading)
+        paths.append(path)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        where = ", ".join(path_text(p) for p in paths[:4])
+        raise OptimizerMismatchError(
+            f"This tree holds {len(found)} states this optimizer could have made ({where}): pass the "
+            "one you mean as the tree, such as oi.get(train_state.opt_state, ..., optimizer=tx)."
+        )
+    raise OptimizerMismatchError(
+        f"{str(at_root).split(' Pass the')[0]} Nor does any node inside the tree: the optimizer's "
+        "state was not found in it. Pass the optimizer that made the state, or the state itself "
+        "(such as train_state.opt_state)."
+    )
 
 
 def _a(name: str) -> str:

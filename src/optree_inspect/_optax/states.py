@@ -22,6 +22,12 @@ from .names import (
 )
 
 
+def is_state_type(kind: type) -> bool:
+    """Whether nodes of type `kind` are optimizer state, never params-shaped: optax's state types,
+    but not `MaskedNode`, which stands in params-shaped trees for a parameter that is masked out."""
+    return is_optax_state_type(kind) and kind.__name__ != "MaskedNode"
+
+
 def is_inject_state(node: Any) -> bool:
     return type(node).__name__ in INJECT_STATE_NAMES and hasattr(node, "hyperparams")
 
