@@ -131,3 +131,26 @@ def test_an_optimizer_whose_state_is_not_in_the_container_says_so() -> None:
     two = {"a": TX.init(PARAMS), "b": TX.init(PARAMS)}
     with pytest.raises(oi.OptimizerMismatchError, match=r"holds 2 states .*\['a'\], \['b'\]"):
         oi.get(two, "b1", optimizer=TX)
+
+
+def test_masked_holes_are_counted_where_a_line_stands_for_a_subtree() -> None:
+    mask = {"w": True, "v": True, "b": False, "c": False}
+    params = {"w": jnp.ones(3), "v": jnp.ones(3), "b": jnp.ones(1), "c": jnp.ones(2)}
+    state = optax.masked(optax.adam(1e-3), mask).init(params)
+    text = str(oi.describe(state))
+    assert "nu: like .inner_state[0].mu, 2 leaves, 2 masked" in text, text
+    assert text.splitlines()[0].startswith("MaskedState: 5 leaves, 4 masked")
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "shown"),
+    [
+        (0.9, jnp.bfloat16, "0.9"),
+        (1e-8, jnp.bfloat16, "1e-08"),
+        (0.1, jnp.float16, "0.1"),
+        (2.5, jnp.float64, "2.5"),
+    ],
+)
+def test_numbers_show_at_the_precision_of_their_dtype(value: float, dtype: Any, shown: str) -> None:
+    leaf = jnp.asarray(value, dtype) if dtype != jnp.float64 else __import__("numpy").float64(value)
+    assert f"x: {oi._describe._dtype_name(leaf.dtype)}[] = {shown}" in str(oi.describe({"x": leaf}))

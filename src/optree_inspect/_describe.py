@@ -7,6 +7,7 @@ scalars it shows, never other array data.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import functools
 import html
@@ -445,11 +446,21 @@ def _aggregate(index: StructureIndex, node: int, end: int, stats: _LeafStats, wi
     start = index.leaf_starts[node]
     leaf_count = index.leaf_starts[last] + index.leaf_counts[last] - start
     parts.append(f"{leaf_count:,} lea{'ves' if leaf_count != 1 else 'f'}")
+    masked = _masked_in(index, node, last + index.sizes[last])
+    if masked:
+        parts.append(f"{masked:,} masked")
     dtypes, total = stats.summary(start, start + leaf_count)
     if dtypes:
         parts.append("/".join(dtypes[:4]) + ("/..." if len(dtypes) > 4 else ""))
         parts.append(_bytes(total))
     return ", ".join(parts)
+
+
+def _masked_in(index: StructureIndex, start: int, stop: int) -> int:
+    """How many `MaskedNode` holes (parameters an optax `masked` or `partition` leaves out) lie in
+    the nodes `start` to `stop - 1`: a `like` line must not read as the full params."""
+    holes = index.by_type_name.get("MaskedNode", [])
+    return bisect.bisect_left(holes, stop) - bisect.bisect_left(holes, start)
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -513,7 +524,19 @@ def _scalar_value(leaf: Any) -> str | None:
             return None
         leaf = leaf.addressable_data(0)
     value = np.asarray(leaf).item()
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    return _shortest(value, leaf.dtype) if isinstance(value, float) else str(value)
+
+
+def _shortest(value: float, dtype: Any) -> str:
+    """The value at the precision of its dtype, short: the fewest significant digits (at most the
+    dtype's decimal precision) that give it back in `dtype`, so a bf16 0.9 is `0.9`, not the
+    `0.898438` of its float64 expansion; past that precision, it is cut there."""
+    precision = jnp.finfo(dtype).precision if jnp.issubdtype(dtype, jnp.floating) else 15
+    for digits in range(1, precision + 1):
+        text = f"{value:.{digits}g}"
+        if np.asarray(float(text), dtype=dtype) == np.asarray(value, dtype=dtype):
+            return text
+    return f"{value:.{precision}g}"
 
 
 def _sharding_text(leaf: Any) -> str:
