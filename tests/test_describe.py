@@ -55,7 +55,7 @@ def _same_on_every_version(text: str) -> str:
 
 def test_what_the_seed_state_shows() -> None:
     text = str(oi.describe(trained(seed_optimizer())))
-    assert "      learning_rate: f32[] = 0.0001 (scheduled)" in text
+    assert "      learning_rate: f32[] = 0.0001 (scheduled, used at step 1)" in text
     assert "    count: i32[] = 2" in text
     assert "  [1]: InjectStatefulHyperparamsState" in text
     assert "nu: like [1].inner_state[0].mu, 3 leaves, f32, 112 B" in text
@@ -66,7 +66,7 @@ def test_a_20000_leaf_state_folds_to_a_screen_and_keeps_hyperparameters() -> Non
     lines = str(oi.describe(state)).splitlines()
     assert len(lines) < 80
     assert "        mu: dict, 5,000 keys, 10,000 leaves, f32, 391 KB" in lines
-    assert any("learning_rate: f32[] = 0 (scheduled)" in line for line in lines)
+    assert any("learning_rate: f32[] = 0 (scheduled, for step 0)" in line for line in lines)
     assert any(line.strip().startswith("count: i32[]") for line in lines)
 
 
@@ -148,8 +148,8 @@ def test_ipython_pretty_and_html() -> None:
     checker.feed(page)
     assert checker.stack == [] and checker.details >= 5
     assert (
-        '<span class="oi-label">learning_rate</span>: f32[] = 0.0001 <span class="oi-tag">(scheduled)</span>'
-        in page
+        '<span class="oi-label">learning_rate</span>: f32[] = 0.0001 '
+        '<span class="oi-tag">(scheduled, used at step 1)</span>' in page
     )
     assert "<script" not in page and "javascript" not in page.lower()
 
@@ -171,7 +171,7 @@ def test_the_notebook_view_indents_linearly_and_opens_folded_nodes() -> None:
 def test_nnx_variables_are_one_line() -> None:
     optimizer = nnx_optimizer()
     text = str(oi.describe(optimizer.opt_state))
-    assert "learning_rate: OptArray f32[] = 0 (scheduled)" in text
+    assert "learning_rate: OptArray f32[] = 0 (scheduled, for step 0)" in text
     assert ".value" not in text
 
 
@@ -240,3 +240,14 @@ def test_hyperparams_unwraps_nnx_variables() -> None:
 def test_the_readme_shows_what_describe_prints() -> None:
     readme = (GOLDEN.parent.parent / "README.md").read_text()
     assert (GOLDEN / "seed_chain.txt").read_text() in readme
+
+
+def test_each_scheduled_value_says_which_step_it_belongs_to() -> None:
+    tx = seed_optimizer()
+    assert "(scheduled, for step 0)" in str(oi.describe(tx.init(PARAMS)))
+    assert "(scheduled, used at step 2)" in str(oi.describe(trained(tx, steps=3)))
+    plain = optax.adamw(optax.linear_schedule(1.0, 0.0, 10))
+    text = str(oi.describe(trained(plain, steps=3), optimizer=plain))
+    assert "learning_rate: 0.7 (schedule in the optimizer, for step 3, the next update)" in text
+    abstract = str(oi.describe(jax.eval_shape(plain.init, PARAMS), optimizer=plain))
+    assert "learning_rate: ? (schedule in the optimizer, for the next update)" in abstract

@@ -149,7 +149,8 @@ def test_describe_labels_what_comes_from_the_optimizer() -> None:
     assert "  [0]: EmptyState\n    max_norm: 1 (constant in the optimizer)" in text
     assert "      b1: 0.9 (constant in the optimizer)" in text
     assert (
-        "      learning_rate: 0.0002 (schedule in the optimizer, next value)\n      count: i32[] = 2" in text
+        "      learning_rate: 0.0002 (schedule in the optimizer, for step 2, the next update)\n"
+        "      count: i32[] = 2" in text
     )
     rows = [row for row in oi.describe(trained(tx), optimizer=tx) if row.type == "optimizer"]
     assert {row.query for row in rows} >= {"max_norm", "b1", "learning_rate", "weight_decay"}

@@ -14,6 +14,7 @@ import html
 import itertools
 import math
 import operator
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -29,7 +30,7 @@ from ._keys import KeyPath, edge_label
 from ._naming import attached_query, shortest_query
 from ._optax.closures import ConstantHyperparameter, Optimizer, OptimizerReading, read_optimizer
 from ._optax.states import hyperparameter_nodes, is_counter, is_state_type, protected_nodes, scheduled_slot_on
-from ._tree import StructureIndex, index_and_leaves
+from ._tree import StructureIndex, index_and_leaves, value_at
 
 FOLD_LEAVES = 16
 """A params-shaped subtree with more leaves than this is one line."""
@@ -163,9 +164,12 @@ def _with_optimizer(
         result_nodes.append(node)
         for constant in by_node.pop(row.path, []) if not row.folded else []:
             value = "?" if constant.value is None else _number(constant.value)
-            held = (
-                "schedule in the optimizer, next value" if constant.schedule else "constant in the optimizer"
-            )
+            held = "constant in the optimizer"
+            if constant.schedule is not None:
+                step = _step_of(tree, constant.step_path) if constant.step_path else None
+                held = "schedule in the optimizer, " + (
+                    "for the next update" if step is None else f"for step {step}, the next update"
+                )
             query = attached_query(tree, index, constant, reading.constants)
             summary = f"{value} ({held})"
             result.append(
@@ -180,8 +184,20 @@ def _with_optimizer(
 
 
 def _number(value: Any) -> str:
-    value = np.asarray(value).item()
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    """A value read from the optimizer: a number, or `?` where it is traced or abstract."""
+    if isinstance(value, bool | int | float):
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+    text = _scalar_value(value) if hasattr(value, "dtype") else None
+    return "?" if text is None else text
+
+
+def _step_of(tree: Any, counter: KeyPath) -> int | None:
+    """The concrete value of the step counter at `counter`, or None (traced, abstract, deleted)."""
+    try:
+        text = _scalar_value(value_at(tree, counter))
+    except Exception:  # a counter that is not where the schedule's state keeps it
+        return None
+    return int(text) if text is not None and text.lstrip("-").isdigit() else None
 
 
 # Layout (structure only) ------------------------------------------------------------------------
@@ -347,8 +363,15 @@ def _row(index: StructureIndex, tree: Any, leaves: list[Any], stats: _LeafStats,
         summary = f"{type_name} {_leaf_summary(inner)}" if index.leaf_counts[node] else type_name
     else:
         summary = "None" if index.types[node] is type(None) else type_name
-    if _is_hyperparameter(index, node) and scheduled_slot_on(tree, path) is not None:
-        summary += " (scheduled)"
+    slot = scheduled_slot_on(tree, path) if _is_hyperparameter(index, node) else None
+    if slot is not None:
+        step = _step_of(tree, (*slot.state_path, GetAttrKey("count")))
+        if step is None:
+            summary += " (scheduled)"
+        elif step == 0:
+            summary += " (scheduled, for step 0)"
+        else:
+            summary += f" (scheduled, used at step {step - 1})"
     folded = line.kind in ("fold", "like")
     return Row(path, query, line.depth, edge_label(index.keys[node]), type_name, summary, folded, like)
 
@@ -629,7 +652,7 @@ def _first_keys(index: StructureIndex, node: int) -> str:
 
 
 def _html_line(row: Row) -> str:
-    summary = html.escape(row.summary).replace("(scheduled)", '<span class="oi-tag">(scheduled)</span>')
+    summary = re.sub(r"\(scheduled[^)]*\)", r'<span class="oi-tag">\g<0></span>', html.escape(row.summary))
     query = f'<code class="oi-q" title="the query that selects it alone">{html.escape(row.query)}</code>'
     shown = summary + (query if row.query else "")
     if not row.label:
