@@ -22,9 +22,10 @@ def hyperparams(
 
     A scheduled one is included with the value the last update used (at step `count - 1`). With
     `counters=True`, the scalar step counters of the state (`count`, `gradient_step`, ...) are
-    included too, keyed the same way. Values are arrays (nnx Variables are unwrapped), tracers inside `jax.jit`. With
-    `optimizer=`, the hyperparameters it keeps in its closures are included too, keyed the same
-    way: numbers, and for a schedule the value it gives for the next update (at step `count`).
+    included too, keyed the same way. Values are arrays (nnx Variables are unwrapped), tracers
+    inside `jax.jit`. With `optimizer=`, the hyperparameters it keeps in its closures are included
+    too, keyed the same way: numbers, and for a schedule the value it gives for the next update
+    (at step `count`).
 
     ```python
     >>> import jax.numpy as jnp, optax, optree_inspect as oi
