@@ -604,7 +604,6 @@ def _html(description: Description) -> str:
     """Nested `<details>` (open for shown children, closed for folded subtrees, which list their
     first keys), hyperparameters and counters emphasised, each row's query selectable."""
     index, rows, nodes = description._index, description.rows, description._nodes
-    hyperparameters = set(hyperparameter_nodes(index))
     parts = [_STYLE, '<div class="optree-inspect">']
     open_depths: list[int] = []
     for number, row in enumerate(rows):
@@ -612,7 +611,7 @@ def _html(description: Description) -> str:
             parts.append("</div></details>")
             open_depths.pop()
         node = nodes[number]
-        kind = _row_kind(index, row, node, hyperparameters)
+        kind = _row_kind(index, row, node)
         line = _html_line(row)
         title = html.escape(bounded(keystr(row.path), 200) or "<root>", quote=True)
         has_children = number + 1 < len(rows) and rows[number + 1].depth > row.depth
@@ -633,10 +632,10 @@ def _html(description: Description) -> str:
     return "\n".join(parts)
 
 
-def _row_kind(index: StructureIndex, row: Row, node: int | None, hyperparameters: set[int]) -> str:
+def _row_kind(index: StructureIndex, row: Row, node: int | None) -> str:
     if row.type == "optimizer":
         return "oi-optimizer"
-    if node in hyperparameters:
+    if node is not None and _is_hyperparameter(index, node):
         return "oi-hyper"
     if node is not None and is_counter(index, node):
         return "oi-counter"

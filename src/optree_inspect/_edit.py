@@ -252,6 +252,8 @@ def is_function(value: Any) -> bool:
     `functools.partial`, NumPy ufunc or jitted function that JAX treats as a leaf. A pytree node
     (an `eqx.Module`, an nnx Module, a flax struct, `jax.tree_util.Partial`) is always a value,
     even if it is callable, and so is any other object."""
+    if not callable(value):  # arrays and numbers: the common case, decided without a protocol check
+        return False
     if not isinstance(value, _FUNCTION_TYPES) and not _is_jitted(value):
         return False
     return children_with_keys(value) is None
@@ -546,25 +548,22 @@ def _check_range(dtype: np.dtype, new: Any, path: KeyPath) -> None:
             _check_range(real, np.real(values), path)
             _check_range(real, np.imag(values), path)
         return
-    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
-        return
+    limits = _limits(dtype)
     values = _host_values(new)
-    if values is None or values.size == 0 or values.dtype.kind == "c":
+    if limits is None or dtype == np.bool_ or values is None or values.size == 0 or values.dtype.kind == "c":
         return
     if jnp.issubdtype(dtype, jnp.integer):
-        info = jnp.iinfo(dtype)
         low, high = values.min(), values.max()
-        if low < info.min or high > info.max:
-            raise _out_of_range(dtype, low if low < info.min else high, path, (int(info.min), int(info.max)))
+        if low < limits[0] or high > limits[1]:
+            raise _out_of_range(dtype, low if low < limits[0] else high, path, _shown_limits(dtype, limits))
         return
     try:
         finite = values.astype(np.float64)
     except OverflowError:  # a Python int beyond any float
         raise _out_of_range(dtype, new, path) from None
     finite = finite[np.isfinite(finite)]
-    largest = float(jnp.finfo(dtype).max)
-    if finite.size and float(np.abs(finite).max()) > largest:
-        raise _out_of_range(dtype, float(np.abs(finite).max()), path, (f"{-largest:.6g}", f"{largest:.6g}"))
+    if finite.size and float(np.abs(finite).max()) > limits[1]:
+        raise _out_of_range(dtype, float(np.abs(finite).max()), path, _shown_limits(dtype, limits))
 
 
 def _out_of_range(

@@ -36,10 +36,6 @@ def is_namedtuple(node: object) -> bool:
     return isinstance(node, tuple) and hasattr(type(node), "_fields")
 
 
-def is_namedtuple_type(kind: type) -> bool:
-    return issubclass(kind, tuple) and hasattr(kind, "_fields")
-
-
 def children_with_keys(node: Any) -> list[tuple[KeyEntry, Any]] | None:
     """The `(key, child)` pairs of `node` in flatten order, or `None` for a leaf.
 
