@@ -11,6 +11,7 @@ ORDER = [
     "_errors",
     "_compat",
     "_optax.names",
+    "_optax.fields",
     "_keys",
     "_tree",
     "_match",

@@ -29,7 +29,7 @@ from ._errors import bounded, raised_here
 from ._keys import KeyPath, edge_label
 from ._naming import attached_query, shortest_query
 from ._optax.closures import ConstantHyperparameter, Optimizer, OptimizerReading, read_optimizer
-from ._optax.states import hyperparameter_nodes, is_counter, is_state_type, protected_nodes, scheduled_slot_on
+from ._optax.states import hyperparameter_nodes, is_counter, protected_nodes, scheduled_slot_on
 from ._tree import StructureIndex, index_and_leaves, value_at
 
 FOLD_LEAVES = 16
@@ -310,7 +310,7 @@ def _params_shaped(index: StructureIndex) -> list[bool]:
     """For every node, whether its subtree holds no optimizer-state node: params, moments and
     anything else shaped like them, whatever their containers (dicts, dict subclasses, Modules,
     dataclasses, flax structs, nnx States and Variables). MaskedNode holes count as params. O(nodes)."""
-    shaped = [not is_state_type(kind) for kind in index.types]
+    shaped = [name is None for name in index.state_names]
     for node in range(len(index) - 1, 0, -1):
         if not shaped[node]:
             shaped[index.parents[node]] = False
@@ -365,7 +365,7 @@ def _row(index: StructureIndex, tree: Any, leaves: list[Any], stats: _LeafStats,
         summary = "None" if index.types[node] is type(None) else type_name
     slot = scheduled_slot_on(tree, path) if _is_hyperparameter(index, node) else None
     if slot is not None:
-        step = _step_of(tree, (*slot.state_path, GetAttrKey("count")))
+        step = _step_of(tree, slot.field_path("count"))
         if step is None:
             summary += " (scheduled)"
         elif step == 0:

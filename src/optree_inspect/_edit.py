@@ -12,7 +12,6 @@ from typing import Any, overload
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import DictKey, GetAttrKey
 from jaxtyping import PyTree
 
 from ._compat import is_nnx_variable_type, variable_value, variable_with_value, weakly_typed_like
@@ -36,6 +35,7 @@ from ._optax.states import (
     schedule_step_query,
     scheduled_slot_on,
     scheduled_slots_under,
+    where_at,
 )
 from ._query import Query, parse_query
 from ._resolve import _UNSET, attached_matches, no_match_error, resolve_one
@@ -179,14 +179,10 @@ def _refuse_schedules_changed_from_above(tree: Any, targets: dict[KeyPath, tuple
     for path, (old, new) in targets.items():
         if children_with_keys(old) is None:
             continue  # a leaf holds no inject state
-        for slot in scheduled_slots_under(old, path):
-            relative = slot.state_path[len(path) :]
-            value_path = (*relative, GetAttrKey("hyperparams"), DictKey(slot.name))
-            schedule_path = (*relative, GetAttrKey("hyperparams_states"), DictKey(slot.name))
-            old_state = value_at(tree, slot.state_path)
-            old_value = value_at(old_state, value_path[len(relative) :])
-            old_schedule = value_at(old_state, schedule_path[len(relative) :])
-            new_value, new_schedule = _walk(new, value_path), _walk(new, schedule_path)
+        for slot in scheduled_slots_under(old, path, where_at(tree, path)):
+            old_value, old_schedule = value_at(tree, slot.value_path), value_at(tree, slot.schedule_path)
+            new_value = _walk(new, slot.value_path[len(path) :])
+            new_schedule = _walk(new, slot.schedule_path[len(path) :])
             if new_value is old_value or _same_values(new_value, old_value):
                 continue
             if new_schedule is old_schedule or _same_values(new_schedule, old_schedule):
@@ -224,7 +220,7 @@ def _same_values(new: Any, old: Any) -> bool:
 
 
 def _scheduled_error(tree: Any, slot: ScheduledSlot) -> ScheduledHyperparameterError:
-    where = path_text((*slot.state_path, GetAttrKey("hyperparams"), DictKey(slot.name)))
+    where = path_text(slot.value_path)
     step = schedule_step_query(structure_index(tree), slot)
     return ScheduledHyperparameterError(
         f"{slot.name!r} at {where} is driven by a schedule: optax recomputes it from the "

@@ -23,7 +23,8 @@ from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 from ._compat import is_nnx_variable_type
 from ._errors import TreeError, TreeTooDeepError, bounded
 from ._keys import Item, KeyEntry, KeyPath, Step, candidate_keys, edge_text, key_kind, step_matches
-from ._optax.names import INJECT_STATE_NAMES, SCHEDULE_BOOKKEEPING
+from ._optax.fields import OUTSIDE, children_where, field_name, is_inject_state_name, state_name
+from ._optax.names import SCHEDULE_BOOKKEEPING
 
 _REGISTRY = jax.tree_util.default_registry
 CONTAINER_TYPE_NAMES = frozenset({"tuple", "list", "dict", "OrderedDict", "defaultdict", "NoneType"})
@@ -185,6 +186,9 @@ class StructureIndex:
     sizes: list[int] = field(default_factory=list)
     """How many nodes each node's subtree holds, itself included (pre-order: a contiguous run)."""
     in_bookkeeping: list[bool] = field(default_factory=list)
+    state_names: list[str | None] = field(default_factory=list)
+    """The optax state type each node is, or stands for in a restored checkpoint, or None."""
+    by_state_name: dict[str, list[int]] = field(default_factory=dict)
     cacheable: bool = True
     by_text: dict[str, list[int]] = field(default_factory=dict)
     by_type_name: dict[str, list[int]] = field(default_factory=dict)
@@ -259,12 +263,13 @@ class StructureIndex:
 def build_index(tree: Any) -> StructureIndex:
     """One pre-order walk of `tree` through JAX's registry."""
     index = StructureIndex()
-    stack: list[tuple[Any, KeyEntry | None, int, bool]] = [(tree, None, -1, False)]
+    stack: list[tuple[Any, KeyEntry | None, int, bool, int]] = [(tree, None, -1, False, OUTSIDE)]
     while stack:
-        node, key, parent, bookkeeping = stack.pop()
+        node, key, parent, bookkeeping, where = stack.pop()
         number = len(index.keys)
         pairs = children_with_keys(node)
         kind = type(node)
+        name = state_name(node, where)
         index.keys.append(key)
         index.texts.append(edge_text(key))
         index.types.append(kind)
@@ -273,18 +278,20 @@ def build_index(tree: Any) -> StructureIndex:
         index.leaf_counts.append(1 if pairs is None else 0)
         index.sizes.append(1)
         index.in_bookkeeping.append(bookkeeping)
+        index.state_names.append(name)
         index.by_text.setdefault(index.texts[-1], []).append(number)
         index.by_type_name.setdefault(kind.__name__, []).append(number)
+        if name is not None:
+            index.by_state_name.setdefault(name, []).append(number)
         if pairs is None:
             continue
         if index.cacheable and not _cacheable_node(node, pairs):
             index.cacheable = False
-        enters = kind.__name__ in INJECT_STATE_NAMES
-        for child_key, child in reversed(pairs):
-            child_bookkeeping = bookkeeping or (
-                enters and isinstance(child_key, GetAttrKey) and child_key.name == SCHEDULE_BOOKKEEPING
-            )
-            stack.append((child, child_key, number, child_bookkeeping))
+        enters = is_inject_state_name(name)
+        wheres = children_where(name, where, pairs)
+        for (child_key, child), child_where in zip(reversed(pairs), reversed(wheres), strict=True):
+            child_bookkeeping = bookkeeping or (enters and field_name(child_key) == SCHEDULE_BOOKKEEPING)
+            stack.append((child, child_key, number, child_bookkeeping, child_where))
     for number in range(len(index.keys) - 1, 0, -1):
         parent = index.parents[number]
         index.leaf_counts[parent] += index.leaf_counts[number]

@@ -11,37 +11,35 @@ from .._keys import KeyPath
 from .._match import match
 from .._naming import shortest_query
 from .._query import PatternQuery, parse_query
-from .._tree import StructureIndex, child_at, walk_with_paths
+from .._tree import StructureIndex, child_at, children_with_keys
+from .fields import (
+    OUTSIDE,
+    child_where,
+    children_where,
+    field_name,
+    field_of,
+    is_inject_state_name,
+    state_name,
+)
 from .names import (
     COUNTER_NAMES,
     HYPERPARAMETER_NAMES,
     INJECT_EXAMPLE,
     INJECT_STATE_NAMES,
     SCHEDULE_BOOKKEEPING,
-    is_optax_state_type,
 )
 
 
-def is_state_type(kind: type) -> bool:
-    """Whether nodes of type `kind` are optimizer state, never params-shaped: optax's state types,
-    but not `MaskedNode`, which stands in params-shaped trees for a parameter that is masked out."""
-    return is_optax_state_type(kind) and kind.__name__ != "MaskedNode"
-
-
-def is_inject_state(node: Any) -> bool:
-    return type(node).__name__ in INJECT_STATE_NAMES and hasattr(node, "hyperparams")
-
-
 def inject_state_nodes(index: StructureIndex) -> list[int]:
-    """The nodes of `index` that are inject states, in pre-order."""
-    return [number for name in INJECT_STATE_NAMES for number in index.by_type_name.get(name, [])]
+    """The nodes of `index` that are inject states (typed or restored), in pre-order."""
+    return sorted(number for name in INJECT_STATE_NAMES for number in index.by_state_name.get(name, []))
 
 
 def hyperparameter_nodes(index: StructureIndex) -> list[int]:
     """The injected hyperparameters of `index` (the entries of each inject state's `hyperparams`),
     in tree order."""
     nodes: list[int] = []
-    for state in sorted(inject_state_nodes(index)):
+    for state in inject_state_nodes(index):
         for field in index.children(state):
             if index.texts[field] == "hyperparams":
                 nodes.extend(index.children(field))
@@ -66,12 +64,12 @@ def protected_nodes(index: StructureIndex) -> set[int]:
 
 def is_counter(index: StructureIndex, node: int) -> bool:
     """A counter field of an optax state: a field named like a counter of a state type that optax
-    defines, whatever holds it (never a parameter called `count` or `t`, even in an eqx Module)."""
+    defines, typed or restored, whatever holds it (never a parameter called `count` or `t`, even in
+    an eqx Module)."""
     return (
         node > 0
-        and index.texts[node] in COUNTER_NAMES
-        and isinstance(index.keys[node], GetAttrKey)
-        and is_optax_state_type(index.types[index.parents[node]])
+        and field_name(index.keys[node]) in COUNTER_NAMES
+        and index.state_names[index.parents[node]] is not None
         and not index.in_bookkeeping[node]
     )
 
@@ -121,44 +119,81 @@ class ScheduledSlot(NamedTuple):
     """Its key in `hyperparams` (and in `hyperparams_states`)."""
     state_path: KeyPath
     """The path of the inject state that holds it."""
+    restored: bool = False
+    """Whether the inject state is a restored dict (its fields are dict keys, not attributes)."""
+
+    def field_path(self, field: str) -> KeyPath:
+        """The path of a field of the inject state."""
+        return (*self.state_path, DictKey(field) if self.restored else GetAttrKey(field))
+
+    @property
+    def value_path(self) -> KeyPath:
+        return (*self.field_path("hyperparams"), DictKey(self.name))
+
+    @property
+    def schedule_path(self) -> KeyPath:
+        return (*self.field_path(SCHEDULE_BOOKKEEPING), DictKey(self.name))
+
+
+def _inject_slots(node: Any, name: str | None, path: KeyPath) -> list[ScheduledSlot]:
+    """The scheduled hyperparameters of `node`, the state `name` at `path` (none unless inject)."""
+    if not is_inject_state_name(name):
+        return []
+    schedules = field_of(node, SCHEDULE_BOOKKEEPING) or {}
+    restored = isinstance(node, dict)
+    return [ScheduledSlot(k, path, restored) for k in field_of(node, "hyperparams") or {} if k in schedules]
 
 
 def scheduled_slot_on(tree: Any, path: KeyPath) -> ScheduledSlot | None:
     """The scheduled hyperparameter that an edit at `path` would overwrite, if any: the path is
     `hyperparams` of an inject state with a scheduled entry, or that entry, or inside it (the
     `.value` of an nnx Variable). O(len(path)): it walks only the nodes on the path."""
-    node = tree
+    node, where = tree, OUTSIDE
     for depth, key in enumerate(path):
-        if is_inject_state(node) and key == GetAttrKey("hyperparams"):
-            schedules = getattr(node, "hyperparams_states", None) or {}
+        name = state_name(node, where)
+        if is_inject_state_name(name) and field_name(key) == "hyperparams":
+            slots = _inject_slots(node, name, path[:depth])
             if depth + 1 == len(path):
-                entries = [k for k in node.hyperparams if k in schedules]
-                return ScheduledSlot(entries[0], path[:depth]) if entries else None
+                return slots[0] if slots else None
             entry = path[depth + 1]
-            if isinstance(entry, DictKey) and entry.key in schedules:
-                return ScheduledSlot(entry.key, path[:depth])
-            return None
+            return next((s for s in slots if isinstance(entry, DictKey) and s.name == entry.key), None)
+        where = child_where(node, name, where, key)
         node = child_at(node, key)
     return None
 
 
-def scheduled_slots_under(subtree: Any, path: KeyPath) -> list[ScheduledSlot]:
-    """The scheduled hyperparameters of the inject states in `subtree`, the node at `path`.
+def where_at(tree: Any, path: KeyPath) -> int:
+    """Where the node at `path` is, for recognising restored states (`fields.children_where`)."""
+    node, where = tree, OUTSIDE
+    for key in path:
+        where = child_where(node, state_name(node, where), where, key)
+        node = child_at(node, key)
+    return where
+
+
+def scheduled_slots_under(subtree: Any, path: KeyPath, where: int = OUTSIDE) -> list[ScheduledSlot]:
+    """The scheduled hyperparameters of the inject states in `subtree`, the node at `path`, which
+    is `where` (`where_at`).
 
     O(size of the subtree): only the edited part of the tree is walked.
     """
     slots: list[ScheduledSlot] = []
-    for relative, node in walk_with_paths(subtree):
-        if is_inject_state(node):
-            schedules = getattr(node, "hyperparams_states", None) or {}
-            state_path = (*path, *relative)
-            slots.extend(ScheduledSlot(name, state_path) for name in node.hyperparams if name in schedules)
+    stack: list[tuple[KeyPath, Any, int]] = [((), subtree, where)]
+    while stack:
+        relative, node, node_where = stack.pop()
+        name = state_name(node, node_where)
+        slots.extend(_inject_slots(node, name, (*path, *relative)))
+        pairs = children_with_keys(node) or []
+        for (key, child), child_at_where in reversed(
+            list(zip(pairs, children_where(name, node_where, pairs)))
+        ):
+            stack.append(((*relative, key), child, child_at_where))
     return slots
 
 
 def schedule_step_query(index: StructureIndex, slot: ScheduledSlot) -> str:
     """A query for the schedule's step counter, `hyperparams_states.<name>.count` when unique."""
-    schedule = index.number_of((*slot.state_path, GetAttrKey("hyperparams_states"), DictKey(slot.name)))
+    schedule = index.number_of(slot.schedule_path)
     assert schedule is not None
     step = next((c for c in index.children(schedule) if index.texts[c] == "count"), None)
     target = schedule if step is None else step

@@ -1,0 +1,159 @@
+"""Optax states by their fields, typed or restored without their types.
+
+A checkpoint restored without a target (orbax's `restore(path)`) gives an optax state back as
+plain containers: each NamedTuple state is a dict of its fields, each tuple a list, `EmptyState`
+and `MaskedNode` are `None`. `state_name` recognises such a dict by its keys, so that every rule
+about optax states (injected hyperparameters, schedules, counters, what `describe` folds) holds
+for the restored form as for the live one.
+
+A restored dict is read as a state only where a state can be: outside every state, or inside a
+state's field that holds inner states (`STATE_FIELDS`); never inside a moment such as `mu`, whose
+keys are the user's parameter names (see `restored_state_name` for the rest of the rule).
+
+>>> state_name({"count": 0, "mu": {}, "nu": {}}, OUTSIDE)
+'ScaleByAdamState'
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+import jax
+from jax.tree_util import DictKey, GetAttrKey
+
+from .names import COUNTER_NAMES, INJECT_STATE_NAMES, SCHEDULE_BOOKKEEPING, is_optax_state_type
+
+STATE_FIELDS = frozenset(
+    {
+        "inner_state",
+        "inner_states",
+        "inner_opt_state",
+        "fast_state",
+        "base_optimizer_state",
+        "opt_state",
+        "adv_state",
+        "hessian_fn_state",
+        "measure_states",
+        SCHEDULE_BOOKKEEPING,
+    }
+)
+"""Fields of optax's wrapper states that hold inner optax states (checked against optax's wrappers
+by `tests/test_restored.py`)."""
+
+
+def is_state_type(kind: type) -> bool:
+    """Whether nodes of type `kind` are optimizer state, never params-shaped: optax's state types,
+    but not `MaskedNode`, which stands in params-shaped trees for a parameter that is masked out."""
+    return is_optax_state_type(kind) and kind.__name__ != "MaskedNode"
+
+
+@functools.cache
+def state_field_sets() -> dict[frozenset[str], str]:
+    """The field names of each optax state type (a `...State` NamedTuple with fields), mapped to
+    the type's name; the first in name order where several types share their fields
+    (`ScaleByAdamState` and `ScaleByBeliefState`)."""
+    import optax
+    import optax.contrib  # noqa: F401
+
+    found: dict[frozenset[str], str] = {}
+    for module_name, module in sorted(sys.modules.items()):
+        if module_name.split(".")[0] != "optax" or module is None:
+            continue
+        for value in vars(module).values():
+            fields_of = getattr(value, "_fields", None) if isinstance(value, type) else None
+            if fields_of and is_state_type(value):
+                fields, name = frozenset(fields_of), value.__name__
+                if name.endswith("State") and (fields not in found or name < found[fields]):
+                    found[fields] = name
+    return found
+
+
+def _is_leaf(value: Any) -> bool:
+    return jax.tree_util.all_leaves([value])
+
+
+NOWHERE, OUTSIDE, INSIDE = 0, 1, 2
+"""Where a node is, for recognising restored states: inside a state's field that holds no state
+(`mu`), outside every state, or inside a state's field that holds inner states (`inner_state`)."""
+
+
+def restored_state_name(node: Any, where: int) -> str | None:
+    """The optax state type a plain dict stands for, by its keys, or None.
+
+    The keys must be exactly one state type's fields, and a counter among them a leaf. Outside
+    every state, a type of one field (`{"count": ...}` of `ScaleByScheduleState`) is too weak a
+    sign, and a dict is read as one only beside a state of several fields or `None` (a restored
+    chain). Only the structure decides (never a dtype or a value), so that an index cached under
+    the treedef and leaf types holds for every tree of that structure.
+    """
+    if where == NOWHERE or type(node) is not dict or not node or not all(type(k) is str for k in node):
+        return None
+    name = state_field_sets().get(frozenset(node))
+    if name is None or (where == OUTSIDE and len(node) < 2):
+        return None
+    if any(key in COUNTER_NAMES and not _is_leaf(value) for key, value in node.items()):
+        return None
+    return name
+
+
+def state_name(node: Any, where: int) -> str | None:
+    """The optax state type that `node` is, or stands for when restored; None for anything else.
+
+    `where` says where the node is (`NOWHERE`, `OUTSIDE`, `INSIDE`; see the module docstring).
+    """
+    kind = type(node)
+    if is_state_type(kind):
+        return kind.__name__
+    return restored_state_name(node, where)
+
+
+def children_where(name: str | None, where: int, pairs: list[tuple[Any, Any]]) -> list[int]:
+    """Where each child of a node (the state `name`, or not a state) is, given the node's `where`."""
+    if name is not None:
+        return [INSIDE if field_name(key) in STATE_FIELDS else NOWHERE for key, _ in pairs]
+    if where == OUTSIDE and any(_beside_state(child) for _, child in pairs):
+        return [INSIDE] * len(pairs)
+    return [where] * len(pairs)
+
+
+def child_where(node: Any, name: str | None, where: int, key: Any) -> int:
+    """Where the child of `node` under `key` is: `children_where` for one child, looking at the
+    siblings only outside every state."""
+    if name is not None:
+        return INSIDE if field_name(key) in STATE_FIELDS else NOWHERE
+    if where != OUTSIDE:
+        return where
+    flat = jax.tree_util.default_registry.flatten_one_level(node)
+    return INSIDE if flat is not None and any(_beside_state(child) for child in flat[0]) else OUTSIDE
+
+
+def _beside_state(child: Any) -> bool:
+    """A child that makes its container a chain of states: a state of several fields, or `None`."""
+    return child is None or is_state_type(type(child)) or restored_state_name(child, OUTSIDE) is not None
+
+
+def field_name(key: Any) -> str | None:
+    """The field a key names: an attribute of a typed state, a str key of a restored one."""
+    if isinstance(key, GetAttrKey):
+        return key.name
+    if isinstance(key, DictKey) and type(key.key) is str:
+        return key.key
+    return None
+
+
+def field_key(node: Any, name: str) -> DictKey | GetAttrKey:
+    """The key of the field `name` of a state: an attribute of a NamedTuple, a key of a dict."""
+    return DictKey(name) if isinstance(node, dict) else GetAttrKey(name)
+
+
+def field_of(node: Any, name: str, default: Any = None) -> Any:
+    """The field `name` of a state, typed or restored."""
+    if isinstance(node, dict):
+        return node.get(name, default)
+    return getattr(node, name, default)
+
+
+def is_inject_state_name(name: str | None) -> bool:
+    return name in INJECT_STATE_NAMES
