@@ -184,10 +184,9 @@ def scheduled_slots_under(subtree: Any, path: KeyPath, where: int = OUTSIDE) -> 
         name = state_name(node, node_where)
         slots.extend(_inject_slots(node, name, (*path, *relative)))
         pairs = children_with_keys(node) or []
-        for (key, child), child_at_where in reversed(
-            list(zip(pairs, children_where(name, node_where, pairs)))
-        ):
-            stack.append(((*relative, key), child, child_at_where))
+        wheres = children_where(name, node_where, pairs)
+        for (key, child), child_where_ in zip(reversed(pairs), reversed(wheres), strict=True):
+            stack.append(((*relative, key), child, child_where_))
     return slots
 
 
