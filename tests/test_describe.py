@@ -217,9 +217,11 @@ def test_hyperparams_counters_are_opt_in() -> None:
     with_counters = oi.hyperparams(state, counters=True)
     assert int(with_counters["gradient_step"]) == 1 and int(with_counters["mini_step"]) == 0
     assert not any("hyperparams_states" in q for q in with_counters)
-    # A parameter called `count` is not a counter; it makes the keystr the only unique query.
-    counters = oi.hyperparams(optax.adam(1e-3).init({"count": jnp.zeros(2)}), counters=True)
-    assert list(counters) == ["[0].count"]
+    # A parameter called `count` is not a counter; `>` names the state's own field alone.
+    state = optax.adam(1e-3).init({"count": jnp.zeros(2)})
+    counters = oi.hyperparams(state, counters=True)
+    assert list(counters) == ["ScaleByAdamState>count"]
+    assert oi.get(state, "ScaleByAdamState>count") is state[0].count
 
 
 def test_hyperparams_under_jit_and_empty() -> None:

@@ -340,6 +340,8 @@ def _row(index: StructureIndex, tree: Any, leaves: list[Any], stats: _LeafStats,
     node = line.node
     path = index.path(node)
     type_name = index.types[node].__name__
+    if node in index.restored_names:
+        type_name = f"{type_name} ({index.restored_names[node][0]})"
     query = ""  # filled in lazily by Description.rows
     like = None
     if line.kind == "more":

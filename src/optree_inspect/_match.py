@@ -19,28 +19,43 @@ from ._tree import StructureIndex
 
 
 def component_matches(component: Component, index: StructureIndex, node: int) -> bool:
-    """Whether `component` matches the edge into `node` (its key, or its type's name)."""
+    """Whether `component` matches the edge into `node` (its key, or its type's name; for a
+    restored optax state, the name of a state type it stands for)."""
     if isinstance(component, Item):
         return node > 0 and item_matches(component, index.keys[node])
-    type_name = index.types[node].__name__
+    type_names = (index.types[node].__name__, *index.restored_names.get(node, ()))
     if component.is_glob:
         text = index.texts[node]
-        return (node > 0 and fnmatch.fnmatchcase(text, component.text)) or fnmatch.fnmatchcase(
-            type_name, component.text
+        return (node > 0 and fnmatch.fnmatchcase(text, component.text)) or any(
+            fnmatch.fnmatchcase(name, component.text) for name in type_names
         )
-    return (node > 0 and index.texts[node] == component.text) or type_name == component.text
+    return (node > 0 and index.texts[node] == component.text) or component.text in type_names
 
 
-def prefix_matches(index: StructureIndex, prefix: Sequence[Component], chain: Sequence[int]) -> bool:
-    """Whether `prefix` matches a subsequence of the edges into `chain` (greedy is optimal)."""
+def prefix_matches(
+    index: StructureIndex,
+    prefix: Sequence[Component],
+    chain: Sequence[int],
+    direct: Sequence[bool] = (),
+    ends_at_last: bool = False,
+) -> bool:
+    """Whether `prefix` matches a subsequence of the edges into `chain`, a component marked
+    `direct` right after the previous one's edge, and the last one at `chain[-1]` if
+    `ends_at_last`. O(len(chain) * len(prefix))."""
     if not prefix:
-        return True
-    position = 0
-    for ancestor in chain:
-        if component_matches(prefix[position], index, ancestor):
-            position += 1
-            if position == len(prefix):
-                return True
+        return not ends_at_last
+    direct = direct or (False,) * len(prefix)
+    before = [True] + [False] * len(prefix)  # [k]: the first k components match above this node
+    previous = [False] * (len(prefix) + 1)  # [k]: ... with the k-th at the previous node
+    for position, node in enumerate(chain):
+        here = [False] * (len(prefix) + 1)
+        for k, component in enumerate(prefix, start=1):
+            ready = previous[k - 1] if direct[k - 1] and k > 1 else before[k - 1]
+            here[k] = ready and component_matches(component, index, node)
+        if here[-1] and (not ends_at_last or position == len(chain) - 1):
+            return True
+        before = [a or b for a, b in zip(before, here, strict=True)]
+        previous = here
     return False
 
 
@@ -76,7 +91,7 @@ def _candidates(index: StructureIndex, component: Component) -> list[int]:
         ]
     if not component.is_glob:
         by_text = index.by_text.get(component.text, [])
-        by_type = index.by_type_name.get(component.text, [])
+        by_type = [*index.by_type_name.get(component.text, []), *index.by_state_name.get(component.text, [])]
         return sorted({*by_text, *by_type}) if by_type else list(by_text)
     if _glob_min_length(component.text) > index.longest_name:
         return []
@@ -84,9 +99,10 @@ def _candidates(index: StructureIndex, component: Component) -> list[int]:
     for text, nodes in index.by_text.items():
         if text and fnmatch.fnmatchcase(text, component.text):
             found.update(nodes)
-    for name, nodes in index.by_type_name.items():
-        if fnmatch.fnmatchcase(name, component.text):
-            found.update(nodes)
+    for by_name in (index.by_type_name, index.by_state_name):
+        for name, nodes in by_name.items():
+            if fnmatch.fnmatchcase(name, component.text):
+                found.update(nodes)
     return sorted(found)
 
 
@@ -112,18 +128,29 @@ def _strictly_below(index: StructureIndex, above: list[int], nodes: list[int]) -
     return result
 
 
-def match(index: StructureIndex, components: Sequence[Component], enters_bookkeeping: bool) -> list[int]:
-    """The nodes that the pattern `components` selects, in pre-order.
+def match(
+    index: StructureIndex,
+    components: Sequence[Component],
+    enters_bookkeeping: bool,
+    direct: Sequence[bool] = (),
+) -> list[int]:
+    """The nodes that the pattern `components` selects, in pre-order; a component marked `direct`
+    matches only children of the previous component's nodes.
 
     Outside schedule bookkeeping unless `enters_bookkeeping` (a component names it).
     """
     if len(components) > index.max_depth + 1:
         return []  # each component needs an edge of its own on the path
+    direct = direct or (False,) * len(components)
     selected = list(candidates(index, components[0]))
-    for component in components[1:]:
+    for component, child in zip(components[1:], direct[1:], strict=True):
         if not selected:
             return []
-        selected = _strictly_below(index, selected, candidates(index, component))
+        if child:
+            above = set(selected)
+            selected = [n for n in candidates(index, component) if index.parents[n] in above]
+        else:
+            selected = _strictly_below(index, selected, candidates(index, component))
     if enters_bookkeeping or not index.has_bookkeeping:
         return selected
     return [n for n in selected if not index.in_bookkeeping[n]]

@@ -11,6 +11,7 @@ from jax.tree_util import DictKey, keystr
 
 from ._keys import Component, Item, Name
 from ._match import match
+from ._optax.fields import STATE_FIELDS
 from ._optax.names import SCHEDULE_BOOKKEEPING
 from ._query import Attached, PatternQuery
 from ._tree import CONTAINER_TYPE_NAMES, StructureIndex
@@ -19,7 +20,7 @@ _MAX_COMPONENTS = 4
 
 
 def _name_component(text: str) -> bool:
-    return bool(text) and text.strip() == text and not any(c in text for c in ".[]*?")
+    return bool(text) and text.strip() == text and not any(c in text for c in ".[]*?>")
 
 
 def _options(index: StructureIndex, node: int) -> list[tuple[str, Component]]:
@@ -32,6 +33,8 @@ def _options(index: StructureIndex, node: int) -> list[tuple[str, Component]]:
     elif isinstance(key, DictKey):
         options.append((f"[{key.key!r}]", Item(key.key)))
     type_name = index.types[node].__name__
+    if node in index.restored_names:
+        type_name = index.restored_names[node][0]
     if type_name not in CONTAINER_TYPE_NAMES and not index.is_leaf[node] and type_name != text:
         options.append((type_name, Name(type_name, False)))
     return options
@@ -74,6 +77,62 @@ def _search_shortest(index: StructureIndex, node: int) -> str | None:
         if found:
             return min(found, key=lambda q: (sum(p.isdigit() for p in q.split(".")), len(q), q))
     return None
+
+
+def stable_query(index: StructureIndex, node: int) -> str:
+    """A pattern that selects `node` alone by names where it can, for keys that must survive
+    wrapping the optimizer (`MultiSteps`, a `TrainState`, `partition`): fewest positional
+    components (chain indices), then fewest components, fewest wrapper fields (`inner_state`:
+    `ScaleByAdamState.count` rather than `inner_state.count`) and fewest characters. A component may follow
+    `>` to match the very next edge: `InjectStatefulHyperparamsState>count` is the inject state's
+    own counter, not its inner optimizer's. The keystr when no pattern of up to four components
+    selects it alone.
+    """
+    memo_key = ("stable query", node)
+    cached = index.memo.results.get(memo_key)
+    if cached is None:
+        cached = _search_stable(index, node) or keystr(index.path(node))
+        index.memo.results[memo_key] = cached
+    return cached
+
+
+def _search_stable(index: StructureIndex, node: int) -> str | None:
+    if node == 0:
+        return None
+    ancestor_options = [(a, *opt) for a in index.ancestors(node) for opt in _options(index, a)]
+    enters_needed = index.in_bookkeeping[node]
+    best: tuple[int, int, int, int, str] | None = None
+    for size in range(_MAX_COMPONENTS):
+        for last_text, last in _options(index, node):
+            for prefix in itertools.combinations(ancestor_options, size):
+                chosen = [*prefix, (node, last_text, last)]
+                texts = [text for _, text, _ in chosen]
+                if texts[0].startswith("[") or (enters_needed and SCHEDULE_BOOKKEEPING not in texts):
+                    continue
+                components = [component for _, _, component in chosen]
+                adjacent = [
+                    i > 0 and index.parents[chosen[i][0]] == chosen[i - 1][0] for i in range(len(chosen))
+                ]
+                for direct in itertools.product(*[(False, True) if a else (False,) for a in adjacent]):
+                    if match(index, components, SCHEDULE_BOOKKEEPING in texts, direct) != [node]:
+                        continue
+                    text = "".join(
+                        t if i == 0 or (t.startswith("[") and not d) else (">" if d else ".") + t
+                        for i, (t, d) in enumerate(zip(texts, direct, strict=True))
+                    )
+                    wrapper_fields = sum(t in STATE_FIELDS for t in texts)
+                    rank = (sum(_positional(c) for c in components), size, wrapper_fields, len(text), text)
+                    best = rank if best is None or rank < best else best
+        if best is not None and best[0] == 0:
+            break
+    return None if best is None else best[-1]
+
+
+def _positional(component: Component) -> bool:
+    """A component that names a position (a chain index), which wrapping may shift."""
+    if isinstance(component, Item):
+        return isinstance(component.key, int)
+    return component.text.isdigit()
 
 
 def attached_query(tree: Any, index: StructureIndex, constant: Attached, attached: Sequence[Attached]) -> str:

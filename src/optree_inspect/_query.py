@@ -50,7 +50,7 @@ from ._tree import (
 )
 
 _GLOB_CHARS = frozenset("*?")
-_NAME_STOP = frozenset(".[]")
+_NAME_STOP = frozenset(".[]>")
 _FLAT_INDEX = re.compile(r"<flat index (\d+)>")
 _CLOSE_NAMES = 8
 
@@ -121,10 +121,13 @@ class ExactQuery:
 
 @dataclass(frozen=True)
 class PatternQuery:
-    """Components that match a subsequence of a node's path, the last one its last edge."""
+    """Components that match a subsequence of a node's path, the last one its last edge; a
+    component written after `>` matches the edge right after the previous component's."""
 
     components: tuple[Component, ...]
     text: str
+    direct: tuple[bool, ...] = ()
+    """For each component, whether it follows `>` (empty: none does)."""
 
     @property
     def label(self) -> str:
@@ -138,7 +141,7 @@ class PatternQuery:
         """The numbers of the nodes of `index` it selects, memoised on the index."""
         found = index.memo.results.get(self)
         if found is None:
-            found = tuple(match(index, self.components, self.enters_schedule_bookkeeping))
+            found = tuple(match(index, self.components, self.enters_schedule_bookkeeping, self.direct))
             index.memo.results[self] = found
         return found
 
@@ -153,12 +156,17 @@ class PatternQuery:
         index = structure_index(tree)
         node = index.number_of(attached.node_path)
         chain = [] if node is None else [*index.ancestors(node), node]
-        return node is not None and prefix_matches(index, self.components[:-1], chain)
+        direct = self.direct or (False,) * len(self.components)
+        if node is None:
+            return False
+        return prefix_matches(index, self.components[:-1], chain, direct[:-1], ends_at_last=direct[-1])
 
     def explain_miss(self, tree: Any) -> list[str]:
         index = structure_index(tree)
         vocabulary = [name for name in index.by_text if 0 < len(name) <= 100] + [
-            name for name in index.by_type_name if name not in CONTAINER_TYPE_NAMES and len(name) <= 100
+            name
+            for name in (*index.by_type_name, *index.by_state_name)
+            if name not in CONTAINER_TYPE_NAMES and len(name) <= 100
         ]
         wanted = [
             c.text for c in self.components if isinstance(c, Name) and not c.is_glob and len(c.text) <= 100
@@ -254,7 +262,8 @@ _CACHED_LENGTH = 256
 def _parse_string(text: str) -> ExactQuery | PatternQuery:
     if text == "" or text[0] in ".[":
         return ExactQuery(tuple(_parse_keystr(text)), text)
-    return PatternQuery(tuple(_parse_pattern(text)), text)
+    components, direct = _parse_pattern(text)
+    return PatternQuery(tuple(components), text, tuple(direct) if any(direct) else ())
 
 
 def _parse_keystr(text: str) -> list[Step]:
@@ -276,10 +285,13 @@ def _parse_keystr(text: str) -> list[Step]:
     return steps
 
 
-def _parse_pattern(text: str) -> list[Component]:
+def _parse_pattern(text: str) -> tuple[list[Component], list[bool]]:
+    """The components of a pattern, and for each whether it follows `>`."""
     components: list[Component] = []
+    direct: list[bool] = []
     pos = 0
     expect_component = True
+    after_child = False
     while pos < len(text):
         char = text[pos]
         if char == "[":
@@ -287,11 +299,12 @@ def _parse_pattern(text: str) -> list[Component]:
             if not isinstance(step, Item):
                 raise QuerySyntaxError(text, pos - 1, "A pattern cannot name a flat index")
             components.append(step)
-            expect_component = False
-        elif char == ".":
+            direct.append(after_child)
+            expect_component, after_child = False, False
+        elif char in ".>":
             if expect_component:
                 raise QuerySyntaxError(text, pos, "Empty pattern component")
-            expect_component = True
+            expect_component, after_child = True, char == ">"
             pos += 1
         elif char == "]":
             raise QuerySyntaxError(text, pos, "Unmatched ']'")
@@ -303,11 +316,12 @@ def _parse_pattern(text: str) -> list[Component]:
             if name.strip() != name:
                 raise QuerySyntaxError(text, pos, "Pattern components cannot start or end with spaces")
             components.append(Name(name, any(c in _GLOB_CHARS for c in name)))
-            expect_component = False
+            direct.append(after_child)
+            expect_component, after_child = False, False
             pos = end
     if expect_component:
         raise QuerySyntaxError(text, len(text), "Empty pattern component")
-    return components
+    return components, direct
 
 
 def _scan_name(text: str, pos: int) -> int:

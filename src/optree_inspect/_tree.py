@@ -23,7 +23,14 @@ from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 from ._compat import is_nnx_variable_type
 from ._errors import TreeError, TreeTooDeepError, bounded
 from ._keys import Item, KeyEntry, KeyPath, Step, candidate_keys, edge_text, key_kind, step_matches
-from ._optax.fields import OUTSIDE, children_where, field_name, is_inject_state_name, state_name
+from ._optax.fields import (
+    OUTSIDE,
+    children_where,
+    field_name,
+    is_inject_state_name,
+    restored_state_names,
+    state_name,
+)
 from ._optax.names import SCHEDULE_BOOKKEEPING
 
 _REGISTRY = jax.tree_util.default_registry
@@ -189,6 +196,11 @@ class StructureIndex:
     state_names: list[str | None] = field(default_factory=list)
     """The optax state type each node is, or stands for in a restored checkpoint, or None."""
     by_state_name: dict[str, list[int]] = field(default_factory=dict)
+    """The nodes of each optax state type, typed or restored (a restored one under every type with
+    its fields)."""
+    restored_names: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """For each restored state, the optax state types it may stand for: patterns match their names
+    as they match a typed node's type name."""
     cacheable: bool = True
     by_text: dict[str, list[int]] = field(default_factory=dict)
     by_type_name: dict[str, list[int]] = field(default_factory=dict)
@@ -223,7 +235,9 @@ class StructureIndex:
     @functools.cached_property
     def longest_name(self) -> int:
         """The length of the longest edge text or type name: no glob needing more can match."""
-        return max(len(name) for names in (self.by_text, self.by_type_name) for name in names)
+        return max(
+            len(name) for names in (self.by_text, self.by_type_name, self.by_state_name) for name in names
+        )
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -282,7 +296,11 @@ def build_index(tree: Any) -> StructureIndex:
         index.by_text.setdefault(index.texts[-1], []).append(number)
         index.by_type_name.setdefault(kind.__name__, []).append(number)
         if name is not None:
-            index.by_state_name.setdefault(name, []).append(number)
+            aliases = restored_state_names(node) if kind is dict else (name,)
+            if kind is dict:
+                index.restored_names[number] = aliases
+            for alias in aliases:
+                index.by_state_name.setdefault(alias, []).append(number)
         if pairs is None:
             continue
         if index.cacheable and not _cacheable_node(node, pairs):

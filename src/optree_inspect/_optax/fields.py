@@ -50,14 +50,14 @@ def is_state_type(kind: type) -> bool:
 
 
 @functools.cache
-def state_field_sets() -> dict[frozenset[str], str]:
+def state_field_sets() -> dict[frozenset[str], tuple[str, ...]]:
     """The field names of each optax state type (a `...State` NamedTuple with fields), mapped to
-    the type's name; the first in name order where several types share their fields
-    (`ScaleByAdamState` and `ScaleByBeliefState`)."""
+    the names of the types with those fields, in name order (`ScaleByAdamState` and
+    `ScaleByBeliefState` share theirs)."""
     import optax
     import optax.contrib  # noqa: F401
 
-    found: dict[frozenset[str], str] = {}
+    found: dict[frozenset[str], set[str]] = {}
     for module_name, module in sorted(sys.modules.items()):
         if module_name.split(".")[0] != "optax" or module is None:
             continue
@@ -65,9 +65,9 @@ def state_field_sets() -> dict[frozenset[str], str]:
             fields_of = getattr(value, "_fields", None) if isinstance(value, type) else None
             if fields_of and is_state_type(value):
                 fields, name = frozenset(fields_of), value.__name__
-                if name.endswith("State") and (fields not in found or name < found[fields]):
-                    found[fields] = name
-    return found
+                if name.endswith("State"):
+                    found.setdefault(fields, set()).add(name)
+    return {fields: tuple(sorted(names)) for fields, names in found.items()}
 
 
 def _is_leaf(value: Any) -> bool:
@@ -80,7 +80,8 @@ NOWHERE, OUTSIDE, INSIDE = 0, 1, 2
 
 
 def restored_state_name(node: Any, where: int) -> str | None:
-    """The optax state type a plain dict stands for, by its keys, or None.
+    """The optax state type a plain dict stands for, by its keys, or None; the first by name
+    where several types have those fields (`restored_state_names` gives them all).
 
     The keys must be exactly one state type's fields, and a counter among them a leaf. Outside
     every state, a type of one field (`{"count": ...}` of `ScaleByScheduleState`) is too weak a
@@ -90,12 +91,17 @@ def restored_state_name(node: Any, where: int) -> str | None:
     """
     if where == NOWHERE or type(node) is not dict or not node or not all(type(k) is str for k in node):
         return None
-    name = state_field_sets().get(frozenset(node))
-    if name is None or (where == OUTSIDE and len(node) < 2):
+    names = state_field_sets().get(frozenset(node))
+    if names is None or (where == OUTSIDE and len(node) < 2):
         return None
     if any(key in COUNTER_NAMES and not _is_leaf(value) for key, value in node.items()):
         return None
-    return name
+    return names[0]
+
+
+def restored_state_names(node: dict[str, Any]) -> tuple[str, ...]:
+    """Every optax state type with the fields of the restored state `node`."""
+    return state_field_sets()[frozenset(node)]
 
 
 def state_name(node: Any, where: int) -> str | None:

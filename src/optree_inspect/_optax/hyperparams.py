@@ -8,7 +8,7 @@ from jaxtyping import PyTree
 
 from .._compat import is_nnx_variable_type, variable_value
 from .._errors import raised_here
-from .._naming import attached_query, shortest_query
+from .._naming import attached_query, stable_query
 from .._tree import structure_index, value_at
 from .closures import Optimizer, read_optimizer
 from .states import hyperparameter_nodes, is_counter
@@ -45,7 +45,7 @@ def hyperparams(
         value = value_at(tree, index.path(node))
         if is_nnx_variable_type(type(value)):
             value = variable_value(value)
-        entries.append((node, 0, shortest_query(index, node), value))
+        entries.append((node, 0, stable_query(index, node), value))
     if reading is not None:
         for order, constant in enumerate(reading.constants, start=1):
             node = index.number_of(constant.node_path) or 0
