@@ -19,7 +19,7 @@ import pytest
 from flax.training import train_state
 
 import optree_inspect as oi
-from helpers import PARAMS, layered_params, nnx_optimizer, seed_optimizer, trained, wrapped_state
+from helpers import LABELS, PARAMS, layered_params, nnx_optimizer, seed_optimizer, trained, wrapped_state
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 
@@ -253,3 +253,29 @@ def test_each_scheduled_value_says_which_step_it_belongs_to() -> None:
     assert "learning_rate: 0.7 (schedule in the optimizer, for step 3, the next update)" in text
     abstract = str(oi.describe(jax.eval_shape(plain.init, PARAMS), optimizer=plain))
     assert "learning_rate: ? (schedule in the optimizer, for the next update)" in abstract
+
+
+def test_hyperparams_keys_survive_wrapping() -> None:
+    """Logging keys stay the same when the optimizer is wrapped: `MultiSteps`, a `TrainState`,
+    `partition` with one optimized label."""
+    from flax.training import train_state
+
+    base = oi.hyperparams(trained(seed_optimizer()), counters=True)
+    assert "InjectStatefulHyperparamsState>count" in base and "ScaleByAdamState.count" in base
+    partition = optax.partition({"decay": seed_optimizer(), "no_decay": optax.set_to_zero()}, LABELS)
+    wrapped = {
+        "multi_steps": trained(optax.MultiSteps(seed_optimizer(), 2).gradient_transformation()),
+        "partition": trained(partition),
+        "train_state": train_state.TrainState.create(
+            apply_fn=None, params=PARAMS, tx=optax.MultiSteps(partition, 2)
+        ),
+    }
+    for name, state in wrapped.items():
+        keys = oi.hyperparams(state, counters=True)
+        assert set(base) <= set(keys), (name, set(base) - set(keys))
+        for key in base:
+            assert oi.get(state, key) is keys[key] or jnp.array_equal(oi.get(state, key), keys[key])
+    # Where two labels hold the same optimizer, the label names them apart.
+    both = optax.partition({"decay": seed_optimizer(), "no_decay": seed_optimizer()}, LABELS)
+    keys = oi.hyperparams(both.init(PARAMS), counters=True)
+    assert {"decay.InjectStatefulHyperparamsState>count", "no_decay.learning_rate"} <= set(keys)

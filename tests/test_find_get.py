@@ -373,3 +373,35 @@ def test_the_input_tree_is_never_modified() -> None:
     after = jax.tree_util.tree_flatten_with_path(state)
     assert before[1] == after[1]
     assert all(a is b for (_, a), (_, b) in zip(before[0], after[0], strict=True))
+
+
+# `>`: the very next edge ---------------------------------------------------------------------
+
+
+def test_child_separator_names_a_state_s_own_field() -> None:
+    state = trained(seed_optimizer())
+    own = oi.find(state, "InjectStatefulHyperparamsState>count")
+    assert [keystr(m.path) for m in own] == ["[1].count"]
+    assert len(oi.find(state, "InjectStatefulHyperparamsState.count")) == 2  # `.`: any depth below
+    assert [keystr(m.path) for m in oi.find(state, "inner_state>0>count")] == ["[1].inner_state[0].count"]
+    assert oi.find(state, "inner_state>count") == []
+    assert [keystr(m.path) for m in oi.find(state, "tuple>1>count")] == ["[1].count"]  # the root's type
+    assert [keystr(m.path) for m in oi.find(state, "ScaleByAdamState>mu>dense1>w")] == [
+        "[1].inner_state[0].mu['dense1']['w']"
+    ]
+    assert oi.find(state, "ScaleByAdamState>dense1") == []
+    assert len(oi.find(state, "mu>*>w")) == 2 and len(oi.find(state, "mu.w")) == 2
+
+
+@pytest.mark.parametrize("query", ["a>", ">a", "a>>b", "a.>b", "a>.b"])
+def test_child_separator_needs_components_on_both_sides(query: str) -> None:
+    with pytest.raises(oi.QuerySyntaxError):
+        oi.find(trained(seed_optimizer()), query)
+
+
+def test_keys_with_a_greater_than_sign_are_bracketed() -> None:
+    tree = {"x": {"a>b": {"c": jnp.ones(1)}, "a": {"b": {"c": jnp.zeros(1)}}}}
+    assert [keystr(m.path) for m in oi.find(tree, "x['a>b'].c")] == ["['x']['a>b']['c']"]
+    assert [keystr(m.path) for m in oi.find(tree, "a>b>c")] == ["['x']['a']['b']['c']"]
+    rows = {row.path: row.query for row in oi.describe(tree).rows}
+    assert rows[(DictKey("x"), DictKey("a>b"))] == "x['a>b']"

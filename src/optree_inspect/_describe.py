@@ -323,9 +323,10 @@ def _signatures(index: StructureIndex) -> list[int]:
     signature is interned from its type and its children's keys and signatures."""
     interned: dict[tuple[Any, ...], int] = {}
     signatures = [0] * len(index)
+    holes = set(index.holes)
     for node in range(len(index) - 1, -1, -1):
         kind = index.types[node]
-        if index.is_leaf[node] or kind.__name__ == "MaskedNode":
+        if index.is_leaf[node] or node in holes:
             structure: tuple[Any, ...] = ()
         else:
             structure = (kind, *((index.keys[c], signatures[c]) for c in index.children(node)))
@@ -482,9 +483,10 @@ def _aggregate(index: StructureIndex, node: int, end: int, stats: _LeafStats, wi
 
 
 def _masked_in(index: StructureIndex, start: int, stop: int) -> int:
-    """How many `MaskedNode` holes (parameters an optax `masked` or `partition` leaves out) lie in
-    the nodes `start` to `stop - 1`: a `like` line must not read as the full params."""
-    holes = index.by_type_name.get("MaskedNode", [])
+    """How many masked holes (`MaskedNode`s, or `None`s of a restored state: parameters an optax
+    `masked` or `partition` leaves out) lie in the nodes `start` to `stop - 1`: a `like` line must
+    not read as the full params."""
+    holes = index.holes
     return bisect.bisect_left(holes, stop) - bisect.bisect_left(holes, start)
 
 

@@ -24,6 +24,7 @@ from ._compat import is_nnx_variable_type
 from ._errors import TreeError, TreeTooDeepError, bounded
 from ._keys import Item, KeyEntry, KeyPath, Step, candidate_keys, edge_text, key_kind, step_matches
 from ._optax.fields import (
+    NOWHERE,
     OUTSIDE,
     children_where,
     field_name,
@@ -198,6 +199,9 @@ class StructureIndex:
     by_state_name: dict[str, list[int]] = field(default_factory=dict)
     """The nodes of each optax state type, typed or restored (a restored one under every type with
     its fields)."""
+    holes: list[int] = field(default_factory=list)
+    """The masked-out parameters, in pre-order: `MaskedNode`s, and `None`s in the params-shaped
+    fields of a restored state (orbax restores a `MaskedNode` as `None`)."""
     restored_names: dict[int, tuple[str, ...]] = field(default_factory=dict)
     """For each restored state, the optax state types it may stand for: patterns match their names
     as they match a typed node's type name."""
@@ -277,9 +281,10 @@ class StructureIndex:
 def build_index(tree: Any) -> StructureIndex:
     """One pre-order walk of `tree` through JAX's registry."""
     index = StructureIndex()
-    stack: list[tuple[Any, KeyEntry | None, int, bool, int]] = [(tree, None, -1, False, OUTSIDE)]
+    Frame = tuple[Any, KeyEntry | None, int, bool, int, bool]
+    stack: list[Frame] = [(tree, None, -1, False, OUTSIDE, False)]
     while stack:
-        node, key, parent, bookkeeping, where = stack.pop()
+        node, key, parent, bookkeeping, where, in_restored_data = stack.pop()
         number = len(index.keys)
         pairs = children_with_keys(node)
         kind = type(node)
@@ -301,6 +306,8 @@ def build_index(tree: Any) -> StructureIndex:
                 index.restored_names[number] = aliases
             for alias in aliases:
                 index.by_state_name.setdefault(alias, []).append(number)
+        if kind.__name__ == "MaskedNode" or (node is None and in_restored_data):
+            index.holes.append(number)
         if pairs is None:
             continue
         if index.cacheable and not _cacheable_node(node, pairs):
@@ -309,7 +316,8 @@ def build_index(tree: Any) -> StructureIndex:
         wheres = children_where(name, where, pairs)
         for (child_key, child), child_where in zip(reversed(pairs), reversed(wheres), strict=True):
             child_bookkeeping = bookkeeping or (enters and field_name(child_key) == SCHEDULE_BOOKKEEPING)
-            stack.append((child, child_key, number, child_bookkeeping, child_where))
+            child_in_data = in_restored_data if name is None else kind is dict and child_where == NOWHERE
+            stack.append((child, child_key, number, child_bookkeeping, child_where, child_in_data))
     for number in range(len(index.keys) - 1, 0, -1):
         parent = index.parents[number]
         index.leaf_counts[parent] += index.leaf_counts[number]

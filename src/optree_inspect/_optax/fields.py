@@ -92,7 +92,9 @@ def restored_state_name(node: Any, where: int) -> str | None:
     if where == NOWHERE or type(node) is not dict or not node or not all(type(k) is str for k in node):
         return None
     names = state_field_sets().get(frozenset(node))
-    if names is None or (where == OUTSIDE and len(node) < 2):
+    if names is None:
+        return None
+    if where == OUTSIDE and len(node) < 2 and not _wraps_state(node):
         return None
     if any(key in COUNTER_NAMES and not _is_leaf(value) for key, value in node.items()):
         return None
@@ -133,6 +135,21 @@ def child_where(node: Any, name: str | None, where: int, key: Any) -> int:
         return where
     flat = jax.tree_util.default_registry.flatten_one_level(node)
     return INSIDE if flat is not None and any(_beside_state(child) for child in flat[0]) else OUTSIDE
+
+
+def _wraps_state(node: dict[str, Any], depth: int = 0) -> bool:
+    """A one-field dict whose field holds inner states and holds one (`{"inner_state": ...}` of
+    `MaskedState`): as good a sign as several fields."""
+    [(key, value)] = node.items()
+    if key not in STATE_FIELDS or depth > 4:
+        return False
+    if _beside_state(value):
+        return True
+    children = value.values() if type(value) is dict else value if type(value) in (list, tuple) else ()
+    return any(
+        _beside_state(child) or (type(child) is dict and len(child) == 1 and _wraps_state(child, depth + 1))
+        for child in children
+    )
 
 
 def _beside_state(child: Any) -> bool:
