@@ -20,7 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import optree_inspect as oi
-from helpers import PARAMS, layered_params, seed_optimizer, trained
+from helpers import PARAMS, layered_params, nnx_optimizer, seed_optimizer, trained
+from optree_inspect._compat import variable_value
 
 MAX_MESSAGE = 4096
 
@@ -399,6 +400,14 @@ def test_a_match_reads_as_its_keystr_and_value() -> None:
     [match] = oi.find(STATE, "[1].count")
     assert repr(match) == f"Match('[1].count', {STATE[1].count!r})"
     assert match.path == (jax.tree_util.SequenceKey(1), jax.tree_util.GetAttrKey("count"))
+
+
+def test_a_match_of_an_nnx_variable_reads_in_one_line() -> None:
+    optimizer = nnx_optimizer()
+    [match] = oi.find(optimizer, "ScaleByAdamState.count")
+    inner = variable_value(match.value)
+    expected = f"Match('.opt_state[1].inner_state[0].count', {type(match.value).__name__}({inner!r}))"
+    assert repr(match) == expected and "\n" not in repr(match)
 
 
 def test_errors_start_at_the_public_call() -> None:

@@ -9,6 +9,7 @@ import jax
 from jax.tree_util import keystr
 from jaxtyping import PyTree
 
+from ._compat import is_nnx_variable_type, variable_value
 from ._errors import AmbiguousMatchError, DeletedArrayError, NoMatchError, bounded, listing, raised_here
 from ._keys import KeyPath, path_text
 from ._naming import attached_query, shortest_query
@@ -30,7 +31,10 @@ class Match(NamedTuple):
     value: Any
 
     def __repr__(self) -> str:
-        return f"Match({keystr(self.path)!r}, {self.value!r})"
+        value = self.value
+        if is_nnx_variable_type(type(value)):  # flax's repr spans three lines for one number
+            return f"Match({keystr(self.path)!r}, {type(value).__name__}({variable_value(value)!r}))"
+        return f"Match({keystr(self.path)!r}, {value!r})"
 
 
 @raised_here
