@@ -138,8 +138,17 @@ def test_masked_holes_are_counted_where_a_line_stands_for_a_subtree() -> None:
     params = {"w": jnp.ones(3), "v": jnp.ones(3), "b": jnp.ones(1), "c": jnp.ones(2)}
     state = optax.masked(optax.adam(1e-3), mask).init(params)
     text = str(oi.describe(state))
-    assert "nu: like .inner_state[0].mu, 2 leaves, 2 masked" in text, text
+    assert "nu: like .inner_state[0].mu, 2 leaves (v, w), 2 masked" in text, text
     assert text.splitlines()[0].startswith("MaskedState: 5 leaves, 4 masked")
+
+
+def test_a_label_s_moments_name_the_parameters_they_hold() -> None:
+    layers = {f"layer{i}": {"w": jnp.ones(2), "b": jnp.ones(2)} for i in range(6)}
+    labels = {name: {"w": "decay", "b": "no_decay"} for name in layers}
+    tx = optax.partition({"decay": optax.adam(1e-3), "no_decay": optax.sgd(1e-2, momentum=0.9)}, labels)
+    text = str(oi.describe(tx.init(layers)))
+    assert "6 leaves (layer0.w, layer1.w, layer2.w, ...), 6 masked" in text, text
+    assert "6 leaves (layer0.b, layer1.b, layer2.b, ...), 6 masked" in text, text
 
 
 @pytest.mark.parametrize(

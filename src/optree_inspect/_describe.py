@@ -474,12 +474,28 @@ def _aggregate(index: StructureIndex, node: int, end: int, stats: _LeafStats, wi
     parts.append(f"{leaf_count:,} lea{'ves' if leaf_count != 1 else 'f'}")
     masked = _masked_in(index, node, last + index.sizes[last])
     if masked:
+        stop = node + index.sizes[node]
+        if node == last and node and not any(index.state_names[node:stop]):
+            # a label's share of the params (a `masked` or `partition` moment): which ones it holds
+            parts[-1] += f" ({_held_names(index, node)})"
         parts.append(f"{masked:,} masked")
     dtypes, total = stats.summary(start, start + leaf_count)
     if dtypes:
         parts.append("/".join(dtypes[:4]) + ("/..." if len(dtypes) > 4 else ""))
         parts.append(_bytes(total))
     return ", ".join(parts)
+
+
+def _held_names(index: StructureIndex, node: int, shown: int = 3) -> str:
+    """The first leaves under `node`, named from it (`dense1.w, head.w`), for a masked region."""
+    names = []
+    for leaf in range(node + 1, node + index.sizes[node]):
+        if index.is_leaf[leaf]:
+            if len(names) == shown:
+                return ", ".join(names) + ", ..."
+            chain = [*index.ancestors(leaf)[index.depths[node] + 1 :], leaf]
+            names.append(".".join(bounded(index.texts[n], 40) for n in chain))
+    return ", ".join(names)
 
 
 def _masked_in(index: StructureIndex, start: int, stop: int) -> int:
