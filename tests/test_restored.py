@@ -20,7 +20,7 @@ from flax.training import train_state
 from jax.tree_util import DictKey, GetAttrKey, keystr
 
 import optree_inspect as oi
-from helpers import LABELS, MASK, PARAMS, WRAPPED, seed_optimizer, trained, wrapped_state
+from helpers import LABELS, MASK, PARAMS, WRAPPED, schedule, seed_optimizer, trained, wrapped_state
 from optax_catalogue import FACTORIES
 from optree_inspect._optax.fields import STATE_FIELDS, is_state_type
 from optree_inspect._tree import children_with_keys
@@ -191,3 +191,30 @@ def _fields_holding_states(node: Any, field: str | None) -> set[str]:
     for _, child in children_with_keys(node) or ():
         found |= _fields_holding_states(child, field)
     return found
+
+
+@pytest.mark.parametrize(
+    "tx",
+    [
+        pytest.param(optax.adamw(schedule(), weight_decay=1e-4), id="adamw"),
+        pytest.param(seed_optimizer(), id="seed"),
+        pytest.param(optax.MultiSteps(optax.sgd(schedule(), 0.9), 2).gradient_transformation(), id="multi"),
+        pytest.param(
+            optax.partition(
+                {"decay": optax.masked(optax.lion(1e-3), MASK), "no_decay": optax.sgd(0.1)}, LABELS
+            ),
+            id="partition",
+        ),
+    ],
+)
+def test_an_optimizer_reads_the_restored_state_as_the_live_one(
+    tx: optax.GradientTransformation, tmp_path: pathlib.Path
+) -> None:
+    state = trained(tx)
+    raw = _restore_raw(state, tmp_path)
+    live, restored = oi.hyperparams(state, optimizer=tx), oi.hyperparams(raw, optimizer=tx)
+    assert live.keys() == restored.keys() and live
+    for key, value in live.items():
+        assert jnp.array_equal(restored[key], value), key
+    with pytest.raises(oi.OptimizerMismatchError):
+        oi.hyperparams(raw, optimizer=optax.chain(optax.clip(1.0), tx))

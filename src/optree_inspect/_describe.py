@@ -488,7 +488,7 @@ def _aggregate(index: StructureIndex, node: int, end: int, stats: _LeafStats, wi
 
 def _held_names(index: StructureIndex, node: int, shown: int = 3) -> str:
     """The first leaves under `node`, named from it (`dense1.w, head.w`), for a masked region."""
-    names = []
+    names: list[str] = []
     for leaf in range(node + 1, node + index.sizes[node]):
         if index.is_leaf[leaf]:
             if len(names) == shown:

@@ -34,6 +34,7 @@ from .._compat import is_nnx_variable_type, variable_value
 from .._errors import DeletedArrayError, InvalidArgumentError, OptimizerMismatchError, bounded
 from .._keys import KeyPath, path_text
 from .._tree import _MISSING, child_at, is_namedtuple, structure_index, value_at
+from .fields import field_key, field_of
 
 Optimizer: TypeAlias = optax.GradientTransformation | optax.MultiSteps
 """What `optimizer=` takes: the optax optimizer that made the state."""
@@ -91,8 +92,9 @@ def _read_inside(optimizer: Any, tree: Any, at_root: OptimizerMismatchError) -> 
     index = structure_index(tree)
     found: list[OptimizerReading] = []
     paths: list[KeyPath] = []
+    restored = index.by_state_name.get(expected.__name__, []) if expected is not None else []
     for node in range(1, len(index)) if expected is not None else ():
-        if index.types[node] is not expected:
+        if index.types[node] is not expected and node not in restored:
             continue
         path = index.path(node)
         reading = OptimizerReading([], [])
@@ -165,7 +167,7 @@ def _walk(optimizer: Any, state: Any, path: KeyPath, reading: OptimizerReading, 
     owner = getattr(update, "__self__", None)
     if inner_multi_steps is not None or type(owner).__name__ == "MultiSteps":
         inner = inner_multi_steps if inner_multi_steps is not None else owner._opt  # type: ignore[union-attr]
-        _descend(inner, state, path, GetAttrKey("inner_opt_state"), reading)
+        _descend(inner, state, path, "inner_opt_state", reading)
         return
     factory = _factory(update)
     visit = _Visit(optimizer, update, _cells(update), state, path, reading, role)
@@ -173,7 +175,7 @@ def _walk(optimizer: Any, state: Any, path: KeyPath, reading: OptimizerReading, 
         CONTAINERS[factory](visit)
     elif factory in WRAPPERS:
         inner_name, field = WRAPPERS[factory]
-        _descend(visit.cells[inner_name], state, path, GetAttrKey(field), reading)
+        _descend(visit.cells[inner_name], state, path, field, reading)
     elif factory.startswith(("inject_hyperparams", "inject_stateful_hyperparams")):
         return  # its hyperparameters are in the state
     elif getattr(update, "__module__", "").startswith("optax."):
@@ -204,12 +206,12 @@ def _named_chain(visit: _Visit) -> None:
 
 def _partition(visit: _Visit) -> None:
     transforms = visit.cells["transforms"]
-    inner_states = getattr(visit.state, "inner_states", None)
+    inner_states = field_of(visit.state, "inner_states") if _is_state(visit.state) else None
     if not isinstance(inner_states, dict) or set(inner_states) != set(transforms):
         raise _mismatch(f"partition of labels {sorted(map(str, transforms))[:8]}", visit.path)
     for label, transform in transforms.items():
-        label_path = (*visit.path, GetAttrKey("inner_states"), DictKey(label))
-        _descend(transform, inner_states[label], label_path, GetAttrKey("inner_state"), visit.reading)
+        label_path = (*visit.path, field_key(visit.state, "inner_states"), DictKey(label))
+        _descend(transform, inner_states[label], label_path, "inner_state", visit.reading)
 
 
 CONTAINERS: dict[str, Callable[[_Visit], None]] = {
@@ -231,11 +233,17 @@ WRAPPERS = {
 optax wrapper of this kind is one entry here."""
 
 
-def _descend(optimizer: Any, state: Any, path: KeyPath, key: GetAttrKey, reading: OptimizerReading) -> None:
-    inner = child_at(state, key) if is_namedtuple(state) else _MISSING
+def _is_state(state: Any) -> bool:
+    """A typed state (a NamedTuple) or one restored without its type (a dict of its fields)."""
+    return is_namedtuple(state) or type(state) is dict
+
+
+def _descend(optimizer: Any, state: Any, path: KeyPath, field: str, reading: OptimizerReading) -> None:
+    key = field_key(state, field)
+    inner = child_at(state, key) if _is_state(state) else _MISSING
     if inner is _MISSING:
         raise _mismatch(
-            f"the optimizer wraps a state with a {key} field, the state is a {type(state).__name__}", path
+            f"the optimizer wraps a state with a .{field} field, the state is a {type(state).__name__}", path
         )
     _walk(optimizer, inner, (*path, key), reading, None)
 
@@ -247,8 +255,9 @@ def _walk_sequence(
     path: KeyPath,
     reading: OptimizerReading,
 ) -> None:
-    if type(state) is not tuple or len(state) != len(update_fns) or len(init_fns) != len(update_fns):
-        found = f"a tuple of {len(state)}" if type(state) is tuple else _a(type(state).__name__)
+    sequence = type(state) in (tuple, list)  # a list: restored without its types
+    if not sequence or len(state) != len(update_fns) or len(init_fns) != len(update_fns):
+        found = f"a {type(state).__name__} of {len(state)}" if sequence else _a(type(state).__name__)
         raise _mismatch(f"a chain of {len(update_fns)} transformations, the state is {found}", path)
     roles = chain_roles([_element_factory(update) for update in update_fns])
     for number, (init, update, inner) in enumerate(zip(init_fns, update_fns, state, strict=True)):
@@ -329,10 +338,23 @@ def _state_matches(
     if expected is None:
         reading.unmatched.append(f"{factory} at {_where(path)}: its state could not be checked")
         return False
-    if expected is not type(state):
+    if not _made_as(expected, state):
         found, built = type(state).__name__, expected.__name__
         raise _mismatch(f"{factory} builds {_a(built)}, the state has {_a(found)}", path)
     return True
+
+
+def _made_as(expected: type, state: Any) -> bool:
+    """Whether `state` is of the state type `expected`, typed or restored without its type (a
+    dict of its fields; `None` for `EmptyState`)."""
+    if type(state) is expected:
+        return True
+    fields = getattr(expected, "_fields", None)
+    if fields is None:
+        return False
+    if not fields:
+        return state is None
+    return type(state) is dict and set(state) == set(fields)
 
 
 def _is_number(value: Any) -> bool:
@@ -373,8 +395,8 @@ def _read_leaf(
                 name, schedule = "step_size", function
         else:
             name, schedule = "step_size", function
-        step_path = (*path, GetAttrKey("count"))
-        value = _evaluate(schedule, getattr(state, "count", None), step_path)
+        step_path = (*path, field_key(state, "count"))
+        value = _evaluate(schedule, field_of(state, "count"), step_path)
         found.append(ConstantHyperparameter(path, name, value, schedule, step_path))
     else:
         for name, value in sorted(cells.items()):
@@ -383,7 +405,7 @@ def _read_leaf(
                     ConstantHyperparameter(path, _RENAMED.get((factory, name), name), value, None, None)
                 )
     # A value the state itself holds under the same name (schedule_free's b1) is read from the state.
-    reading.constants.extend(c for c in found if child_at(state, GetAttrKey(c.name)) is _MISSING)
+    reading.constants.extend(c for c in found if child_at(state, field_key(state, c.name)) is _MISSING)
 
 
 def _made_by_optax(function: Any) -> bool:
