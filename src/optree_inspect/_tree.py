@@ -29,8 +29,10 @@ from ._optax.fields import (
     children_where,
     field_name,
     is_inject_state_name,
+    is_masked_node_type,
+    restored_state_name,
     restored_state_names,
-    state_name,
+    typed_state_name,
 )
 from ._optax.names import SCHEDULE_BOOKKEEPING
 
@@ -288,7 +290,9 @@ def build_index(tree: Any) -> StructureIndex:
         number = len(index.keys)
         pairs = children_with_keys(node)
         kind = type(node)
-        name = state_name(node, where)
+        name = typed_state_name(kind)
+        if name is None and kind is dict and where != NOWHERE:
+            name = restored_state_name(node, where)
         index.keys.append(key)
         index.texts.append(edge_text(key))
         index.types.append(kind)
@@ -300,18 +304,22 @@ def build_index(tree: Any) -> StructureIndex:
         index.state_names.append(name)
         index.by_text.setdefault(index.texts[-1], []).append(number)
         index.by_type_name.setdefault(kind.__name__, []).append(number)
+        if (node is None and in_restored_data) or is_masked_node_type(kind):
+            index.holes.append(number)
+        if pairs is None:
+            continue
+        if index.cacheable and not _cacheable_node(node, pairs):
+            index.cacheable = False
+        if name is None and where != OUTSIDE:  # most nodes: params and moments
+            for child_key, child in reversed(pairs):
+                stack.append((child, child_key, number, bookkeeping, where, in_restored_data))
+            continue
         if name is not None:
             aliases = restored_state_names(node) if kind is dict else (name,)
             if kind is dict:
                 index.restored_names[number] = aliases
             for alias in aliases:
                 index.by_state_name.setdefault(alias, []).append(number)
-        if kind.__name__ == "MaskedNode" or (node is None and in_restored_data):
-            index.holes.append(number)
-        if pairs is None:
-            continue
-        if index.cacheable and not _cacheable_node(node, pairs):
-            index.cacheable = False
         enters = is_inject_state_name(name)
         wheres = children_where(name, where, pairs)
         for (child_key, child), child_where in zip(reversed(pairs), reversed(wheres), strict=True):

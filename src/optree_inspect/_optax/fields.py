@@ -46,7 +46,28 @@ by `tests/test_restored.py`)."""
 def is_state_type(kind: type) -> bool:
     """Whether nodes of type `kind` are optimizer state, never params-shaped: optax's state types,
     but not `MaskedNode`, which stands in params-shaped trees for a parameter that is masked out."""
-    return is_optax_state_type(kind) and kind.__name__ != "MaskedNode"
+    return typed_state_name(kind) is not None
+
+
+_TYPE_NAMES: dict[type, str | None] = {}
+
+
+def typed_state_name(kind: type) -> str | None:
+    """The name of `kind` if it is an optax state type (not `MaskedNode`), else None. Cheap, as
+    the structure index asks for every node: only optax's own (module-level) types are memoised."""
+    if not kind.__module__.startswith("optax"):
+        return None
+    try:
+        return _TYPE_NAMES[kind]
+    except KeyError:
+        name = kind.__name__ if is_optax_state_type(kind) and kind.__name__ != "MaskedNode" else None
+        _TYPE_NAMES[kind] = name
+        return name
+
+
+def is_masked_node_type(kind: type) -> bool:
+    """optax's `MaskedNode`: a masked-out parameter in a params-shaped tree."""
+    return kind.__name__ == "MaskedNode" and is_optax_state_type(kind)
 
 
 @functools.cache
@@ -111,10 +132,7 @@ def state_name(node: Any, where: int) -> str | None:
 
     `where` says where the node is (`NOWHERE`, `OUTSIDE`, `INSIDE`; see the module docstring).
     """
-    kind = type(node)
-    if is_state_type(kind):
-        return kind.__name__
-    return restored_state_name(node, where)
+    return typed_state_name(type(node)) or restored_state_name(node, where)
 
 
 def children_where(name: str | None, where: int, pairs: list[tuple[Any, Any]]) -> list[int]:
