@@ -22,7 +22,9 @@ ORDER = [
     "_optax.hyperparams",
     "_resolve",
     "_edit",
+    "_values",
     "_describe",
+    "_check",
 ]
 """Each module may import only modules before it (and `__init__` and `__main__` anything)."""
 

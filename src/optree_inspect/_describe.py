@@ -31,6 +31,7 @@ from ._naming import attached_query, shortest_query
 from ._optax.closures import ConstantHyperparameter, Optimizer, OptimizerReading, read_optimizer
 from ._optax.states import hyperparameter_nodes, is_counter, protected_nodes, scheduled_slot_on
 from ._tree import StructureIndex, index_and_leaves, value_at
+from ._values import LeafTable, leaf_table, summarise
 
 FOLD_LEAVES = 16
 """A params-shaped subtree with more leaves than this is one line."""
@@ -57,6 +58,8 @@ class Row(NamedTuple):
     summary: str
     folded: bool
     like: KeyPath | None
+    stats: dict[str, Any] | None = None
+    """With `describe(tree, stats=True)`: the statistics of the row's leaves (as `oi.stats`)."""
 
 
 class _Line(NamedTuple):
@@ -111,7 +114,7 @@ class Description:
 
 
 @raised_here
-def describe(tree: PyTree, /, *, optimizer: Optimizer | None = None) -> Description:
+def describe(tree: PyTree, /, *, optimizer: Optimizer | None = None, stats: bool = False) -> Description:
     """A compact picture of `tree`: one line a node, params-shaped subtrees folded.
 
     Arrays are summarised as `f32[4,4]` (`weak_f32[]` for weak types), scalars show their value,
@@ -121,7 +124,9 @@ def describe(tree: PyTree, /, *, optimizer: Optimizer | None = None) -> Descript
     like. Hyperparameters and counters are never folded. Safe on tracers and on sharded arrays: it
     reads no array data but the scalars it shows. With `optimizer=`, the hyperparameters the
     optimizer keeps in its closures are shown under the state node of their transformation,
-    marked as held by the optimizer, and what could not be matched is said on a last line.
+    marked as held by the optimizer, and what could not be matched is said on a last line. With
+    `stats=True`, each row also shows its values (NaN and Inf counts first, marked `!!`, then the
+    range, RMS and share of zeros of the finite values), computed on the device.
 
     ```python
     >>> import jax.numpy as jnp, optax, optree_inspect as oi
@@ -142,12 +147,77 @@ def describe(tree: PyTree, /, *, optimizer: Optimizer | None = None) -> Descript
     if index.memo.layout is None:
         index.memo.layout = _layout(index)
     lines = index.memo.layout
-    stats = _LeafStats(leaves)
-    rows = [_row(index, tree, leaves, stats, line) for line in lines]
+    leaf_stats = _LeafStats(leaves)
+    rows = [_row(index, tree, leaves, leaf_stats, line) for line in lines]
     nodes: list[int | None] = [line.node if line.kind != "more" else None for line in lines]
+    if stats and not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        rows = _with_values(index, leaves, lines, rows)
     if reading is not None:
         rows, nodes = _with_optimizer(tree, index, rows, nodes, reading)
     return Description(index, tuple(rows), tuple(nodes))
+
+
+def line_leaves(index: StructureIndex, line: Any) -> slice | None:
+    """The leaves (a range of `jax.tree.leaves` positions) a layout line stands for, or None."""
+    if line.kind == "more":
+        return None
+    last = line.other if line.kind == "run" else line.node
+    start, stop = index.leaf_starts[line.node], index.leaf_starts[last] + index.leaf_counts[last]
+    return slice(start, stop) if stop > start else None
+
+
+def _with_values(index: StructureIndex, leaves: list[Any], lines: list[_Line], rows: list[Row]) -> list[Row]:
+    """`rows` with the statistics of their leaves, NaN and Inf first, and totals on the root."""
+    table = leaf_table(leaves)
+    result = []
+    for line, row in zip(lines, rows, strict=True):
+        span = line_leaves(index, line)
+        expanded = line.kind == "node" and not index.is_leaf[line.node]
+        if span is None or (expanded and line.node != 0) or not table.numeric[span].any():
+            result.append(row)  # an expanded node's values are on its children's rows
+            continue
+        values = {key: value.item() for key, value in summarise(table, span).items()}
+        shown = " = " in row.summary and index.is_leaf[line.node] and line.kind == "node"
+        text = stats_text(values, range_shown=not shown)
+        if line.node == 0 and expanded:
+            text = _totals(table)
+        summary = f"{row.summary}  [{text}]" if text else row.summary
+        result.append(row._replace(summary=summary, stats=values))
+    return result
+
+
+def _totals(table: LeafTable) -> str:
+    """The root's note: how many leaves hold NaN or Inf."""
+    counts = np.asarray(table.counts)
+    nan, inf = int((counts[:, 0] > 0).sum()), int((counts[:, 1] > 0).sum())
+    parts = [
+        f"{n:,} lea{'ves' if n != 1 else 'f'} with {what}" for n, what in ((nan, "NaN"), (inf, "Inf")) if n
+    ]
+    return f"!! {', '.join(parts)}" if parts else ""
+
+
+def stats_text(values: dict[str, Any], range_shown: bool = True) -> str:
+    """A few characters for a row's values: `!! 3 NaN, 1 Inf` first when any, then the range,
+    RMS and share of zeros of the finite values."""
+    parts = []
+    bad = [
+        f"{values[k]:,} {k.replace('nan', 'NaN').replace('inf', 'Inf')}" for k in ("nan", "inf") if values[k]
+    ]
+    if bad:
+        parts.append("!! " + ", ".join(bad))
+    if range_shown and not math.isnan(values["min"]):
+        low, high = _short(values["min"]), _short(values["max"])
+        parts.append(f"{low} .. {high}" if low != high else f"all {low}")
+        if low != high:
+            parts.append(f"rms {_short(values['rms'])}")
+            zeros = values["zero_fraction"]
+            if zeros >= 0.1:
+                parts.append(f"{zeros:.0%} zeros")
+    return "; ".join(parts)
+
+
+def _short(value: float) -> str:
+    return f"{value:.3g}"
 
 
 def _with_optimizer(
