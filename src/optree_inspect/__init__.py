@@ -2,6 +2,10 @@
 
 from jax.tree_util import keystr as keystr
 
+from ._check import Finding as Finding
+from ._check import Report as Report
+from ._check import check as check
+from ._check import stats as stats
 from ._describe import Description as Description
 from ._describe import Row as Row
 from ._describe import describe as describe
@@ -36,6 +40,7 @@ __all__ = [
     "Description",
     "EditConflictError",
     "Error",
+    "Finding",
     "InvalidArgumentError",
     "LeafTypeError",
     "Match",
@@ -45,11 +50,13 @@ __all__ = [
     "Query",
     "QueryError",
     "QuerySyntaxError",
+    "Report",
     "Row",
     "ScheduledHyperparameterError",
     "StructureError",
     "TreeError",
     "TreeTooDeepError",
+    "check",
     "clear_caches",
     "describe",
     "find",
@@ -57,4 +64,5 @@ __all__ = [
     "hyperparams",
     "keystr",
     "set",
+    "stats",
 ]

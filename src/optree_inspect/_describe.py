@@ -144,9 +144,7 @@ def describe(tree: PyTree, /, *, optimizer: Optimizer | None = None, stats: bool
     """
     index, leaves = index_and_leaves(tree)
     reading = read_optimizer(optimizer, tree) if optimizer is not None else None
-    if index.memo.layout is None:
-        index.memo.layout = _layout(index)
-    lines = index.memo.layout
+    lines = layout_of(index)
     leaf_stats = _LeafStats(leaves)
     rows = [_row(index, tree, leaves, leaf_stats, line) for line in lines]
     nodes: list[int | None] = [line.node if line.kind != "more" else None for line in lines]
@@ -155,6 +153,13 @@ def describe(tree: PyTree, /, *, optimizer: Optimizer | None = None, stats: bool
     if reading is not None:
         rows, nodes = _with_optimizer(tree, index, rows, nodes, reading)
     return Description(index, tuple(rows), tuple(nodes))
+
+
+def layout_of(index: StructureIndex) -> list[_Line]:
+    """The lines `describe` shows for this structure (memoised on the index)."""
+    if index.memo.layout is None:
+        index.memo.layout = _layout(index)
+    return index.memo.layout
 
 
 def line_leaves(index: StructureIndex, line: Any) -> slice | None:

@@ -9,7 +9,7 @@ partial results, never gathering the array). Eagerly, the small results come to 
 `jax.device_get`; under `jit` they stay tracers.
 
 >>> table = leaf_table([jnp.array([1.0, jnp.nan, 3.0])])
->>> summarise(table, [0])["nan"], summarise(table, [0])["max"]
+>>> int(summarise(table, [0])["nan"]), float(summarise(table, [0])["max"])
 (1, 3.0)
 """
 
@@ -190,12 +190,16 @@ def summarise(table: LeafTable, leaves: Sequence[int] | slice) -> dict[str, Any]
     maximum = xp.where(finite > 0, sums[:, 1].max(initial=-np.inf), np.nan) if len(counts) else np.nan
     denominator = xp.maximum(finite, 1).astype(xp.float32)
     nothing = finite == 0
+    result = {
+        "nan": nan,
+        "inf": inf,
+        "min": minimum,
+        "max": maximum,
+        "mean": xp.where(nothing, np.nan, sums[:, 2].sum() / denominator),
+        "rms": xp.where(nothing, np.nan, xp.sqrt(sums[:, 3].sum() / denominator)),
+        "zero_fraction": xp.where(nothing, np.nan, zeros / denominator),
+    }
     return {
-        "nan": nan.astype(xp.int32),
-        "inf": inf.astype(xp.int32),
-        "min": xp.float32(minimum) if xp is np else xp.asarray(minimum, xp.float32),
-        "max": xp.float32(maximum) if xp is np else xp.asarray(maximum, xp.float32),
-        "mean": xp.where(nothing, np.nan, sums[:, 2].sum() / denominator).astype(xp.float32),
-        "rms": xp.where(nothing, np.nan, xp.sqrt(sums[:, 3].sum() / denominator)).astype(xp.float32),
-        "zero_fraction": xp.where(nothing, np.nan, zeros / denominator).astype(xp.float32),
+        key: xp.asarray(value, xp.int32 if key in ("nan", "inf") else xp.float32)[()]
+        for key, value in result.items()
     }

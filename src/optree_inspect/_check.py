@@ -1,0 +1,319 @@
+"""What is wrong in a state: `stats` (value statistics by row) and `check` (findings).
+
+>>> import jax.numpy as jnp, optax, optree_inspect as oi
+>>> state = optax.adam(1e-3).init({"w": jnp.zeros(3)})
+>>> oi.check(oi.set(state, "mu.w", jnp.array([0.0, jnp.nan, 1.0])))
+Report(1 finding)
+nonfinite: mu.w: 1 NaN in 3 elements (f32[3])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jaxtyping import Array, PyTree
+
+from ._compat import is_nnx_variable_type, partition_spec_text, variable_value
+from ._describe import _dtype_name, layout_of
+from ._errors import bounded, raised_here
+from ._keys import KeyPath
+from ._naming import shortest_query
+from ._optax.closures import Optimizer, read_optimizer
+from ._optax.states import hyperparameter_nodes
+from ._query import Query, parse_query
+from ._resolve import resolve_one
+from ._tree import StructureIndex, index_and_leaves
+from ._values import leaf_table, summarise
+
+DECAY_RATES = frozenset({"b1", "b2", "b3", "decay", "momentum", "adam_b1", "adam_b2", "ema_decay"})
+"""Injected hyperparameters that must stay below 1: at 1, Adam's bias correction divides by
+`1 - b**t = 0` and a moment or a trace stops forgetting."""
+EPSILONS = frozenset({"eps", "adam_eps", "epsilon"})
+"""Injected hyperparameters that must stay above 0 (`eps_root`, 0 by default, is not one)."""
+KINDS = ("nonfinite", "rounded_hyperparameter", "replicated_moment")
+"""The kinds of finding, most serious first."""
+_SHOWN = 40
+
+
+class Finding(NamedTuple):
+    """One thing wrong in a state: its kind (one of `KINDS`), the node's key path, a query that
+    selects that node alone, and what is wrong, in a sentence."""
+
+    kind: str
+    path: KeyPath
+    query: str
+    message: str
+
+
+class Report:
+    """What `check` found, most serious first: iterate it, take its `len`, print it (one line a
+    finding); it is truthy when anything was found."""
+
+    def __init__(self, findings: list[Finding]) -> None:
+        self.findings = tuple(sorted(findings, key=lambda f: KINDS.index(f.kind)))
+
+    def __iter__(self) -> Iterator[Finding]:
+        return iter(self.findings)
+
+    def __len__(self) -> int:
+        return len(self.findings)
+
+    def __bool__(self) -> bool:
+        return bool(self.findings)
+
+    def __str__(self) -> str:
+        if not self.findings:
+            return "No findings."
+        lines = [f"{f.kind}: {f.query}: {f.message}" for f in self.findings[:_SHOWN]]
+        if len(self.findings) > _SHOWN:
+            lines.append(f"... {len(self.findings) - _SHOWN:,} more findings (iterate the report for all)")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        count = len(self.findings)
+        return f"Report({count} finding{'s' * (count != 1)})" + ("\n" + str(self) if count else "")
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+
+@raised_here
+def stats(tree: PyTree, query: Query | None = None) -> dict[str, dict[str, Array]]:
+    """The values of `tree` by the rows `describe` shows: for every leaf row and every folded,
+    `like` or run row (a run gives one entry a member), keyed by the row's query, the statistics
+    `nan`, `inf` (counts), `min`, `max`, `mean`, `rms` and `zero_fraction` (over the finite
+    elements; NaN where there is none). With `query`, one entry per leaf of the node it selects.
+    Rows without numbers (PRNG keys, strings, abstract leaves) are left out. Computed on the
+    device; under `jit` the values are tracers, so a training step can return them as metrics.
+
+    ```python
+    >>> import jax.numpy as jnp, optax, optree_inspect as oi
+    >>> state = optax.adam(1e-3).init({"w": jnp.ones(3)})
+    >>> float(oi.stats(state)["mu.w"]["max"]), int(oi.stats(state)["mu.w"]["nan"])
+    (0.0, 0)
+
+    ```
+    """
+    index, leaves = index_and_leaves(tree)
+    table = leaf_table(leaves)
+    spans: list[tuple[int, slice]] = []
+    if query is None:
+        for line in layout_of(index):
+            if line.kind == "node" and not index.is_leaf[line.node]:
+                continue
+            members = _run_members(index, line.node, line.other) if line.kind == "run" else [line.node]
+            spans.extend((node, span) for node in members if (span := _node_leaves(index, node)))
+    else:
+        path, _ = resolve_one(tree, parse_query(query))
+        node = index.number_of(path)
+        assert node is not None
+        spans.extend(
+            (leaf, slice(start, start + 1))
+            for leaf in range(node, node + index.sizes[node])
+            if index.is_leaf[leaf] and (start := index.leaf_starts[leaf]) is not None
+        )
+    result: dict[str, dict[str, Array]] = {}
+    for node, span in spans:
+        if table.numeric[span].any():
+            result[shortest_query(index, node) if node else ""] = summarise(table, span)
+    return result
+
+
+def _run_members(index: StructureIndex, first: int, last: int) -> list[int]:
+    siblings = list(index.children(index.parents[first]))
+    return siblings[siblings.index(first) : siblings.index(last) + 1]
+
+
+def _node_leaves(index: StructureIndex, node: int) -> slice | None:
+    start = index.leaf_starts[node]
+    return slice(start, start + index.leaf_counts[node]) if index.leaf_counts[node] else None
+
+
+@raised_here
+def check(tree: PyTree, /, *, optimizer: Optimizer | None = None, params: PyTree | None = None) -> Report:
+    """Findings in `tree`, most serious first (see `KINDS` and the README):
+
+    - `nonfinite`: a leaf holding NaN or Inf, with the counts;
+    - `rounded_hyperparameter`: an injected decay rate (`b1`, `b2`, `decay`, `momentum`) equal to
+      1, or an `eps` equal to 0, in its dtype (a bf16 `b2` of 0.999 is stored as 1);
+    - `replicated_moment`: a moment leaf less sharded than its parameter (more memory on every
+      device), where the tree holds its params (a `params` field, as a `TrainState` has) or
+      `params=` gives them.
+
+    Values are read on the device, with one transfer of small results; on traced or abstract
+    states only the shardings are checked. With `optimizer=`, a mismatched optimizer raises
+    `OptimizerMismatchError`, as elsewhere.
+
+    ```python
+    >>> import jax.numpy as jnp, optax, optree_inspect as oi
+    >>> tx = optax.inject_hyperparams(optax.adam)(1e-3, b2=0.999)
+    >>> state = tx.init({"w": jnp.zeros(3, jnp.bfloat16)})
+    >>> [f.kind for f in oi.check(state)]
+    ['rounded_hyperparameter']
+
+    ```
+    """
+    index, leaves = index_and_leaves(tree)
+    if optimizer is not None:
+        read_optimizer(optimizer, tree)  # a mismatch is an error, as for every verb
+    values = [variable_value(leaf) if is_nnx_variable_type(type(leaf)) else leaf for leaf in leaves]
+    concrete = not any(isinstance(v, jax.core.Tracer | jax.ShapeDtypeStruct) for v in values)
+    findings: list[Finding] = []
+    if concrete:
+        findings.extend(_nonfinite(index, values))
+        findings.extend(_rounded(index, values))
+    findings.extend(_replicated(index, tree, values, params))
+    return Report(findings)
+
+
+def _leaf_nodes(index: StructureIndex) -> list[int]:
+    """The node number of each leaf, in `jax.tree.leaves` order."""
+    return [node for node in range(len(index)) if index.is_leaf[node]]
+
+
+def _nonfinite(index: StructureIndex, values: list[Any]) -> list[Finding]:
+    table = leaf_table(values)
+    counts = np.asarray(table.counts)
+    bad = np.flatnonzero((counts[:, 0] > 0) | (counts[:, 1] > 0))
+    if not len(bad):
+        return []
+    nodes = _leaf_nodes(index)
+    findings = []
+    for position in bad.tolist():
+        nan, inf = int(counts[position, 0]), int(counts[position, 1])
+        leaf = values[position]
+        what = " and ".join(f"{n:,} {name}" for n, name in ((nan, "NaN"), (inf, "Inf")) if n)
+        size = int(np.size(leaf))
+        shape = ",".join(map(str, np.shape(leaf)))
+        message = f"{what} in {size:,} element{'s' * (size != 1)} ({_dtype_name(leaf.dtype)}[{shape}])"
+        node = nodes[position]
+        findings.append(Finding("nonfinite", index.path(node), shortest_query(index, node), message))
+    return findings
+
+
+def _rounded(index: StructureIndex, values: list[Any]) -> list[Finding]:
+    positions = {node: position for position, node in enumerate(_leaf_nodes(index))}
+    findings = []
+    for node in hyperparameter_nodes(index):
+        name = index.texts[node]
+        if name not in DECAY_RATES | EPSILONS:
+            continue
+        leaf_node = node if index.is_leaf[node] else node + 1  # an nnx Variable holds its value
+        value: Any = values[positions[leaf_node]] if leaf_node in positions else None
+        dtype = getattr(value, "dtype", None)
+        if dtype is None or not jax.numpy.issubdtype(dtype, jax.numpy.floating) or np.ndim(value) != 0:
+            continue
+        number = float(value)
+        short = _dtype_name(dtype)
+        low_precision = jax.numpy.finfo(dtype).bits < 32
+        if name in DECAY_RATES and number == 1.0:
+            cause = f" (a rate such as 0.999 rounds to 1 in {short})" if low_precision else ""
+            message = (
+                f"{name} is 1 in {short}{cause}: bias correction divides by 1 - {name}**t = 0 and the "
+                f"moment stops forgetting. Keep hyperparameters in float32: "
+                f"optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)."
+            )
+        elif name in EPSILONS and number == 0.0:
+            cause = f" (a small eps such as 1e-8 underflows to 0 in {short})" if low_precision else ""
+            message = (
+                f"{name} is 0 in {short}{cause}: the update divides by sqrt(nu) + {name}, which is 0 "
+                f"where nu is. Keep hyperparameters in float32: "
+                f"optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)."
+            )
+        else:
+            continue
+        findings.append(
+            Finding("rounded_hyperparameter", index.path(node), shortest_query(index, node), message)
+        )
+    return findings
+
+
+def _replicated(index: StructureIndex, tree: Any, values: list[Any], params: Any) -> list[Finding]:
+    """Moment leaves stored with more elements per device than their parameters."""
+    by_name = _params_by_name(index, values, tree, params)
+    if not by_name:
+        return []
+    findings = []
+    positions = {node: position for position, node in enumerate(_leaf_nodes(index))}
+    for root in _moment_roots(index):
+        depth = index.depths[root]
+        for leaf in range(root + 1, root + index.sizes[root]):
+            if not index.is_leaf[leaf]:
+                continue
+            name = tuple(index.texts[n] for n in [*index.ancestors(leaf)[depth + 1 :], leaf])
+            param = by_name.get(name)
+            moment = values[positions[leaf]] if param is not None else None
+            message = _less_sharded(moment, param)
+            if message:
+                findings.append(
+                    Finding("replicated_moment", index.path(leaf), shortest_query(index, leaf), message)
+                )
+    return findings
+
+
+def _moment_roots(index: StructureIndex) -> list[int]:
+    """The fields of optax states that hold params-shaped subtrees (`mu`, `nu`, `trace`)."""
+    holds_state = [name is not None for name in index.state_names]
+    for node in range(len(index) - 1, 0, -1):
+        if holds_state[node]:
+            holds_state[index.parents[node]] = True
+    return [
+        node
+        for node in range(1, len(index))
+        if index.state_names[index.parents[node]] is not None
+        and not holds_state[node]
+        and not index.is_leaf[node]
+    ]
+
+
+def _params_by_name(
+    index: StructureIndex, values: list[Any], tree: Any, params: Any
+) -> dict[tuple[str, ...], Any]:
+    """The parameters by their key names from their root: `params=`, or the tree's own `params`
+    field (a flax `TrainState`, a dict) or `model` (an `nnx.Optimizer`)."""
+    if params is not None:
+        params_index, params_leaves = index_and_leaves(params)
+        values = [variable_value(v) if is_nnx_variable_type(type(v)) else v for v in params_leaves]
+        root, index = 0, params_index
+    else:
+        candidates = [c for c in index.children(0) if index.texts[c] in ("params", "model")]
+        if len(candidates) != 1:
+            return {}
+        root = candidates[0]
+    nodes = _leaf_nodes(index)
+    depth = index.depths[root]
+    found = {}
+    for position, leaf in enumerate(nodes):
+        if root <= leaf < root + index.sizes[root]:
+            name = tuple(index.texts[n] for n in [*index.ancestors(leaf)[depth + 1 :], leaf])
+            found[name] = values[position]
+    return found
+
+
+def _less_sharded(moment: Any, param: Any) -> str | None:
+    """Why `moment` takes more memory per device than `param`, or None."""
+    if not (isinstance(moment, jax.Array) and isinstance(param, jax.Array)):
+        return None
+    if isinstance(moment, jax.core.Tracer) or moment.shape != param.shape:
+        return None
+    mine = math.prod(moment.sharding.shard_shape(moment.shape))
+    theirs = math.prod(param.sharding.shard_shape(param.shape))
+    if mine <= theirs:
+        return None
+    return (
+        f"{mine:,} elements on each device ({_placement(moment)}), {mine / theirs:.3g}x its parameter's "
+        f"{theirs:,} ({_placement(param)}). Place it like the parameter: jax.device_put(moment, "
+        "param.sharding), or init the optimizer under jit with the params' shardings."
+    )
+
+
+def _placement(leaf: Any) -> str:
+    sharding = leaf.sharding
+    spec = getattr(sharding, "spec", None)
+    if sharding.is_fully_replicated:
+        return f"replicated over {len(sharding.device_set)} devices"
+    return bounded(partition_spec_text(spec), 80) if spec is not None else bounded(str(sharding), 80)
