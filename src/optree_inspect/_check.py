@@ -307,7 +307,7 @@ def _less_sharded(moment: Any, param: Any) -> str | None:
     return (
         f"{mine:,} elements on each device ({_placement(moment)}), {mine / theirs:.3g}x its parameter's "
         f"{theirs:,} ({_placement(param)}). Place it like the parameter: jax.device_put(moment, "
-        "param.sharding), or init the optimizer under jit with the params' shardings."
+        "param.sharding) (`jax.jit(tx.init)` alone does not place zeros like the params)."
     )
 
 

@@ -177,12 +177,12 @@ def _with_values(index: StructureIndex, leaves: list[Any], lines: list[_Line], r
     result = []
     for line, row in zip(lines, rows, strict=True):
         span = line_leaves(index, line)
-        expanded = line.kind == "node" and not index.is_leaf[line.node]
+        expanded = line.kind == "node" and _has_children(index, line.node)
         if span is None or (expanded and line.node != 0) or not table.numeric[span].any():
             result.append(row)  # an expanded node's values are on its children's rows
             continue
         values = {key: value.item() for key, value in summarise(table, span).items()}
-        shown = " = " in row.summary and index.is_leaf[line.node] and line.kind == "node"
+        shown = " = " in row.summary and line.kind == "node"
         text = stats_text(values, range_shown=not shown)
         if line.node == 0 and expanded:
             text = _totals(table)
