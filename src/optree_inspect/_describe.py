@@ -688,6 +688,7 @@ _STYLE = """<style>
 .optree-inspect .oi-counter .oi-label { color: #0891b2; }
 .optree-inspect .oi-optimizer .oi-label { font-style: italic; color: #d97706; }
 .optree-inspect .oi-tag { color: #d97706; }
+.optree-inspect .oi-bad { color: #dc2626; font-weight: bold; }
 .optree-inspect .oi-keys { color: #8b949e; }
 .optree-inspect .oi-q { color: #8b949e; font-size: 11px; margin-left: 1.2em; user-select: all; }
 </style>"""
@@ -747,6 +748,7 @@ def _first_keys(index: StructureIndex, node: int) -> str:
 
 def _html_line(row: Row) -> str:
     summary = re.sub(r"\(scheduled[^)]*\)", r'<span class="oi-tag">\g<0></span>', html.escape(row.summary))
+    summary = re.sub(r"!! [^;\]]*", r'<span class="oi-bad">\g<0></span>', summary)
     query = f'<code class="oi-q" title="the query that selects it alone">{html.escape(row.query)}</code>'
     shown = summary + (query if row.query else "")
     if not row.label:
