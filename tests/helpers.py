@@ -93,3 +93,11 @@ def nnx_optimizer() -> Any:
             self.linear = nnx.Linear(2, 3, rngs=rngs)
 
     return nnx.Optimizer(Model(nnx.Rngs(0)), seed_optimizer(), wrt=nnx.Param)
+
+
+def skip_unless_a_pytree(node: Any) -> None:
+    """Skip a test of `node` where it is no pytree: an `nnx.Optimizer` before flax 0.11."""
+    import pytest
+
+    if jax.tree_util.default_registry.flatten_one_level(node) is None:
+        pytest.skip(f"a {type(node).__name__} is not a pytree in this flax (before 0.11): use its opt_state")

@@ -13,7 +13,7 @@ from flax import nnx
 from flax.training import train_state
 
 import optree_inspect as oi
-from helpers import PARAMS, schedule
+from helpers import PARAMS, schedule, skip_unless_a_pytree
 
 
 class Block(eqx.Module):
@@ -78,14 +78,9 @@ def test_flax_bookkeeping_is_not_shown() -> None:
             self.linear = nnx.Linear(2, 3, rngs=rngs)
 
     optimizer = nnx.Optimizer(Model(nnx.Rngs(0)), optax.adam(1e-3), wrt=nnx.Param)
-    _skip_unless_a_pytree(optimizer)
+    skip_unless_a_pytree(optimizer)
     text = str(oi.describe(optimizer))
     assert "_pytree__" not in text and "opt_state: tuple" in text
-
-
-def _skip_unless_a_pytree(node: Any) -> None:
-    if jax.tree_util.default_registry.flatten_one_level(node) is None:
-        pytest.skip(f"a {type(node).__name__} is not a pytree in this flax (before 0.11): use its opt_state")
 
 
 # optimizer= with the container that holds the optax state --------------------------------------
@@ -114,7 +109,7 @@ def _holders() -> dict[str, Any]:
 @pytest.mark.parametrize("name", ["TrainState", "eqx.Module", "nnx.Optimizer", "dict"])
 def test_the_optimizers_state_is_found_inside_the_container(name: str) -> None:
     holder = _holders()[name]
-    _skip_unless_a_pytree(holder)
+    skip_unless_a_pytree(holder)
     assert float(oi.get(holder, "weight_decay", optimizer=TX)) == pytest.approx(0.05)
     assert float(oi.get(holder, "learning_rate", optimizer=TX)) == pytest.approx(float(schedule()(0)))
     values = oi.hyperparams(holder, optimizer=TX)

@@ -21,7 +21,7 @@ from hypothesis.extra import numpy as hnp
 from jax.tree_util import keystr
 
 import optree_inspect as oi
-from helpers import PARAMS, layered_params, nnx_optimizer, seed_optimizer, trained
+from helpers import PARAMS, layered_params, nnx_optimizer, seed_optimizer, skip_unless_a_pytree, trained
 
 
 def _poisoned(state: Any, nan_at: str, inf_at: str) -> Any:
@@ -53,6 +53,7 @@ def _holders() -> dict[str, tuple[Any, str, str]]:
 @pytest.mark.parametrize("holder", ["seed", "train_state", "eqx", "nnx"])
 def test_planted_nan_and_inf_are_found_with_their_paths(holder: str) -> None:
     state, nan_at, inf_at = _holders()[holder]
+    skip_unless_a_pytree(state)
     assert not oi.check(state)  # healthy
     poisoned = _poisoned(state, nan_at, inf_at)
     report = oi.check(poisoned)

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import optree_inspect as oi
-from helpers import PARAMS, layered_params, nnx_optimizer, seed_optimizer, trained
+from helpers import PARAMS, layered_params, nnx_optimizer, seed_optimizer, skip_unless_a_pytree, trained
 from optree_inspect._compat import variable_value
 
 MAX_MESSAGE = 4096
@@ -404,6 +404,7 @@ def test_a_match_reads_as_its_keystr_and_value() -> None:
 
 def test_a_match_of_an_nnx_variable_reads_in_one_line() -> None:
     optimizer = nnx_optimizer()
+    skip_unless_a_pytree(optimizer)
     [match] = oi.find(optimizer, "ScaleByAdamState.count")
     inner = variable_value(match.value)
     expected = f"Match('.opt_state[1].inner_state[0].count', {type(match.value).__name__}({inner!r}))"
