@@ -151,10 +151,63 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds:.2f} s"
 
 
+def values_section(layers: int, treescope_layers: int, large: int) -> None:
+    """`describe(stats=True)` and `check`: first call (compilations included) and later calls on the
+    seed state; the peers on the same state; a state of 8 large leaves against `jnp.max` per leaf."""
+    state = jax.tree.map(lambda x: x + 0.5, seed_state(layers))  # values that are not all zero
+    count = len(jax.tree.leaves(state))
+    jax.clear_caches()
+    oi.clear_caches()
+    start = time.perf_counter()
+    oi.describe(state, stats=True)
+    first = time.perf_counter() - start
+    rows = [
+        (f"ours describe(stats=True), first call ({count:,} leaves)", first),
+        (
+            f"ours describe(stats=True), later calls ({count:,} leaves)",
+            median_seconds(lambda: oi.describe(state, stats=True)),
+        ),
+        (f"ours check ({count:,} leaves)", median_seconds(lambda: oi.check(state))),
+        (f"ours stats ({count:,} leaves)", median_seconds(lambda: oi.stats(state))),
+    ]
+    small = jax.tree.map(lambda x: x + 0.5, seed_state(treescope_layers))
+    small_count = len(jax.tree.leaves(small))
+    ours_small = median_seconds(lambda: str(oi.describe(small, stats=True)))
+    rows.append((f"ours describe(stats=True) ({small_count:,} leaves)", ours_small))
+    if importlib.util.find_spec("treescope") is not None:
+        import treescope
+
+        def render() -> str:
+            with treescope.active_autovisualizer.set_scoped(treescope.ArrayAutovisualizer()):
+                return treescope.render_to_html(small)
+
+        peer = median_seconds(render, budget=0.1, max_runs=3)
+        rows.append((f"treescope render_to_html with array summaries ({small_count:,} leaves)", peer))
+        rows.append(("ratio treescope / ours (same state)", peer / ours_small))
+    big = [jnp.full((large,), 0.5, jnp.float32) + i for i in range(8)]
+    jnp.max(big[0]).block_until_ready()
+    from optree_inspect._values import leaf_table
+
+    ours_big = median_seconds(lambda: leaf_table(big), budget=1.0, max_runs=10)
+    floor_big = median_seconds(lambda: [jnp.max(x).block_until_ready() for x in big], budget=1.0, max_runs=10)
+    rows.append((f"ours statistics of 8 leaves of {large:,} f32", ours_big))
+    rows.append(("floor jnp.max of each of the 8 leaves", floor_big))
+    rows.append(("ratio ours / floor (same leaves)", ours_big / floor_big))
+    print("\n| values (what is wrong here) | time |\n|---|---|")
+    for name, value in rows:
+        shown = f"{value:,.1f}x" if name.startswith("ratio") else format_seconds(value)
+        print(f"| {name} | {shown} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 layers only")
-    layers = [100, 1000] if parser.parse_args().quick else [100, 1000, 5000]
+    parser.add_argument("--values-only", action="store_true", help="only the statistics section")
+    arguments = parser.parse_args()
+    if arguments.values_only:
+        values_section(5000, 1000, 1 << 24)
+        return
+    layers = [100, 1000] if arguments.quick else [100, 1000, 5000]
     results: dict[int, dict[str, float | None]] = {}
     leaves: dict[int, int] = {}
     for count in layers:
@@ -189,6 +242,9 @@ def main() -> None:
     plain, with_set = trace_cost()
     print("\n| tracing + lowering a jitted step (100 layers) | time |\n|---|---|")
     print(f"| without set | {format_seconds(plain)} |\n| with an in-graph set | {format_seconds(with_set)} |")
+    values_section(
+        layers[-1], 1000 if not arguments.quick else 100, 1 << 24 if not arguments.quick else 1 << 20
+    )
 
 
 if __name__ == "__main__":

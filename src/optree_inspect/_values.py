@@ -16,7 +16,6 @@ partial results, never gathering the array). Eagerly, the small results come to 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,23 +95,42 @@ def _reduce_chunk(ndim: int, *leaves: Any) -> tuple[Any, Any]:
 
 @jax.jit
 def _reduce_one(leaf: Any) -> tuple[Any, Any]:
-    counts, sums = _reduce(leaf[None], tuple(range(1, leaf.ndim + 1)))
-    return counts, sums
+    """The statistics of one large leaf, in few passes over its memory: a NaN or Inf makes the sum
+    non-finite, so a finite sum and sum of squares (the usual case) leave only the zeros to count;
+    otherwise the exact masked reductions of `_reduce` run (`lax.cond` runs one branch)."""
+    x = (jnp.abs(leaf) if jnp.iscomplexobj(leaf) else leaf).astype(jnp.float32)
+    total, squares = x.sum(), (x * x).sum()
 
-
-def _group_key(leaf: Any, alone: dict[Any, bool]) -> Any:
-    """Leaves that can be stacked in one computation: one shape, dtype and sharding; None for a
-    leaf reduced on its own (large, or sharded over several devices), where its shards are.
-    `alone` memoises the decision per key within one call."""
-    traced = isinstance(leaf, jax.core.Tracer)
-    key = (leaf.shape, leaf.dtype, None if traced else leaf.sharding)
-    decided = alone.get(key)
-    if decided is None:
-        sharding = key[2]
-        decided = alone[key] = math.prod(key[0]) >= _LARGE or (
-            sharding is not None and len(sharding.device_set) > 1
+    def finite(_: None) -> tuple[Any, Any]:
+        size = jnp.int32(x.size)
+        zeros = jax.lax.cond(
+            jnp.abs(x).min() > 0,  # no zero at all: nothing to count (a moment after training)
+            lambda: jnp.int32(0),
+            lambda: size - jnp.sign(jnp.abs(x)).sum().astype(jnp.int32),  # float ops vectorise
         )
-    return None if decided else key
+        counts = jnp.stack([jnp.int32(0), jnp.int32(0), size, zeros])
+        return counts, jnp.stack([x.min(), x.max(), total, squares])
+
+    def masked(_: None) -> tuple[Any, Any]:
+        counts, sums = _reduce(x[None], tuple(range(1, x.ndim + 1)))
+        return counts[0], sums[0]
+
+    counts, sums = jax.lax.cond(jnp.isfinite(total) & jnp.isfinite(squares), finite, masked, None)
+    return counts[None], sums[None]
+
+
+def _reduced_alone(leaf: Any) -> bool:
+    """A leaf reduced on its own, where its shards are: large, or placed on several devices."""
+    if isinstance(leaf, jax.core.Tracer):
+        return leaf.size >= _LARGE
+    return leaf.size >= _LARGE or len(leaf.sharding.device_set) > 1
+
+
+@functools.cache
+def _array_type() -> type:
+    """`jax.Array`'s concrete type (`ArrayImpl`, not public), made on first use: importing the
+    package must not start a backend."""
+    return type(jnp.zeros((), jnp.int8))
 
 
 _NUMERIC: dict[tuple[type, Any], bool] = {}
@@ -131,20 +149,33 @@ def _is_numeric_fast(leaf: Any) -> bool:
 
 def leaf_table(leaves: Sequence[Any]) -> LeafTable:
     """The statistics of every leaf (see `LeafTable`); tracers under `jit`, NumPy arrays eagerly."""
-    values = [_value(leaf) for leaf in leaves]
-    numeric = np.fromiter(map(_is_numeric_fast, values), dtype=bool, count=len(values))
-    traced = any(isinstance(values[i], jax.core.Tracer) for i in np.flatnonzero(numeric))
+    values = list(leaves)
+    numeric = np.zeros(len(values), dtype=bool)
     pieces: list[tuple[list[int], Any, Any]] = []
     groups: dict[Any, list[int]] = {}
     alone: dict[Any, bool] = {}
-    for position in np.flatnonzero(numeric).tolist():
-        value = values[position]
-        if not isinstance(value, jax.Array):
-            value = values[position] = np.asarray(value)
-            pieces.append(([position], *_reduce(value[None], tuple(range(1, value.ndim + 1)))))
+    traced = False
+    array_type = _array_type()
+    for position, value in enumerate(values):
+        if type(value) is not array_type:  # the common case, an array, takes no detour
+            if is_nnx_variable_type(type(value)):
+                value = values[position] = variable_value(value)
+            if not _is_numeric_fast(value):
+                continue
+            traced = traced or isinstance(value, jax.core.Tracer)
+            if not isinstance(value, jax.Array):
+                value = values[position] = np.asarray(value)
+                numeric[position] = True
+                pieces.append(([position], *_reduce(value[None], tuple(range(1, value.ndim + 1)))))
+                continue
+        elif not _is_numeric_fast(value):
             continue
-        key = _group_key(value, alone)
-        if key is None:
+        numeric[position] = True
+        key = (value.shape, value.dtype, None if traced else value.sharding)
+        decided = alone.get(key)
+        if decided is None:
+            decided = alone[key] = _reduced_alone(value)
+        if decided:
             pieces.append(([position], *_reduce_one(value)))
         else:
             groups.setdefault(key, []).append(position)
