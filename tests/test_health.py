@@ -230,6 +230,11 @@ def test_moments_less_sharded_than_their_params_are_found() -> None:
         print("ts", len(oi.check(train_state.TrainState.create(apply_fn=None, params=params, tx=tx).replace(
             opt_state=bad))))
         print("message", report.findings[0].message)
+        w = np.arange(64.0, dtype=np.float32).reshape(16, 4)
+        w[3, 1] = np.nan
+        sharded = jax.device_put(jnp.asarray(w), rows)  # reduced where its shards are
+        values = oi.stats({"w": sharded, "big": jax.device_put(jnp.ones((1024, 128)), rows)})["w"]
+        print("sharded", int(values["nan"]), float(values["max"]), float(values["mean"]))
         """
     )
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
@@ -242,3 +247,5 @@ def test_moments_less_sharded_than_their_params_are_found() -> None:
     assert lines["bad"] == "['mu.w', 'nu.w'] {'replicated_moment'}"
     assert lines["ts"] == "2"
     assert "64 elements on each device (replicated over 8 devices), 8x its parameter's 8" in lines["message"]
+    finite = np.delete(np.arange(64.0), 13)
+    assert lines["sharded"] == f"1 63.0 {float(np.float32(finite.mean()))}"
