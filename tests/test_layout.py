@@ -25,6 +25,7 @@ ORDER = [
     "_values",
     "_describe",
     "_check",
+    "_diff",
 ]
 """Each module may import only modules before it (and `__init__` and `__main__` anything)."""
 

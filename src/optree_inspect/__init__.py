@@ -9,6 +9,9 @@ from ._check import stats as stats
 from ._describe import Description as Description
 from ._describe import Row as Row
 from ._describe import describe as describe
+from ._diff import Diff as Diff
+from ._diff import DiffRow as DiffRow
+from ._diff import diff as diff
 from ._edit import set as set
 from ._errors import AmbiguousMatchError as AmbiguousMatchError
 from ._errors import ConstantHyperparameterError as ConstantHyperparameterError
@@ -38,6 +41,8 @@ __all__ = [
     "ConstantHyperparameterError",
     "DeletedArrayError",
     "Description",
+    "Diff",
+    "DiffRow",
     "EditConflictError",
     "Error",
     "Finding",
@@ -59,6 +64,7 @@ __all__ = [
     "check",
     "clear_caches",
     "describe",
+    "diff",
     "find",
     "get",
     "hyperparams",
