@@ -193,7 +193,17 @@ def values_section(layers: int, treescope_layers: int, large: int) -> None:
     rows.append((f"ours statistics of 8 leaves of {large:,} f32", ours_big))
     rows.append(("floor jnp.max of each of the 8 leaves", floor_big))
     rows.append(("ratio ours / floor (same leaves)", ours_big / floor_big))
-    print("\n| values (what is wrong here) | time |\n|---|---|")
+    other = jax.tree.map(lambda x: x + 0.5, seed_state(layers))  # equal values, other arrays
+    oi.diff(state, other)
+    ours_diff = median_seconds(lambda: oi.diff(state, other))
+    rows.append((f"ours diff of two equal states ({count:,} leaves)", ours_diff))
+    if importlib.util.find_spec("equinox") is not None:
+        import equinox as eqx
+
+        peer_equal = median_seconds(lambda: eqx.tree_equal(state, other))
+        rows.append((f"eqx.tree_equal, yes or no ({count:,} leaves)", peer_equal))
+        rows.append(("ratio ours diff / eqx.tree_equal (same pair)", ours_diff / peer_equal))
+    print("\n| values (what is wrong here, what changed) | time |\n|---|---|")
     for name, value in rows:
         shown = f"{value:,.1f}x" if name.startswith("ratio") else format_seconds(value)
         print(f"| {name} | {shown} |")
