@@ -26,6 +26,7 @@ ORDER = [
     "_describe",
     "_check",
     "_diff",
+    "_checkpoint",
 ]
 """Each module may import only modules before it (and `__init__` and `__main__` anything)."""
 

@@ -6,6 +6,8 @@ from ._check import Finding as Finding
 from ._check import Report as Report
 from ._check import check as check
 from ._check import stats as stats
+from ._checkpoint import load as load
+from ._checkpoint import restore_like as restore_like
 from ._describe import Description as Description
 from ._describe import Row as Row
 from ._describe import describe as describe
@@ -14,6 +16,7 @@ from ._diff import DiffRow as DiffRow
 from ._diff import diff as diff
 from ._edit import set as set
 from ._errors import AmbiguousMatchError as AmbiguousMatchError
+from ._errors import CheckpointError as CheckpointError
 from ._errors import ConstantHyperparameterError as ConstantHyperparameterError
 from ._errors import DeletedArrayError as DeletedArrayError
 from ._errors import EditConflictError as EditConflictError
@@ -24,6 +27,7 @@ from ._errors import NoMatchError as NoMatchError
 from ._errors import OptimizerMismatchError as OptimizerMismatchError
 from ._errors import QueryError as QueryError
 from ._errors import QuerySyntaxError as QuerySyntaxError
+from ._errors import RestoreMismatchError as RestoreMismatchError
 from ._errors import ScheduledHyperparameterError as ScheduledHyperparameterError
 from ._errors import StructureError as StructureError
 from ._errors import TreeError as TreeError
@@ -38,6 +42,7 @@ from ._tree import clear_caches as clear_caches
 
 __all__ = [
     "AmbiguousMatchError",
+    "CheckpointError",
     "ConstantHyperparameterError",
     "DeletedArrayError",
     "Description",
@@ -56,6 +61,7 @@ __all__ = [
     "QueryError",
     "QuerySyntaxError",
     "Report",
+    "RestoreMismatchError",
     "Row",
     "ScheduledHyperparameterError",
     "StructureError",
@@ -69,6 +75,8 @@ __all__ = [
     "get",
     "hyperparams",
     "keystr",
+    "load",
+    "restore_like",
     "set",
     "stats",
 ]

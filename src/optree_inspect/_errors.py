@@ -101,6 +101,16 @@ class TreeTooDeepError(TreeError):
     """The tree is nested deeper than JAX can flatten (about 1,000 levels on Python 3.11)."""
 
 
+class CheckpointError(Error, ValueError):
+    """A path that holds no orbax checkpoint, a step it does not have, or orbax-checkpoint not
+    installed."""
+
+
+class RestoreMismatchError(Error, ValueError):
+    """`restore_like`: the checkpoint and `like` differ (a part only one of them has, another
+    shape); the message names each difference."""
+
+
 class InvalidArgumentError(Error, TypeError):
     """An argument of the wrong kind: a query that is none of the five forms, an optimizer that is
     not an optax `GradientTransformation`."""
