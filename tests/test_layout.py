@@ -27,6 +27,7 @@ ORDER = [
     "_check",
     "_diff",
     "_checkpoint",
+    "_cli",
 ]
 """Each module may import only modules before it (and `__init__` and `__main__` anything)."""
 

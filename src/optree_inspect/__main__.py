@@ -1,4 +1,4 @@
-"""The demo: `python -m optree_inspect`.
+"""The demo: `python -m optree_inspect`; with arguments, the command line (`optree-inspect`).
 
 Builds the README's chained, scheduled optimizer, trains a tiny model a few steps, reads the
 learning rate with `get` and sets the weight decay with `set`, inside `jax.jit`; then reads the
@@ -73,4 +73,10 @@ def _floats(values: dict[str, Any]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) > 1:
+        from optree_inspect._cli import main as command_line
+
+        sys.exit(command_line())
     main()

@@ -10,6 +10,7 @@ types of a live state (README: Checkpoints). orbax-checkpoint is imported only h
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import warnings
 from typing import Any, Literal
@@ -89,6 +90,16 @@ def load(path: str | pathlib.Path, /, *, step: int | None = None, arrays: bool =
 
 
 def _load_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:
+    absl = logging.getLogger("absl")  # orbax logs a warning for each item of a step directory
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        return _read_item(ocp, directory, arrays)
+    finally:
+        absl.setLevel(level)
+
+
+def _read_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:
     checkpointer = ocp.PyTreeCheckpointer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # orbax warns that sharding is read from the checkpoint
