@@ -259,3 +259,19 @@ def test_layered_state_describe_fits_a_screen(
     path = _save(tmp_path / "layered", seed_optimizer().init(layered_params(2000)))
     code, out, _ = _run(["describe", str(path)], capsys)
     assert code == 0 and len(out.splitlines()) < 40
+
+
+def test_the_fast_reading_agrees_with_orbax_s(saved: dict[str, Any]) -> None:
+    from optree_inspect._checkpoint import _read_ocdbt_item
+
+    for name in ("seed", "train_state"):
+        _, path = saved[name]
+        fast = _read_ocdbt_item(path)
+        metadata = ocp.PyTreeCheckpointer().metadata(path)
+        tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
+        is_meta = lambda node: hasattr(node, "shape") and hasattr(node, "dtype")  # noqa: E731
+        assert jax.tree.structure(fast) == jax.tree.structure(tree, is_leaf=is_meta)
+        described = [(tuple(np.shape(x)), np.dtype(x.dtype)) for x in jax.tree.leaves(fast)]
+        assert described == [
+            (tuple(m.shape), np.dtype(m.dtype)) for m in jax.tree.leaves(tree, is_leaf=is_meta)
+        ]

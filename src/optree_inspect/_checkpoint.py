@@ -100,6 +100,11 @@ def _load_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:
 
 
 def _read_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:
+    if not arrays:
+        try:
+            return _read_ocdbt_item(directory)
+        except Exception:  # another layout or version: orbax's own (slower) reading below
+            pass
     checkpointer = ocp.PyTreeCheckpointer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # orbax warns that sharding is read from the checkpoint
@@ -132,6 +137,77 @@ def _read_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:
             directory, args=ocp.args.PyTreeRestore(item=scalars, restore_args=restore_args)
         )
     return jax.tree.map(lambda struct, value: struct if value is ocp.PLACEHOLDER else value, structs, read)
+
+
+def _read_ocdbt_item(directory: pathlib.Path) -> Any:
+    """The tree of an item saved in orbax's default layout (an OCDBT database of zarr arrays),
+    read from its files: the tree from `_METADATA`, each array's shape and dtype from its
+    `.zarray`, shardings from `_sharding`, and the scalars' values; nothing else.
+
+    Written here because orbax's `metadata()` opens every array on its own (12 s for 20,000
+    leaves, against under 1 s here); any other layout raises, and `_read_item` falls back to it.
+    """
+    import base64
+    import json
+
+    import tensorstore as ts
+    from orbax.checkpoint._src.metadata import sharding as sharding_metadata  # not public
+
+    tree_metadata = json.loads((directory / "_METADATA").read_text())["tree_metadata"]
+    if not (directory / "manifest.ocdbt").exists():
+        raise ValueError("not an OCDBT checkpoint")
+    base = {"driver": "ocdbt", "base": directory.resolve().as_uri()}
+    store = ts.KvStore.open(base).result()
+    shardings_file = directory / "_sharding"
+    shardings = json.loads(shardings_file.read_text()) if shardings_file.exists() else {}
+    entries = []
+    for entry in tree_metadata.values():
+        keys = [(k["key"], k["key_type"]) for k in entry["key_metadata"]]
+        value = entry["value_metadata"]
+        name = ".".join(str(key) for key, _ in keys)
+        pending = None if value.get("skip_deserialize") else store.read(f"{name}/.zarray")
+        entries.append((keys, value, name, pending))
+    root: Any = None
+    scalars: list[tuple[list[Any], Any]] = []
+    for keys, value, name, pending in entries:
+        if pending is None:
+            leaf: Any = {"Dict": {}, "List": [], "Tuple": []}.get(value["value_type"])
+        else:
+            array = json.loads(pending.result().value)
+            shape, dtype = tuple(array["shape"]), np.dtype(array["dtype"])
+            serialized = shardings.get(base64.b64encode(name.encode()).decode())
+            sharding = None
+            if serialized is not None:
+                try:
+                    sharding = sharding_metadata.from_serialized_string(serialized).to_jax_sharding()
+                except Exception:  # saved on devices this process does not have
+                    sharding = None
+            leaf = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+            if shape == ():
+                spec = {"driver": "zarr", "kvstore": {**base, "path": f"{name}/"}}
+                scalars.append((keys, ts.open(spec, open=True, read=True)))
+        root = _insert(root, keys, leaf)
+    for keys, opening in scalars:
+        root = _insert(root, keys, np.asarray(opening.result().read().result()))
+    return root
+
+
+def _insert(root: Any, keys: list[tuple[Any, int]], leaf: Any) -> Any:
+    """`root` with `leaf` at `keys` (orbax's key types: 1 a sequence index, 2 a dict key),
+    creating the lists and dicts on the way, as orbax restores them without a target."""
+    if not keys:
+        return leaf
+    (key, kind), rest = keys[0], keys[1:]
+    if kind == 1:
+        index = int(key)
+        root = [] if root is None else root
+        while len(root) <= index:
+            root.append(None)
+        root[index] = _insert(root[index], rest, leaf)
+        return root
+    root = {} if root is None else root
+    root[key] = _insert(root.get(key), rest, leaf)
+    return root
 
 
 def _struct(metadata: Any) -> jax.ShapeDtypeStruct:
