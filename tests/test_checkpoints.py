@@ -275,3 +275,13 @@ def test_the_fast_reading_agrees_with_orbax_s(saved: dict[str, Any]) -> None:
         assert described == [
             (tuple(m.shape), np.dtype(m.dtype)) for m in jax.tree.leaves(tree, is_leaf=is_meta)
         ]
+
+
+def test_without_orbax_the_message_says_how_to_install_it(
+    saved: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)  # as if not installed
+    with pytest.raises(oi.CheckpointError, match=r"pip install 'optree_inspect\[orbax\]'"):
+        oi.load(saved["seed"][1])
+    code, out, err = _run(["describe", str(saved["seed"][1])], capsys)
+    assert code == 2 and out == "" and "optree_inspect[orbax]" in err and err.count("\n") == 1
