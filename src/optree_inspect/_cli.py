@@ -50,11 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command("describe", "the saved tree, one line a node", "path").add_argument(
-        "--stats", action="store_true"
+        "--stats", action="store_true", help="values too (reads the arrays)"
     )
     command("get", "the one node a query selects", "path").add_argument("query")
     command("find", "every node a query selects", "path").add_argument("query")
-    command("hyperparams", "injected hyperparameters", "path").add_argument("--counters", action="store_true")
+    command("hyperparams", "injected hyperparameters", "path").add_argument(
+        "--counters", action="store_true", help="the step counters too"
+    )
     command("check", "what is wrong in the saved state", "path")
     command("diff", "what differs between two checkpoints", "path_a", "path_b")
     return parser
