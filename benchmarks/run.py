@@ -151,6 +151,31 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds:.2f} s"
 
 
+def first_call_section(layers: int) -> None:
+    """The first call on a structure, caches cleared before each sample (issue of first-call
+    speed): get by pattern, describe, find by type, against `jax.tree.structure`."""
+    state = seed_state(layers)
+    count = len(jax.tree.leaves(state))
+
+    def first(call: Timing) -> Timing:
+        def timed() -> Any:
+            oi.clear_caches()
+            return call()
+
+        return timed
+
+    floor = median_seconds(lambda: jax.tree.structure(state))
+    rows = {
+        "get(pattern)": median_seconds(first(lambda: oi.get(state, "learning_rate")), budget=1.0),
+        "describe": median_seconds(first(lambda: oi.describe(state)), budget=1.0),
+        "find(type)": median_seconds(first(lambda: oi.find(state, optax.ScaleByAdamState)), budget=1.0),
+    }
+    print(f"\n| first call ({count:,} leaves) | time | / jax.tree.structure |\n|---|---|---|")
+    print(f"| jax.tree.structure | {format_seconds(floor)} | 1.0x |")
+    for name, value in rows.items():
+        print(f"| ours {name} | {format_seconds(value)} | {value / floor:.1f}x |")
+
+
 def values_section(layers: int, treescope_layers: int, large: int) -> None:
     """`describe(stats=True)` and `check`: first call (compilations included) and later calls on the
     seed state; the peers on the same state; a state of 8 large leaves against `jnp.max` per leaf."""
@@ -213,7 +238,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 layers only")
     parser.add_argument("--values-only", action="store_true", help="only the statistics section")
+    parser.add_argument("--first-call-only", action="store_true", help="only the first-call section")
     arguments = parser.parse_args()
+    if arguments.first_call_only:
+        first_call_section(5000)
+        return
     if arguments.values_only:
         values_section(5000, 1000, 1 << 24)
         return
