@@ -37,6 +37,7 @@ EPSILONS = frozenset({"eps", "adam_eps", "epsilon"})
 KINDS = ("nonfinite", "rounded_hyperparameter", "replicated_moment")
 """The kinds of finding, most serious first."""
 _SHOWN = 40
+_IN_FLOAT32 = "Keep hyperparameters in float32: optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)."
 
 
 class Finding(NamedTuple):
@@ -112,9 +113,9 @@ def stats(tree: PyTree, query: Query | None = None) -> dict[str, dict[str, Array
         node = index.number_of(path)
         assert node is not None
         spans.extend(
-            (leaf, slice(start, start + 1))
+            (leaf, slice(index.leaf_starts[leaf], index.leaf_starts[leaf] + 1))
             for leaf in range(node, node + index.sizes[node])
-            if index.is_leaf[leaf] and (start := index.leaf_starts[leaf]) is not None
+            if index.is_leaf[leaf]
         )
     result: dict[str, dict[str, Array]] = {}
     for node, span in spans:
@@ -170,18 +171,13 @@ def check(tree: PyTree, /, *, optimizer: Optimizer | None = None, params: PyTree
     return Report(findings)
 
 
-def _leaf_nodes(index: StructureIndex) -> list[int]:
-    """The node number of each leaf, in `jax.tree.leaves` order."""
-    return [node for node in range(len(index)) if index.is_leaf[node]]
-
-
 def _nonfinite(index: StructureIndex, values: list[Any]) -> list[Finding]:
     table = leaf_table(values)
     counts = np.asarray(table.counts)
     bad = np.flatnonzero((counts[:, 0] > 0) | (counts[:, 1] > 0))
     if not len(bad):
         return []
-    nodes = _leaf_nodes(index)
+    nodes = index.leaf_nodes
     findings = []
     for position in bad.tolist():
         nan, inf = int(counts[position, 0]), int(counts[position, 1])
@@ -196,7 +192,7 @@ def _nonfinite(index: StructureIndex, values: list[Any]) -> list[Finding]:
 
 
 def _rounded(index: StructureIndex, values: list[Any]) -> list[Finding]:
-    positions = {node: position for position, node in enumerate(_leaf_nodes(index))}
+    positions = {node: position for position, node in enumerate(index.leaf_nodes)}
     findings = []
     for node in hyperparameter_nodes(index):
         name = index.texts[node]
@@ -214,15 +210,13 @@ def _rounded(index: StructureIndex, values: list[Any]) -> list[Finding]:
             cause = f" (a rate such as 0.999 rounds to 1 in {short})" if low_precision else ""
             message = (
                 f"{name} is 1 in {short}{cause}: bias correction divides by 1 - {name}**t = 0 and the "
-                f"moment stops forgetting. Keep hyperparameters in float32: "
-                f"optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)."
+                f"moment stops forgetting. {_IN_FLOAT32}"
             )
         elif name in EPSILONS and number == 0.0:
             cause = f" (a small eps such as 1e-8 underflows to 0 in {short})" if low_precision else ""
             message = (
                 f"{name} is 0 in {short}{cause}: the update divides by sqrt(nu) + {name}, which is 0 "
-                f"where nu is. Keep hyperparameters in float32: "
-                f"optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)."
+                f"where nu is. {_IN_FLOAT32}"
             )
         else:
             continue
@@ -238,7 +232,7 @@ def _replicated(index: StructureIndex, tree: Any, values: list[Any], params: Any
     if not by_name:
         return []
     findings = []
-    positions = {node: position for position, node in enumerate(_leaf_nodes(index))}
+    positions = {node: position for position, node in enumerate(index.leaf_nodes)}
     for root in _moment_roots(index):
         depth = index.depths[root]
         for leaf in range(root + 1, root + index.sizes[root]):
@@ -284,7 +278,7 @@ def _params_by_name(
         if len(candidates) != 1:
             return {}
         root = candidates[0]
-    nodes = _leaf_nodes(index)
+    nodes = index.leaf_nodes
     depth = index.depths[root]
     found = {}
     for position, leaf in enumerate(nodes):

@@ -86,7 +86,7 @@ def load(path: str | pathlib.Path, /, *, step: int | None = None, arrays: bool =
     ocp = _orbax()
     items = checkpoint_items(path, step)
     trees = {name: _load_item(ocp, directory, arrays) for name, directory in items.items()}
-    return trees[""] if set(trees) == {""} else (trees if len(trees) > 1 else next(iter(trees.values())))
+    return next(iter(trees.values())) if len(trees) == 1 else trees
 
 
 def _load_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:

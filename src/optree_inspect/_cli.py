@@ -20,8 +20,8 @@ from jax.tree_util import keystr
 from ._check import check
 from ._checkpoint import load
 from ._describe import _leaf_summary, describe
-from ._diff import diff
-from ._errors import CheckpointError, Error, NoMatchError, QueryError, QuerySyntaxError
+from ._diff import _short, diff
+from ._errors import Error, NoMatchError, QueryError, QuerySyntaxError
 from ._optax.hyperparams import hyperparams
 from ._resolve import find, get
 
@@ -70,18 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Usage as error:
         print(f"optree-inspect: {error} (see optree-inspect --help)", file=sys.stderr)
         return 2
-    except CheckpointError as error:
-        print(f"optree-inspect: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except QuerySyntaxError as error:
-        print(f"optree-inspect: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except QueryError as error:
-        print(f"optree-inspect: {_one_line(error)}", file=sys.stderr)
-        return 1
     except Error as error:
         print(f"optree-inspect: {_one_line(error)}", file=sys.stderr)
-        return 2
+        no_match = isinstance(error, QueryError) and not isinstance(error, QuerySyntaxError)
+        return 1 if no_match else 2
 
 
 def _one_line(error: BaseException) -> str:
@@ -132,13 +124,6 @@ def _run(arguments: argparse.Namespace) -> int:
     ]
     _emit(emit_json, {"findings": findings}, str(report))
     return 1 if report else 0
-
-
-def _short(value: Any) -> str:
-    if jax.tree_util.all_leaves([value]):
-        return _leaf_summary(value)
-    count = len(jax.tree.leaves(value))
-    return f"{type(value).__name__}, {count:,} lea{'ves' if count != 1 else 'f'}"
 
 
 def _json(value: Any) -> Any:

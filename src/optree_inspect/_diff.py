@@ -28,7 +28,7 @@ from ._describe import _leaf_summary, _sharding_text
 from ._errors import InvalidArgumentError, bounded, raised_here
 from ._keys import KeyEntry, KeyPath
 from ._naming import shortest_query
-from ._optax.fields import is_state_type, restored_state_name
+from ._optax.fields import INSIDE, is_state_type, restored_state_name
 from ._tree import StructureIndex, children_with_keys, structure_index
 
 KINDS = ("added", "removed", "type", "shape", "dtype", "sharding", "value")
@@ -88,8 +88,6 @@ class _Pending(NamedTuple):
     """Leaf pairs whose values are compared on the device, for one row."""
 
     path: KeyPath
-    side: str  # "b", or "a" for a removed node
-    label: str
     pairs: list[tuple[Any, Any]]
     folded: bool
 
@@ -174,7 +172,7 @@ def _compare(a: Any, b: Any, path: KeyPath, rows: list[Any], pending: list[_Pend
         leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
         pairs = list(zip(map(_unwrap, leaves_a), map(_unwrap, leaves_b), strict=True))
         rows.append(len(pending))  # the value row, once compared, stands here
-        pending.append(_Pending(path, "b", "", pairs, True))
+        pending.append(_Pending(path, pairs, True))
         return
     by_name_b = {_name(key): (key, child) for key, child in pairs_b or ()}
     names_a = set()
@@ -206,7 +204,7 @@ def _short(node: Any) -> str:
 
 
 def _is_state(node: Any) -> bool:
-    return is_state_type(type(node)) or restored_state_name(node, 2) is not None
+    return is_state_type(type(node)) or restored_state_name(node, INSIDE) is not None
 
 
 def _foldable(a: Any, b: Any, pairs_a: Any, pairs_b: Any) -> bool:
@@ -249,7 +247,7 @@ def _compare_leaves(a: Any, b: Any, path: KeyPath, rows: list[Any], pending: lis
                      f"{sharding_a or 'one device'} -> {sharding_b or 'one device'}"))  # fmt: skip
     if _concrete(a) and _concrete(b):
         rows.append(len(pending))
-        pending.append(_Pending(path, "b", "", [(a, b)], False))
+        pending.append(_Pending(path, [(a, b)], False))
 
 
 def _has_shape(leaf: Any) -> bool:

@@ -223,6 +223,11 @@ class StructureIndex:
         return starts
 
     @functools.cached_property
+    def leaf_nodes(self) -> list[int]:
+        """The node number of each leaf, in `jax.tree.leaves` order."""
+        return [node for node in range(len(self.keys)) if self.is_leaf[node]]
+
+    @functools.cached_property
     def depths(self) -> list[int]:
         """How many edges lead from the root to each node."""
         depths = [0] * len(self.keys)
