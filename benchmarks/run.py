@@ -281,6 +281,7 @@ def main() -> None:
     plain, with_set = trace_cost()
     print("\n| tracing + lowering a jitted step (100 layers) | time |\n|---|---|")
     print(f"| without set | {format_seconds(plain)} |\n| with an in-graph set | {format_seconds(with_set)} |")
+    first_call_section(layers[-1])
     values_section(
         layers[-1], 1000 if not arguments.quick else 100, 1 << 24 if not arguments.quick else 1 << 20
     )
