@@ -13,6 +13,7 @@ ORDER = [
     "_optax.names",
     "_optax.fields",
     "_keys",
+    "_runs",
     "_tree",
     "_match",
     "_query",

@@ -9,6 +9,7 @@ nonfinite: mu.w: 1 NaN in 3 elements (f32[3])
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -251,16 +252,12 @@ def _replicated(index: StructureIndex, tree: Any, values: list[Any], params: Any
 
 def _moment_roots(index: StructureIndex) -> list[int]:
     """The fields of optax states that hold params-shaped subtrees (`mu`, `nu`, `trace`)."""
-    holds_state = [name is not None for name in index.state_names]
-    for node in range(len(index) - 1, 0, -1):
-        if holds_state[node]:
-            holds_state[index.parents[node]] = True
+    states = itertools.compress(range(len(index)), index.state_names)
     return [
-        node
-        for node in range(1, len(index))
-        if index.state_names[index.parents[node]] is not None
-        and not holds_state[node]
-        and not index.is_leaf[node]
+        child
+        for state in states
+        for child in index.children(state)
+        if not index.holds_state[child] and not index.is_leaf[child]
     ]
 
 

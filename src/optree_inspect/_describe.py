@@ -281,8 +281,8 @@ def _step_of(tree: Any, counter: KeyPath) -> int | None:
 def _layout(index: StructureIndex) -> list[_Line]:
     """Which nodes are shown and how, in pre-order; then cut to `MAX_LINES` by depth."""
     protected = protected_nodes(index)
-    signatures = _signatures(index)
-    params_shaped = _params_shaped(index)
+    signatures = index.signatures
+    holds_state = index.holds_state
     seen: dict[int, int] = {}
     lines: list[_Line] = []
     stack: list[tuple[_Line, bool]] = [(_Line(0, 0, "node", 0), False)]
@@ -293,7 +293,7 @@ def _layout(index: StructureIndex) -> list[_Line]:
             lines.append(line)
             continue
         # Only the root of a params-shaped region (a mu, nu, trace, params) folds or is "like".
-        foldable = not in_region and node > 0 and node not in protected and params_shaped[node]
+        foldable = not in_region and node > 0 and node not in protected and not holds_state[node]
         if foldable and index.leaf_counts[node] > 1:
             signature = signatures[node]
             if signature in seen:
@@ -379,34 +379,6 @@ def _cut_to_budget(index: StructureIndex, lines: list[_Line]) -> list[_Line]:
 
 def _has_children(index: StructureIndex, node: int) -> bool:
     return index.sizes[node] > 1 and not is_nnx_variable_type(index.types[node])
-
-
-def _params_shaped(index: StructureIndex) -> list[bool]:
-    """For every node, whether its subtree holds no optimizer-state node: params, moments and
-    anything else shaped like them, whatever their containers (dicts, dict subclasses, Modules,
-    dataclasses, flax structs, nnx States and Variables). MaskedNode holes count as params. O(nodes)."""
-    shaped = [name is None for name in index.state_names]
-    for node in range(len(index) - 1, 0, -1):
-        if not shaped[node]:
-            shaped[index.parents[node]] = False
-    return shaped
-
-
-def _signatures(index: StructureIndex) -> list[int]:
-    """For every node, a number that two nodes share exactly when their subtrees have one structure
-    (node types, keys and shapes; leaves and `MaskedNode` holes are alike). O(nodes): each node's
-    signature is interned from its type and its children's keys and signatures."""
-    interned: dict[tuple[Any, ...], int] = {}
-    signatures = [0] * len(index)
-    holes = set(index.holes)
-    for node in range(len(index) - 1, -1, -1):
-        kind = index.types[node]
-        if index.is_leaf[node] or node in holes:
-            structure: tuple[Any, ...] = ()
-        else:
-            structure = (kind, *((index.keys[c], signatures[c]) for c in index.children(node)))
-        signatures[node] = interned.setdefault(structure, len(interned))
-    return signatures
 
 
 # Rows (structure plus leaf metadata) ------------------------------------------------------------
@@ -511,7 +483,7 @@ class _LeafStats:
         nbytes: Iterable[int]
         try:
             self.dtypes = list(map(operator.attrgetter("dtype"), leaves))
-            sizes = list(map(operator.attrgetter("size"), leaves))
+            sizes = list(map(math.prod, map(operator.attrgetter("shape"), leaves)))
             nbytes = map(operator.mul, sizes, map(operator.attrgetter("itemsize"), self.dtypes))
         except AttributeError:  # some leaves are not arrays
             self.dtypes = [getattr(leaf, "dtype", None) for leaf in leaves]
@@ -541,7 +513,7 @@ def _aggregate(index: StructureIndex, node: int, end: int, stats: _LeafStats, wi
     """Leaves, dtypes and bytes of the subtrees of the sibling nodes `node` to `end - 1`."""
     parts = []
     if with_keys and node != 0 and not index.is_leaf[node]:
-        count = sum(1 for _ in index.children(node))
+        count = index.arities[node]
         parts.append(f"{count:,} key{'s' * (count != 1)}")
     last = end - 1
     start = index.leaf_starts[node]
@@ -741,7 +713,7 @@ def _row_kind(index: StructureIndex, row: Row, node: int | None) -> str:
 def _first_keys(index: StructureIndex, node: int) -> str:
     """What a folded subtree holds, for its closed `<details>`: its first keys."""
     keys = [edge_label(index.keys[child]) for child in itertools.islice(index.children(node), _FOLD_KEYS)]
-    count = sum(1 for _ in index.children(node))
+    count = index.arities[node]
     more = f", ... {count - len(keys):,} more" if count > len(keys) else ""
     return html.escape(", ".join(bounded(key, 40) for key in keys) + more)
 

@@ -96,13 +96,11 @@ def _candidates(index: StructureIndex, component: Component) -> list[int]:
     if _glob_min_length(component.text) > index.longest_name:
         return []
     found: set[int] = set()
-    for text, nodes in index.by_text.items():
-        if text and fnmatch.fnmatchcase(text, component.text):
+    for by_name in (index.by_text, index.by_type_name):
+        found.update(by_name.nodes_of([n for n in by_name if n and fnmatch.fnmatchcase(n, component.text)]))
+    for name, nodes in index.by_state_name.items():
+        if fnmatch.fnmatchcase(name, component.text):
             found.update(nodes)
-    for by_name in (index.by_type_name, index.by_state_name):
-        for name, nodes in by_name.items():
-            if fnmatch.fnmatchcase(name, component.text):
-                found.update(nodes)
     return sorted(found)
 
 

@@ -195,7 +195,8 @@ class TypeQuery:
         index = structure_index(tree)
         found = index.memo.results.get(self)
         if found is None:
-            found = tuple(n for n, kind in enumerate(index.types) if issubclass(kind, self.cls))
+            kinds = [kind for kind in dict.fromkeys(index.types) if issubclass(kind, self.cls)]
+            found = tuple(index.by_type_name.nodes_of_values(kinds))
             index.memo.results[self] = found
         return [(path, value_at(tree, path)) for path in map(index.path, found)]
 

@@ -11,13 +11,16 @@ import collections
 import dataclasses
 import enum
 import functools
+import itertools
+import operator
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import jax
+import numpy as np
 from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
 from ._compat import is_nnx_variable_type
@@ -35,6 +38,7 @@ from ._optax.fields import (
     typed_state_name,
 )
 from ._optax.names import SCHEDULE_BOOKKEEPING
+from ._runs import LEAF_TYPE, Signatures, Template, signature, template_of
 
 _REGISTRY = jax.tree_util.default_registry
 CONTAINER_TYPE_NAMES = frozenset({"tuple", "list", "dict", "OrderedDict", "defaultdict", "NoneType"})
@@ -183,6 +187,58 @@ class IndexMemo:
     """The plan of `describe`: which nodes are shown, folded, "like" another or in a run."""
 
 
+class NodesByName:
+    """The nodes of each name (an edge's text, a type's name), in pre-order, found when first
+    asked for: a table built up front would cost a Python step for every node of a large tree.
+
+    >>> table = NodesByName(["", "mu", "w", "nu", "w"])
+    >>> table.get("w"), "nu" in table, list(table)
+    ([2, 4], True, ['', 'mu', 'w', 'nu'])
+    """
+
+    def __init__(self, values: list[Any], name_of: Callable[[Any], str] | None = None) -> None:
+        self._values = values
+        self._name_of = name_of
+        self._found: dict[str, list[int]] = {}
+
+    @functools.cached_property
+    def _values_by_name(self) -> dict[str, list[Any]]:
+        table: dict[str, list[Any]] = {}
+        for value in dict.fromkeys(self._values):
+            table.setdefault(value if self._name_of is None else self._name_of(value), []).append(value)
+        return table
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values_by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values_by_name
+
+    def get(self, name: str, default: list[int] | None = None) -> list[int]:
+        """The nodes of `name`, or `default` (an empty list) where there are none."""
+        found = self._found.get(name)
+        if found is None:
+            values = [name] if self._name_of is None else self._values_by_name.get(name, [])
+            found = self._found[name] = self.nodes_of_values(values)
+        return found or ([] if default is None else default)
+
+    def nodes_of(self, names: Collection[str]) -> list[int]:
+        """The nodes of any of `names`, in pre-order."""
+        values = [value for name in names for value in self._values_by_name.get(name, ())]
+        return self.nodes_of_values(values)
+
+    def nodes_of_values(self, values: Collection[Any]) -> list[int]:
+        positions = range(len(self._values))
+        if not values:
+            return []
+        if len(values) == 1:
+            [value] = values
+            equal = map(operator.eq, self._values, itertools.repeat(value))
+            return list(itertools.compress(positions, equal))
+        wanted = set(values)
+        return list(itertools.compress(positions, map(wanted.__contains__, self._values)))
+
+
 @dataclass
 class StructureIndex:
     """Every node of one tree structure, in pre-order, as parallel lists indexed by node number."""
@@ -195,6 +251,13 @@ class StructureIndex:
     leaf_counts: list[int] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     """How many nodes each node's subtree holds, itself included (pre-order: a contiguous run)."""
+    arities: list[int] = field(default_factory=list)
+    """How many children each node has."""
+    depths: list[int] = field(default_factory=list)
+    """How many edges lead from the root to each node."""
+    signatures: list[int] = field(default_factory=list)
+    """A number two nodes share exactly when their subtrees have one structure: node types and
+    keys, with leaves and masked holes alike (`_runs.Signatures`)."""
     in_bookkeeping: list[bool] = field(default_factory=list)
     state_names: list[str | None] = field(default_factory=list)
     """The optax state type each node is, or stands for in a restored checkpoint, or None."""
@@ -208,32 +271,39 @@ class StructureIndex:
     """For each restored state, the optax state types it may stand for: patterns match their names
     as they match a typed node's type name."""
     cacheable: bool = True
-    by_text: dict[str, list[int]] = field(default_factory=dict)
-    by_type_name: dict[str, list[int]] = field(default_factory=dict)
     memo: IndexMemo = field(default_factory=lambda: IndexMemo())
     """What later calls derive from the structure alone, kept for the next call on it."""
 
     @functools.cached_property
+    def by_text(self) -> NodesByName:
+        """The nodes of each edge text."""
+        return NodesByName(self.texts)
+
+    @functools.cached_property
+    def by_type_name(self) -> NodesByName:
+        """The nodes of each type name."""
+        return NodesByName(self.types, operator.attrgetter("__name__"))
+
+    @functools.cached_property
     def leaf_starts(self) -> list[int]:
         """The flat index (in `jax.tree.leaves` order) of each node's first leaf."""
-        starts, seen = [], 0
-        for number in range(len(self.keys)):
-            starts.append(seen)
-            seen += self.is_leaf[number]
-        return starts
+        return list(itertools.accumulate(self.is_leaf[:-1], initial=0))
 
     @functools.cached_property
     def leaf_nodes(self) -> list[int]:
         """The node number of each leaf, in `jax.tree.leaves` order."""
-        return [node for node in range(len(self.keys)) if self.is_leaf[node]]
+        return list(itertools.compress(range(len(self.keys)), self.is_leaf))
 
     @functools.cached_property
-    def depths(self) -> list[int]:
-        """How many edges lead from the root to each node."""
-        depths = [0] * len(self.keys)
-        for number in range(1, len(self.keys)):
-            depths[number] = depths[self.parents[number]] + 1
-        return depths
+    def holds_state(self) -> list[bool]:
+        """Whether each node's subtree holds an optax state node, itself included: the nodes that
+        hold none are params and moments, or shaped like them."""
+        holds = [False] * len(self.keys)
+        for node in itertools.compress(range(len(self.keys)), self.state_names):
+            while node >= 0 and not holds[node]:
+                holds[node] = True
+                node = self.parents[node]
+        return holds
 
     @functools.cached_property
     def has_bookkeeping(self) -> bool:
@@ -285,57 +355,208 @@ class StructureIndex:
             child += self.sizes[child]
 
 
-def build_index(tree: Any) -> StructureIndex:
-    """One pre-order walk of `tree` through JAX's registry."""
-    index = StructureIndex()
-    Frame = tuple[Any, KeyEntry | None, int, bool, int, bool]
-    stack: list[Frame] = [(tree, None, -1, False, OUTSIDE, False)]
-    while stack:
-        node, key, parent, bookkeeping, where, in_restored_data = stack.pop()
+def build_index(tree: Any, leaves: list[Any]) -> StructureIndex:
+    """One pre-order walk of `tree` through JAX's registry (`leaves` are its `jax.tree.leaves`).
+
+    A run of siblings of one structure made of JAX's plain containers is recorded in bulk from one
+    member's records (`_runs`); every other node, optax states and custom nodes among them, is
+    visited alone.
+    """
+    walk = _Walk(StructureIndex())
+    walk.run(tree)
+    index = walk.index
+    if walk.leaves_from_runs:  # a template records leaves as `LEAF_TYPE`: read their own types
+        collections.deque(map(index.types.__setitem__, index.leaf_nodes, map(type, leaves)), maxlen=0)
+    return index
+
+
+_GROUPED = 4
+"""Siblings of differing structures are split into runs of one structure from this many on."""
+
+
+def _groups(children: list[Any], wheres: list[int]) -> list[tuple[int, int]]:
+    """The `(start, stop)` of each stretch of consecutive children of one type (and keys or length,
+    for JAX's containers) and one place, for `template_of` to try."""
+    shapes = [
+        (where, kind, frozenset(child) if kind is dict else len(child) if kind in (list, tuple) else None)
+        for child, where, kind in zip(children, wheres, map(type, children), strict=True)
+    ]
+    groups, start = [], 0
+    for stop in range(1, len(shapes) + 1):
+        if stop == len(shapes) or shapes[stop] != shapes[start]:
+            groups.append((start, stop))
+            start = stop
+    return groups
+
+
+_Node = tuple[Any, KeyEntry | None, int, int, bool, int, bool]
+"""A node to visit: the node, its key, parent and depth, whether it is in schedule bookkeeping,
+where it is (`fields.NOWHERE` ...) and whether it is in the params-shaped field of a restored
+state."""
+_Run = tuple[Template, list[KeyEntry], list[str], int, int, bool]
+"""Siblings to record from a template: their keys and texts, parent, depth and bookkeeping."""
+_Close = tuple[int, int, bool]
+"""A node whose subtree is complete: its number, the leaves before it, whether it is a hole."""
+
+
+class _Walk:
+    """The state of one `build_index` walk: the index so far and what it has not recorded yet."""
+
+    def __init__(self, index: StructureIndex) -> None:
+        self.index = index
+        self.interned: Signatures = {}
+        self.leaf_signature = signature(self.interned, ())
+        self.leaves_seen = 0
+        self.leaves_from_runs = False
+        self.dict_keys: dict[tuple[str, ...], list[KeyEntry]] = {}
+        self.one_run: dict[int, int] = {}
+        """The nodes whose children are one run, with its template's size."""
+
+    def run(self, tree: Any) -> None:
+        stack: list[tuple[str, Any]] = [("node", (tree, None, -1, 0, False, OUTSIDE, False))]
+        while stack:
+            what, frame = stack.pop()
+            if what == "node":
+                self.visit(frame, stack)
+            elif what == "run":
+                self.record_run(*frame)
+            else:
+                self.close(*frame)
+
+    def visit(self, frame: _Node, stack: list[tuple[str, Any]]) -> None:
+        node, key, parent, depth, bookkeeping, where, in_data = frame
+        index = self.index
         number = len(index.keys)
-        pairs = children_with_keys(node)
         kind = type(node)
         name = typed_state_name(kind)
         if name is None and kind is dict and where != NOWHERE:
             name = restored_state_name(node, where)
+        plain = kind is dict and set(map(type, node)) <= {str}
+        keys, texts, children = self.children(node, plain)
+        is_leaf = children is None
+        hole = (node is None and in_data) or is_masked_node_type(kind)
         index.keys.append(key)
         index.texts.append(edge_text(key))
         index.types.append(kind)
         index.parents.append(parent)
-        index.is_leaf.append(pairs is None)
-        index.leaf_counts.append(1 if pairs is None else 0)
+        index.is_leaf.append(is_leaf)
+        index.leaf_counts.append(1)
         index.sizes.append(1)
+        index.arities.append(0 if children is None else len(children))
+        index.depths.append(depth)
+        index.signatures.append(self.leaf_signature)
         index.in_bookkeeping.append(bookkeeping)
         index.state_names.append(name)
-        index.by_text.setdefault(index.texts[-1], []).append(number)
-        index.by_type_name.setdefault(kind.__name__, []).append(number)
-        if (node is None and in_restored_data) or is_masked_node_type(kind):
+        if hole:
             index.holes.append(number)
-        if pairs is None:
-            continue
-        if index.cacheable and not _cacheable_node(node, pairs):
-            index.cacheable = False
-        if name is None and where != OUTSIDE:  # most nodes: params and moments
-            for child_key, child in reversed(pairs):
-                stack.append((child, child_key, number, bookkeeping, where, in_restored_data))
-            continue
-        if name is not None:
-            aliases = restored_state_names(node) if kind is dict else (name,)
-            if kind is dict:
-                index.restored_names[number] = aliases
-            for alias in aliases:
-                index.by_state_name.setdefault(alias, []).append(number)
+        if children is None:
+            self.leaves_seen += 1
+            return
+        stack.append(("close", (number, self.leaves_seen, hole)))
+        if index.cacheable and not plain:  # a dict of str keys always is
+            index.cacheable = _cacheable_node(node, list(zip(keys, children, strict=True)))
+        if name is None:
+            template = template_of(children, where, in_data, self.interned) if len(children) > 1 else None
+            if template is not None:
+                stack.append(("run", (template, keys, texts, number, depth + 1, bookkeeping)))
+                self.one_run[number] = template.size
+                return
+            pairs = list(zip(keys, children, strict=True))
+            wheres = [where] * len(pairs) if where != OUTSIDE else children_where(None, where, pairs)
+            groups = _groups(children, wheres) if len(children) >= _GROUPED else [(0, len(children))]
+            for start, stop in reversed(groups):
+                template = None
+                if stop - start > 1 and len(groups) > 1:
+                    template = template_of(children[start:stop], wheres[start], in_data, self.interned)
+                if template is not None:
+                    run = (template, keys[start:stop], texts[start:stop], number, depth + 1, bookkeeping)
+                    stack.append(("run", run))
+                    continue
+                for position in reversed(range(start, stop)):
+                    child = (children[position], keys[position], number, depth + 1, bookkeeping)
+                    stack.append(("node", (*child, wheres[position], in_data)))
+            return
+        aliases = restored_state_names(node) if kind is dict else (name,)
+        if kind is dict:
+            index.restored_names[number] = aliases
+        for alias in aliases:
+            index.by_state_name.setdefault(alias, []).append(number)
         enters = is_inject_state_name(name)
+        pairs = list(zip(keys, children, strict=True))
         wheres = children_where(name, where, pairs)
         for (child_key, child), child_where in zip(reversed(pairs), reversed(wheres), strict=True):
             child_bookkeeping = bookkeeping or (enters and field_name(child_key) == SCHEDULE_BOOKKEEPING)
-            child_in_data = in_restored_data if name is None else kind is dict and child_where == NOWHERE
-            stack.append((child, child_key, number, child_bookkeeping, child_where, child_in_data))
-    for number in range(len(index.keys) - 1, 0, -1):
-        parent = index.parents[number]
-        index.leaf_counts[parent] += index.leaf_counts[number]
-        index.sizes[parent] += index.sizes[number]
-    return index
+            child_in_data = kind is dict and child_where == NOWHERE
+            child_frame = (child, child_key, number, depth + 1, child_bookkeeping, child_where, child_in_data)
+            stack.append(("node", child_frame))
+
+    def children(self, node: Any, plain: bool) -> tuple[list[KeyEntry], list[str], list[Any] | None]:
+        """The keys, texts and children of `node` in flatten order (children None for a leaf); for
+        a `plain` node (a dict of str keys) without a Python step for each child."""
+        if plain:
+            names = sorted(node)
+            keys = self.dict_keys.get(tuple(names))
+            if keys is None:
+                keys = self.dict_keys[tuple(names)] = list(map(DictKey, names))
+            return keys, names, list(map(node.__getitem__, names))
+        pairs = children_with_keys(node)
+        if pairs is None:
+            return [], [], None
+        keys = [key for key, _ in pairs]
+        return keys, list(map(edge_text, keys)), [child for _, child in pairs]
+
+    def record_run(
+        self,
+        template: Template,
+        keys: list[KeyEntry],
+        texts: list[str],
+        parent: int,
+        depth: int,
+        bookkeeping: bool,
+    ) -> None:
+        """Record siblings whose subtrees all have `template`'s records, with list and NumPy
+        operations (no Python step for each node)."""
+        index, count, size = self.index, len(keys), template.size
+        start = len(index.keys)
+        index.keys.extend(template.keys * count)
+        index.keys[start::size] = keys
+        index.texts.extend(template.texts * count)
+        index.texts[start::size] = texts
+        index.types.extend(template.types * count)
+        offsets = np.arange(start, start + count * size, size)[:, None]
+        parents = offsets + np.asarray(template.parents)[None, :]
+        parents[:, 0] = parent
+        index.parents.extend(parents.ravel().tolist())
+        index.is_leaf.extend(template.is_leaf * count)
+        index.leaf_counts.extend(template.leaf_counts * count)
+        index.sizes.extend(template.sizes * count)
+        index.arities.extend(template.arities * count)
+        index.depths.extend([depth + d for d in template.depths] * count)
+        index.signatures.extend(template.signatures * count)
+        index.in_bookkeeping.extend([bookkeeping] * (count * size))
+        index.state_names.extend([None] * (count * size))
+        if template.holes:
+            index.holes.extend((offsets + np.asarray(template.holes)[None, :]).ravel().tolist())
+        self.leaves_seen += template.leaf_counts[0] * count
+        self.leaves_from_runs = self.leaves_from_runs or LEAF_TYPE in template.types
+
+    def close(self, number: int, leaves_before: int, hole: bool) -> None:
+        """Sizes, leaf count and signature of `number`, now that its subtree is recorded."""
+        index = self.index
+        index.sizes[number] = len(index.keys) - number
+        index.leaf_counts[number] = self.leaves_seen - leaves_before
+        structure: tuple[Any, ...] = ()
+        if not hole:
+            step = self.one_run.pop(number, 0)
+            if step:  # the children are one run: every `step`-th node
+                keys = tuple(index.keys[number + 1 :: step])
+                signatures = tuple(index.signatures[number + 1 :: step])
+            else:
+                children = list(index.children(number))
+                keys = tuple(index.keys[c] for c in children)
+                signatures = tuple(index.signatures[c] for c in children)
+            structure = (index.types[number], keys, signatures)
+        index.signatures[number] = signature(self.interned, structure)
 
 
 _CACHE: collections.OrderedDict[Any, StructureIndex] = collections.OrderedDict()
@@ -417,9 +638,9 @@ def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
         with _LOCK:
             index = _CACHE.get(key)  # type: ignore[assignment]
     except TypeError:  # unhashable aux data
-        return build_index(tree), leaves
+        return build_index(tree, leaves), leaves
     if index is None:
-        index = build_index(tree)
+        index = build_index(tree, leaves)
         if not index.cacheable:
             return index, leaves
         with _LOCK:

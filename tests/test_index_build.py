@@ -1,0 +1,229 @@
+"""The structure index, built with runs of one structure recorded in bulk, is exactly the index a
+walk of every node alone builds; and the nodes walked alone do not grow with the params."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from hypothesis import given
+from hypothesis import strategies as st
+
+import optree_inspect as oi
+from helpers import LABELS, MASK, layered_params, nnx_optimizer, seed_optimizer
+from optree_inspect import _tree
+from optree_inspect._keys import edge_text
+from optree_inspect._optax.fields import (
+    NOWHERE,
+    OUTSIDE,
+    children_where,
+    field_name,
+    is_inject_state_name,
+    is_masked_node_type,
+    restored_state_name,
+    restored_state_names,
+    typed_state_name,
+)
+from optree_inspect._optax.names import SCHEDULE_BOOKKEEPING
+
+
+def node_by_node(tree: Any) -> dict[str, Any]:
+    """The index's records from a plain pre-order walk that visits every node alone."""
+    records: dict[str, Any] = {
+        name: []
+        for name in [
+            *("keys", "texts", "types", "parents", "is_leaf", "leaf_counts", "sizes", "arities", "depths"),
+            *("in_bookkeeping", "state_names"),
+        ]
+    }
+    holes, restored, by_state = [], {}, {}
+    stack: list[tuple[Any, ...]] = [(tree, None, -1, 0, False, OUTSIDE, False)]
+    while stack:
+        node, key, parent, depth, bookkeeping, where, in_data = stack.pop()
+        number = len(records["keys"])
+        pairs = _tree.children_with_keys(node)
+        kind = type(node)
+        name = typed_state_name(kind)
+        if name is None and kind is dict and where != NOWHERE:
+            name = restored_state_name(node, where)
+        for field, value in (
+            ("keys", key),
+            ("texts", edge_text(key)),
+            ("types", kind),
+            ("parents", parent),
+            ("is_leaf", pairs is None),
+            ("leaf_counts", 1 if pairs is None else 0),
+            ("sizes", 1),
+            ("arities", len(pairs or ())),
+            ("depths", depth),
+            ("in_bookkeeping", bookkeeping),
+            ("state_names", name),
+        ):
+            records[field].append(value)
+        if (node is None and in_data) or is_masked_node_type(kind):
+            holes.append(number)
+        if pairs is None:
+            continue
+        if name is not None:
+            aliases = restored_state_names(node) if kind is dict else (name,)
+            if kind is dict:
+                restored[number] = aliases
+            for alias in aliases:
+                by_state.setdefault(alias, []).append(number)
+        wheres = children_where(name, where, pairs)
+        for (child_key, child), child_where in zip(reversed(pairs), reversed(wheres), strict=True):
+            enters = is_inject_state_name(name) and field_name(child_key) == SCHEDULE_BOOKKEEPING
+            child_in_data = in_data if name is None else kind is dict and child_where == NOWHERE
+            child_bookkeeping = bookkeeping or enters
+            stack.append((child, child_key, number, depth + 1, child_bookkeeping, child_where, child_in_data))
+    for number in range(len(records["keys"]) - 1, 0, -1):
+        parent = records["parents"][number]
+        records["leaf_counts"][parent] += records["leaf_counts"][number]
+        records["sizes"][parent] += records["sizes"][number]
+    records.update(holes=holes, restored_names=restored, by_state_name=by_state)
+    records["signatures"] = _signatures(records, set(holes))
+    return records
+
+
+def _signatures(records: dict[str, Any], holes: set[int]) -> list[int]:
+    """Subtree structures by value: type, keys and children's structures; leaves and holes alike."""
+    structures: list[Any] = [None] * len(records["keys"])
+    for node in range(len(structures) - 1, -1, -1):
+        if records["is_leaf"][node] or node in holes:
+            structures[node] = ()
+            continue
+        end = node + records["sizes"][node]
+        child, children = node + 1, []
+        while child < end:
+            children.append((records["keys"][child], structures[child]))
+            child += records["sizes"][child]
+        structures[node] = (records["types"][node], tuple(children))
+    numbers: dict[Any, int] = {}
+    return [numbers.setdefault(structure, len(numbers)) for structure in structures]
+
+
+def assert_same_index(tree: Any) -> None:
+    leaves = jax.tree.leaves(tree)
+    index = _tree.build_index(tree, leaves)
+    expected = node_by_node(tree)
+    for name, value in expected.items():
+        if name != "signatures":
+            assert getattr(index, name) == value, name
+    # signatures are numbers: equal exactly where the expected ones are
+    assert _partition(index.signatures) == _partition(expected["signatures"])
+    assert index.leaf_nodes == [n for n, leaf in enumerate(expected["is_leaf"]) if leaf]
+    for text in set(expected["texts"]):
+        assert index.by_text.get(text) == [n for n, t in enumerate(expected["texts"]) if t == text]
+    for kind in set(expected["types"]):
+        nodes = [n for n, k in enumerate(expected["types"]) if k.__name__ == kind.__name__]
+        assert index.by_type_name.get(kind.__name__) == nodes
+
+
+def _partition(numbers: list[int]) -> list[int]:
+    first: dict[int, int] = {}
+    return [first.setdefault(number, position) for position, number in enumerate(numbers)]
+
+
+def as_restored(tree: Any) -> Any:
+    """`tree` as a checkpoint restored without its types gives it back: NamedTuples are dicts of
+    their fields, tuples lists, `EmptyState` and `MaskedNode` are None."""
+    if isinstance(tree, tuple) and hasattr(type(tree), "_fields"):
+        if not tree._fields:
+            return None
+        return {name: as_restored(getattr(tree, name)) for name in tree._fields}
+    if isinstance(tree, list | tuple):
+        return [as_restored(item) for item in tree]
+    if isinstance(tree, dict):
+        return {key: as_restored(value) for key, value in tree.items()}
+    return tree
+
+
+KEYS = ["w", "b", "count", "mu", "nu", "inner_state", "hyperparams", "layer0", "layer1", "scale"]
+LEAVES = st.sampled_from([np.zeros(2, np.float32), 1.0, 3, jnp.ones(()), np.int32(0)])
+
+
+def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    runs = st.builds(lambda child, n: {f"layer{i}": child for i in range(n)}, children, st.integers(2, 6))
+    return st.one_of(
+        st.dictionaries(st.sampled_from(KEYS), children, max_size=4),
+        st.lists(children, max_size=4),
+        st.lists(children, max_size=3).map(tuple),
+        runs,
+        st.builds(lambda child, n: [child] * n, children, st.integers(2, 5)),
+        st.builds(lambda mu, count: optax.ScaleByAdamState(count, mu, mu), children, LEAVES),
+        st.builds(lambda inner: optax.MaskedState(inner), children),
+        st.just(optax.EmptyState()),
+        st.just(optax.MaskedNode()),
+    )
+
+
+TREES = st.recursive(st.one_of(LEAVES, st.none()), _containers, max_leaves=24)
+
+
+@given(TREES)
+def test_random_trees_index_as_node_by_node(tree: Any) -> None:
+    assert_same_index(tree)
+    assert_same_index(as_restored(tree))
+
+
+@given(TREES, st.integers(0, 5))
+def test_runs_broken_by_one_sibling_index_as_node_by_node(child: Any, odd: int) -> None:
+    """A run with a sibling of another structure inside it, or a None beside it."""
+    params: dict[str, Any] = {f"layer{i}": {"w": child, "b": 1.0} for i in range(6)}
+    params[f"layer{odd}"] = {"w": child}
+    assert_same_index(params)
+    assert_same_index({**params, "extra": None})
+    assert_same_index([params, None, params])
+
+
+def _states() -> dict[str, Any]:
+    params = layered_params(40)
+    labels = {name: "decay" if name.endswith("7") else "frozen" for name in params}
+    return {
+        "seed": seed_optimizer().init(params),
+        "masked": optax.masked(optax.adam(1e-3), MASK).init(
+            {"dense1": {"w": jnp.ones((4, 4)), "b": jnp.zeros(4)}, "head": {"w": jnp.ones((4, 2))}}
+        ),
+        "partition": optax.partition(
+            {"decay": optax.adamw(1e-3), "frozen": optax.set_to_zero()}, labels
+        ).init(params),
+        "labels": optax.partition({"decay": optax.adam(1e-3), "no_decay": optax.sgd(1e-2)}, LABELS).init(
+            {"dense1": {"w": jnp.ones((4, 4)), "b": jnp.zeros(4)}, "head": {"w": jnp.ones((4, 2))}}
+        ),
+        "multisteps": optax.MultiSteps(seed_optimizer(), 2).init(params),
+        "list params": optax.adam(1e-3).init([{"w": jnp.ones(2), "b": jnp.ones(1)}] * 30),
+        "nnx": nnx.state(nnx_optimizer()),
+    }
+
+
+@pytest.mark.parametrize("name", list(_states()))
+def test_optax_states_index_as_node_by_node(name: str) -> None:
+    state = _states()[name]
+    assert_same_index(state)
+    assert_same_index(as_restored(state))
+
+
+def test_nodes_walked_alone_do_not_grow_with_the_params(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the optax states and the roots of the moments are visited one by one; the layers of a
+    moment are one run, whether there are 10 or 2,000."""
+    visits: list[int] = []
+    visit = _tree._Walk.visit
+
+    def counted(self: Any, *args: Any) -> None:
+        visits.append(1)
+        visit(self, *args)
+
+    monkeypatch.setattr(_tree._Walk, "visit", counted)
+    counts = []
+    for layers in (10, 2000):
+        state = seed_optimizer().init(layered_params(layers))
+        oi.clear_caches()
+        visits.clear()
+        oi.describe(state)
+        counts.append(len(visits))
+    assert counts[0] == counts[1] < 100
