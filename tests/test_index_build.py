@@ -30,6 +30,7 @@ from optree_inspect._optax.fields import (
     typed_state_name,
 )
 from optree_inspect._optax.names import SCHEDULE_BOOKKEEPING
+from optree_inspect._registry import children_with_keys
 
 
 def node_by_node(tree: Any) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def node_by_node(tree: Any) -> dict[str, Any]:
     while stack:
         node, key, parent, depth, bookkeeping, where, in_data = stack.pop()
         number = len(records["keys"])
-        pairs = _tree.children_with_keys(node)
+        pairs = children_with_keys(node)
         kind = type(node)
         name = typed_state_name(kind)
         if name is None and kind is dict and where != NOWHERE:

@@ -13,6 +13,7 @@ ORDER = [
     "_optax.names",
     "_optax.fields",
     "_keys",
+    "_registry",
     "_runs",
     "_tree",
     "_match",

@@ -23,7 +23,7 @@ import optree_inspect as oi
 from helpers import LABELS, MASK, PARAMS, WRAPPED, schedule, seed_optimizer, trained, wrapped_state
 from optax_catalogue import FACTORIES
 from optree_inspect._optax.fields import STATE_FIELDS, is_state_type
-from optree_inspect._tree import children_with_keys
+from optree_inspect._registry import children_with_keys
 
 
 def _restore_raw(state: Any, directory: pathlib.Path) -> Any:

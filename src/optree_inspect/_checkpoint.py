@@ -31,8 +31,8 @@ from ._errors import (
     raised_here,
 )
 from ._keys import KeyEntry, KeyPath
+from ._registry import children_with_keys
 from ._resolve import Match
-from ._tree import children_with_keys
 
 _INSTALL = "pip install 'optree_inspect[orbax]'"
 

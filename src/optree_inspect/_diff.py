@@ -29,7 +29,8 @@ from ._errors import InvalidArgumentError, bounded, raised_here
 from ._keys import KeyEntry, KeyPath
 from ._naming import shortest_query
 from ._optax.fields import INSIDE, is_state_type, restored_state_name
-from ._tree import StructureIndex, children_with_keys, structure_index
+from ._registry import children_with_keys
+from ._tree import StructureIndex, structure_index
 
 KINDS = ("added", "removed", "type", "shape", "dtype", "sharding", "value")
 _FOLD = 16

@@ -38,16 +38,9 @@ from ._optax.states import (
     where_at,
 )
 from ._query import Query, parse_query
+from ._registry import DICT_TYPES, children_with_keys, is_namedtuple
 from ._resolve import _UNSET, attached_matches, no_match_error, resolve_one
-from ._tree import (
-    _DICT_TYPES,
-    _MISSING,
-    child_at,
-    children_with_keys,
-    is_namedtuple,
-    structure_index,
-    value_at,
-)
+from ._tree import _MISSING, child_at, structure_index, value_at
 
 _PYTHON_SCALARS = (bool, int, float, complex)
 
@@ -668,7 +661,7 @@ class _Replacement:
 def _replace_children(node: Any, replacements: Mapping[KeyEntry, Any]) -> Any:
     """A copy of `node` with some children replaced, rebuilt as JAX's registry rebuilds it."""
     kind = type(node)
-    if kind in _DICT_TYPES:
+    if kind in DICT_TYPES:
         new_dict = copy.copy(node)
         for key, child in replacements.items():
             new_dict[key.key] = child

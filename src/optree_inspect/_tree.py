@@ -8,12 +8,9 @@ for why a cached index can never describe another tree than the one it is used f
 from __future__ import annotations
 
 import collections
-import dataclasses
-import enum
 import functools
 import itertools
 import operator
-import sys
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +20,7 @@ import jax
 import numpy as np
 from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
-from ._compat import is_nnx_variable_type
-from ._errors import TreeError, TreeTooDeepError, bounded
+from ._errors import TreeTooDeepError
 from ._keys import Item, KeyEntry, KeyPath, Step, candidate_keys, edge_text, key_kind, step_matches
 from ._optax.fields import (
     NOWHERE,
@@ -38,44 +34,25 @@ from ._optax.fields import (
     typed_state_name,
 )
 from ._optax.names import SCHEDULE_BOOKKEEPING
+from ._registry import (
+    DICT_TYPES,
+    cacheable_node,
+    children_with_keys,
+    flatten_one_level,
+    is_namedtuple,
+    tree_error,
+)
 from ._runs import LEAF_TYPE, Signatures, Template, signature, template_of
 
-_REGISTRY = jax.tree_util.default_registry
 CONTAINER_TYPE_NAMES = frozenset({"tuple", "list", "dict", "OrderedDict", "defaultdict", "NoneType"})
 """JAX's own pytree containers: their type names say nothing a query could use."""
-_DICT_TYPES = (dict, collections.OrderedDict, collections.defaultdict)
 _MISSING = object()
-
-
-def is_namedtuple(node: object) -> bool:
-    return isinstance(node, tuple) and hasattr(type(node), "_fields")
-
-
-def children_with_keys(node: Any) -> list[tuple[KeyEntry, Any]] | None:
-    """The `(key, child)` pairs of `node` in flatten order, or `None` for a leaf.
-
-    >>> children_with_keys({"b": 1, "a": 2})
-    [(DictKey(key='a'), 2), (DictKey(key='b'), 1)]
-    """
-    try:
-        flat = _REGISTRY.flatten_one_level_with_keys(node)
-    except (ValueError, TypeError) as error:
-        raise _tree_error(node, error) from None
-    if flat is None:
-        return None
-    pairs = list(flat[0])
-    if is_namedtuple(node) and len(pairs) > 1 and pairs[0][0] == pairs[1][0]:
-        # jax 0.10.2 gives every NamedTuple child the first field's key (jax issue 39297).
-        pairs = [
-            (GetAttrKey(name), child) for name, (_, child) in zip(type(node)._fields, pairs, strict=True)
-        ]
-    return pairs
 
 
 def child_at(node: Any, key: KeyEntry) -> Any:
     """The child of `node` under `key`, or `_MISSING`; O(1) for dicts, sequences and NamedTuples."""
     kind = type(node)
-    if kind in _DICT_TYPES:
+    if kind in DICT_TYPES:
         return node.get(key.key, _MISSING) if isinstance(key, DictKey) else _MISSING
     if kind is tuple or kind is list:
         if isinstance(key, SequenceKey) and 0 <= key.idx < len(node):
@@ -91,7 +68,7 @@ def child_at(node: Any, key: KeyEntry) -> Any:
 
 def exact_key(node: Any, step: Step | KeyEntry) -> KeyEntry | None:
     """The key of `node`'s child that `step` names, looked up in O(1) where JAX's layout allows."""
-    if type(node) in _DICT_TYPES and isinstance(step, DictKey | Item):
+    if type(node) in DICT_TYPES and isinstance(step, DictKey | Item):
         stored = _stored_key(node, step.key)
         return None if stored is _MISSING else DictKey(stored)
     for key in candidate_keys(step):
@@ -136,42 +113,6 @@ def value_at(tree: Any, path: KeyPath) -> Any:
     for key in path:
         node = child_at(node, key)
     return node
-
-
-def _keys_follow_structure(node: Any, pairs: list[tuple[KeyEntry, Any]]) -> bool:
-    """Whether the keys of `node` are fixed by its treedef (its type and aux data).
-
-    True for JAX's built-in containers and NamedTuples, for dataclass-based nodes keyed by their
-    fields (`register_dataclass`, `flax.struct`, `eqx.Module`), for nnx Variables and for mapping
-    nodes that keep their keys in their aux data (`nnx.State`). Any other custom node could in
-    principle derive keys from something the treedef does not see.
-    """
-    kind = type(node)
-    if kind in _DICT_TYPES or kind is tuple or kind is list or node is None or is_namedtuple(node):
-        return True
-    if dataclasses.is_dataclass(kind):
-        names = {f.name for f in dataclasses.fields(kind)}
-        return all(isinstance(k, GetAttrKey) and k.name in names for k, _ in pairs)
-    if is_nnx_variable_type(kind):
-        return True
-    if all(isinstance(k, DictKey) for k, _ in pairs):
-        aux = _REGISTRY.flatten_one_level(node)
-        keys = aux[1] if aux is not None else None
-        return isinstance(keys, tuple) and list(keys) == [k.key for k, _ in pairs]
-    return False
-
-
-def _cacheable_node(node: Any, pairs: list[tuple[KeyEntry, Any]]) -> bool:
-    """Whether an index holding `node` may be cached under its treedef (see `index_and_leaves`)."""
-    if not _keys_follow_structure(node, pairs):
-        return False
-    if any(isinstance(k, DictKey) and type(k.key) is not str for k, _ in pairs):
-        return False
-    kind = type(node)
-    if kind in _DICT_TYPES or kind is tuple or kind is list or is_namedtuple(node):
-        return True
-    flat = _REGISTRY.flatten_one_level(node)
-    return flat is None or _aux_is_inert(flat[1])
 
 
 @dataclass
@@ -432,7 +373,7 @@ class _Walk:
         if name is None and kind is dict and where != NOWHERE:
             name = restored_state_name(node, where)
         plain = kind is dict and set(map(type, node)) <= {str}
-        keys, texts, children = self.children(node, plain)
+        keys, texts, children, aux = self.children(node, plain)
         is_leaf = children is None
         hole = (node is None and in_data) or is_masked_node_type(kind)
         index.keys.append(key)
@@ -454,7 +395,7 @@ class _Walk:
             return
         stack.append(("close", (number, self.leaves_seen, hole)))
         if index.cacheable and not plain:  # a dict of str keys always is
-            index.cacheable = _cacheable_node(node, list(zip(keys, children, strict=True)))
+            index.cacheable = cacheable_node(kind, keys, aux)
         if name is None:
             template = template_of(children, where, in_data, self.interned) if len(children) > 1 else None
             if template is not None:
@@ -490,20 +431,20 @@ class _Walk:
             child_frame = (child, child_key, number, depth + 1, child_bookkeeping, child_where, child_in_data)
             stack.append(("node", child_frame))
 
-    def children(self, node: Any, plain: bool) -> tuple[list[KeyEntry], list[str], list[Any] | None]:
-        """The keys, texts and children of `node` in flatten order (children None for a leaf); for
-        a `plain` node (a dict of str keys) without a Python step for each child."""
+    def children(self, node: Any, plain: bool) -> tuple[list[KeyEntry], list[str], list[Any] | None, Any]:
+        """The keys, texts and children of `node` in flatten order (children None for a leaf), and
+        its aux data; for a `plain` node (a dict of str keys) without a Python step for each child."""
         if plain:
             names = sorted(node)
             keys = self.dict_keys.get(tuple(names))
             if keys is None:
                 keys = self.dict_keys[tuple(names)] = list(map(DictKey, names))
-            return keys, names, list(map(node.__getitem__, names))
-        pairs = children_with_keys(node)
-        if pairs is None:
-            return [], [], None
-        keys = [key for key, _ in pairs]
-        return keys, list(map(edge_text, keys)), [child for _, child in pairs]
+            return keys, names, list(map(node.__getitem__, names)), names
+        flat = flatten_one_level(node)
+        if flat is None:
+            return [], [], None, None
+        keys = [key for key, _ in flat[0]]
+        return keys, list(map(edge_text, keys)), [child for _, child in flat[0]], flat[1]
 
     def record_run(
         self,
@@ -580,19 +521,12 @@ def structure_index(tree: Any) -> StructureIndex:
     return index_and_leaves(tree)[0]
 
 
-def _tree_error(node: Any, error: Exception) -> TreeError:
-    return TreeError(
-        f"JAX cannot flatten a {bounded(type(node).__name__, 60)} in this tree: "
-        f"{bounded(str(error), 200)} (a dict's keys must be sortable, such as all str or all int)."
-    )
-
-
 def flatten(tree: Any) -> tuple[list[Any], Any]:
     """`jax.tree.flatten`, with JAX's own failures turned into documented errors."""
     try:
         return jax.tree.flatten(tree)
     except (ValueError, TypeError) as error:
-        raise _tree_error(tree, error) from None
+        raise tree_error(tree, error) from None
     except (RecursionError, SystemError) as error:
         if isinstance(error, SystemError) and not isinstance(error.__context__, RecursionError):
             raise
@@ -608,11 +542,11 @@ def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
     The cache is keyed on the tree's `PyTreeDef` and the types of its leaves. Two trees with equal
     treedefs have the same node types, aux data and children counts, so the same pre-order and leaf
     ranges; equal leaf types make the types of every node equal. An index is stored only when the
-    keys of every node are fixed by the treedef (`_keys_follow_structure`) and every dict key is a
+    keys of every node are fixed by the treedef (`_registry.keys_follow_structure`) and every dict key is a
     `str`: treedef equality compares dict keys with `==`, under which `0`, `0.0` and `False` are
     one key, but no other built-in type equals a `str`. So a cached index always describes exactly
     the tree it is used for. It is also stored only when the aux data of every node is inert
-    (`_aux_is_inert`), so that the cache never keeps a user's object alive.
+    (`_registry.aux_is_inert`), so that the cache never keeps a user's object alive.
 
     The last treedef used is tried first with `flatten_up_to`, which raises on any difference of
     node type, arity, dict keys or aux data and returns, in place of each treedef leaf, whatever
@@ -649,65 +583,6 @@ def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
                 _CACHE.popitem(last=False)
     _last = (treedef, leaf_types, index)
     return index, leaves
-
-
-_TYPING_MODULES = frozenset({"typing", "types", "typing_extensions"})
-_INERT_SCALARS = (type(None), bool, int, float, complex, str, bytes, type)
-
-
-def _aux_is_inert(aux: Any, depth: int = 0) -> bool:
-    """Whether `aux` holds only values whose lifetime no tree controls: literals, types, and
-    functions or objects defined at module level (a module keeps them alive anyway)."""
-    if isinstance(aux, _INERT_SCALARS) or aux is dataclasses.MISSING:
-        return True
-    if depth > 8:
-        return False
-    if isinstance(aux, tuple | list | frozenset):
-        return all(_aux_is_inert(item, depth + 1) for item in aux)
-    if type(aux) is dict:
-        return all(_aux_is_inert(k, depth + 1) and _aux_is_inert(v, depth + 1) for k, v in aux.items())
-    if isinstance(aux, enum.Enum) or _holds_nothing(aux) or _is_module_level(aux):
-        return True
-    if type(aux).__module__ in _TYPING_MODULES:  # annotations: they hold types and literals
-        return True
-    attributes = _own_attributes(aux)
-    return attributes is not None and all(_aux_is_inert(value, depth + 1) for value in attributes)
-
-
-def _own_attributes(value: Any) -> list[Any] | None:
-    """The values an object holds in its `__dict__` and slots (equinox's flattened aux data is such
-    a record), or None for an object of a builtin or C type that may hold anything."""
-    kind = type(value)
-    if kind.__module__ == "builtins":
-        return None
-    found = list(getattr(value, "__dict__", {}).values())
-    for klass in kind.__mro__:
-        slots = getattr(klass, "__slots__", ())
-        for name in (slots,) if isinstance(slots, str) else slots:
-            if name not in ("__dict__", "__weakref__") and hasattr(value, name):
-                found.append(getattr(value, name))
-    return found
-
-
-def _holds_nothing(value: Any) -> bool:
-    """An object with no attributes of its own (a sentinel): keeping it pins nothing else."""
-    kind = type(value)
-    return (
-        not getattr(value, "__dict__", None)
-        and all(not getattr(k, "__slots__", ()) for k in kind.__mro__ if k is not object)
-        and kind.__module__ != "builtins"
-    )
-
-
-def _is_module_level(value: Any) -> bool:
-    module = sys.modules.get(getattr(value, "__module__", None) or "")
-    qualname = getattr(value, "__qualname__", None)
-    if module is None or not isinstance(qualname, str) or "<locals>" in qualname:
-        return False
-    found: Any = module
-    for part in qualname.split("."):
-        found = getattr(found, part, None)
-    return found is value
 
 
 def walk_with_paths(tree: Any) -> Iterator[tuple[KeyPath, Any]]:

@@ -11,7 +11,8 @@ from .._keys import KeyPath
 from .._match import match
 from .._naming import shortest_query
 from .._query import PatternQuery, parse_query
-from .._tree import StructureIndex, child_at, children_with_keys
+from .._registry import children_with_keys
+from .._tree import StructureIndex, child_at
 from .fields import (
     OUTSIDE,
     child_where,

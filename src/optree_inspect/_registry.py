@@ -1,0 +1,160 @@
+"""What JAX's registry says about one node: its keyed children and aux data, and whether its keys and
+aux data let an index of it be cached under its treedef (see `_tree.index_and_leaves`)."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import functools
+import sys
+from typing import Any
+
+import jax
+from jax.tree_util import DictKey, GetAttrKey
+
+from ._compat import is_nnx_variable_type
+from ._errors import TreeError, bounded
+from ._keys import KeyEntry
+
+REGISTRY = jax.tree_util.default_registry
+DICT_TYPES = (dict, collections.OrderedDict, collections.defaultdict)
+
+
+def is_namedtuple(node: object) -> bool:
+    return isinstance(node, tuple) and hasattr(type(node), "_fields")
+
+
+def children_with_keys(node: Any) -> list[tuple[KeyEntry, Any]] | None:
+    """The `(key, child)` pairs of `node` in flatten order, or `None` for a leaf.
+
+    >>> children_with_keys({"b": 1, "a": 2})
+    [(DictKey(key='a'), 2), (DictKey(key='b'), 1)]
+    """
+    flat = flatten_one_level(node)
+    return None if flat is None else flat[0]
+
+
+def flatten_one_level(node: Any) -> tuple[list[tuple[KeyEntry, Any]], Any] | None:
+    """The `(key, child)` pairs and the aux data of `node`, or `None` for a leaf."""
+    try:
+        flat = REGISTRY.flatten_one_level_with_keys(node)
+    except (ValueError, TypeError) as error:
+        raise tree_error(node, error) from None
+    if flat is None:
+        return None
+    pairs = list(flat[0])
+    if is_namedtuple(node) and len(pairs) > 1 and pairs[0][0] == pairs[1][0]:
+        # jax 0.10.2 gives every NamedTuple child the first field's key (jax issue 39297).
+        pairs = [
+            (GetAttrKey(name), child) for name, (_, child) in zip(type(node)._fields, pairs, strict=True)
+        ]
+    return pairs, flat[1]
+
+
+def keys_follow_structure(kind: type, keys: list[KeyEntry], aux: Any) -> bool:
+    """Whether the `keys` of a node of type `kind` with `aux` data are fixed by its treedef (its
+    type and aux data).
+
+    True for JAX's built-in containers and NamedTuples, for dataclass-based nodes keyed by their
+    fields (`register_dataclass`, `flax.struct`, `eqx.Module`), for nnx Variables and for mapping
+    nodes that keep their keys in their aux data (`nnx.State`). Any other custom node could in
+    principle derive keys from something the treedef does not see.
+    """
+    if kind in DICT_TYPES or kind is tuple or kind is list or kind is type(None) or _is_namedtuple_type(kind):
+        return True
+    if dataclasses.is_dataclass(kind):
+        names = _field_names(kind)
+        return all(isinstance(k, GetAttrKey) and k.name in names for k in keys)
+    if is_nnx_variable_type(kind):
+        return True
+    if all(isinstance(k, DictKey) for k in keys):
+        return isinstance(aux, tuple) and list(aux) == [k.key for k in keys]
+    return False
+
+
+def cacheable_node(kind: type, keys: list[KeyEntry], aux: Any) -> bool:
+    """Whether an index holding a node of type `kind`, with `keys` and `aux` data, may be cached
+    under its treedef (see `_tree.index_and_leaves`)."""
+    if not keys_follow_structure(kind, keys, aux):
+        return False
+    if any(isinstance(k, DictKey) and type(k.key) is not str for k in keys):
+        return False
+    if kind in DICT_TYPES or kind is tuple or kind is list or _is_namedtuple_type(kind):
+        return True
+    return aux_is_inert(aux)
+
+
+@functools.cache
+def _field_names(kind: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(kind))
+
+
+def _is_namedtuple_type(kind: type) -> bool:
+    return issubclass(kind, tuple) and hasattr(kind, "_fields")
+
+
+def tree_error(node: Any, error: Exception) -> TreeError:
+    return TreeError(
+        f"JAX cannot flatten a {bounded(type(node).__name__, 60)} in this tree: "
+        f"{bounded(str(error), 200)} (a dict's keys must be sortable, such as all str or all int)."
+    )
+
+
+_TYPING_MODULES = frozenset({"typing", "types", "typing_extensions"})
+_INERT_SCALARS = (type(None), bool, int, float, complex, str, bytes, type)
+
+
+def aux_is_inert(aux: Any, depth: int = 0) -> bool:
+    """Whether `aux` holds only values whose lifetime no tree controls: literals, types, and
+    functions or objects defined at module level (a module keeps them alive anyway)."""
+    if isinstance(aux, _INERT_SCALARS) or aux is dataclasses.MISSING:
+        return True
+    if depth > 8:
+        return False
+    if isinstance(aux, tuple | list | frozenset):
+        return all(aux_is_inert(item, depth + 1) for item in aux)
+    if type(aux) is dict:
+        return all(aux_is_inert(k, depth + 1) and aux_is_inert(v, depth + 1) for k, v in aux.items())
+    if isinstance(aux, enum.Enum) or _holds_nothing(aux) or _is_module_level(aux):
+        return True
+    if type(aux).__module__ in _TYPING_MODULES:  # annotations: they hold types and literals
+        return True
+    attributes = _own_attributes(aux)
+    return attributes is not None and all(aux_is_inert(value, depth + 1) for value in attributes)
+
+
+def _own_attributes(value: Any) -> list[Any] | None:
+    """The values an object holds in its `__dict__` and slots (equinox's flattened aux data is such
+    a record), or None for an object of a builtin or C type that may hold anything."""
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return None
+    found = list(getattr(value, "__dict__", {}).values())
+    for klass in kind.__mro__:
+        slots = getattr(klass, "__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__") and hasattr(value, name):
+                found.append(getattr(value, name))
+    return found
+
+
+def _holds_nothing(value: Any) -> bool:
+    """An object with no attributes of its own (a sentinel): keeping it pins nothing else."""
+    kind = type(value)
+    return (
+        not getattr(value, "__dict__", None)
+        and all(not getattr(k, "__slots__", ()) for k in kind.__mro__ if k is not object)
+        and kind.__module__ != "builtins"
+    )
+
+
+def _is_module_level(value: Any) -> bool:
+    module = sys.modules.get(getattr(value, "__module__", None) or "")
+    qualname = getattr(value, "__qualname__", None)
+    if module is None or not isinstance(qualname, str) or "<locals>" in qualname:
+        return False
+    found: Any = module
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is value
