@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import equinox as eqx
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
+from jax.tree_util import DictKey
 
 import optree_inspect as oi
 from helpers import LABELS, MASK, layered_params, nnx_optimizer, seed_optimizer
@@ -30,7 +33,7 @@ from optree_inspect._optax.fields import (
     typed_state_name,
 )
 from optree_inspect._optax.names import SCHEDULE_BOOKKEEPING
-from optree_inspect._registry import children_with_keys
+from optree_inspect._registry import cacheable_node, flatten_one_level
 
 
 def node_by_node(tree: Any) -> dict[str, Any]:
@@ -42,12 +45,15 @@ def node_by_node(tree: Any) -> dict[str, Any]:
             *("in_bookkeeping", "state_names"),
         ]
     }
-    holes, restored, by_state = [], {}, {}
+    holes, restored, by_state, cacheable = [], {}, {}, True
     stack: list[tuple[Any, ...]] = [(tree, None, -1, 0, False, OUTSIDE, False)]
     while stack:
         node, key, parent, depth, bookkeeping, where, in_data = stack.pop()
         number = len(records["keys"])
-        pairs = children_with_keys(node)
+        flat = flatten_one_level(node)
+        pairs = None if flat is None else flat[0]
+        if flat is not None:
+            cacheable = cacheable and cacheable_node(type(node), [key for key, _ in flat[0]], flat[1])
         kind = type(node)
         name = typed_state_name(kind)
         if name is None and kind is dict and where != NOWHERE:
@@ -86,7 +92,7 @@ def node_by_node(tree: Any) -> dict[str, Any]:
         parent = records["parents"][number]
         records["leaf_counts"][parent] += records["leaf_counts"][number]
         records["sizes"][parent] += records["sizes"][number]
-    records.update(holes=holes, restored_names=restored, by_state_name=by_state)
+    records.update(holes=holes, restored_names=restored, by_state_name=by_state, cacheable=cacheable)
     records["signatures"] = _signatures(records, set(holes))
     return records
 
@@ -144,6 +150,33 @@ def as_restored(tree: Any) -> Any:
     return tree
 
 
+class Linear(eqx.Module):
+    weight: Any
+    bias: Any
+    activation: Any = eqx.field(static=True, default="relu")
+
+
+@flax.struct.dataclass
+class Block:
+    kernel: Any
+    scale: Any
+
+
+class Named:
+    """A custom node whose keys come from its data, not its treedef: never cached."""
+
+    def __init__(self, name: Any, value: Any) -> None:
+        self.name, self.value = name, value
+
+
+jax.tree_util.register_pytree_with_keys(
+    Named,
+    lambda n: (((DictKey(n.name), n.value),), None),
+    lambda _, children: Named("?", children[0]),
+    lambda n: ((n.value,), None),
+)
+
+
 KEYS = ["w", "b", "count", "mu", "nu", "inner_state", "hyperparams", "layer0", "layer1", "scale"]
 LEAVES = st.sampled_from([np.zeros(2, np.float32), 1.0, 3, jnp.ones(()), np.int32(0)])
 
@@ -160,6 +193,19 @@ def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         st.builds(lambda inner: optax.MaskedState(inner), children),
         st.just(optax.EmptyState()),
         st.just(optax.MaskedNode()),
+        st.builds(Linear, children, children),
+        st.builds(lambda w, b: Linear(w, b, "gelu"), children, children),
+        st.builds(Block, children, children),
+        st.builds(Named, st.sampled_from(["a", "b", 0, False]), children),
+        st.builds(lambda child: [Linear(child, 1.0), Linear(child, 1.0, object())], children),
+        st.builds(lambda n, child: [Block(child, 1.0)] * n, st.integers(2, 4), children),
+        st.builds(
+            lambda names, child: [Named(name, child) for name in names],
+            st.lists(st.sampled_from(["a", "b", 0, False])),
+            children,
+        ),
+        st.builds(lambda child: {0: child, 1: child}, children),
+        st.builds(lambda child: [{0: child}, {False: child}, {0: child}], children),
     )
 
 
@@ -199,6 +245,7 @@ def _states() -> dict[str, Any]:
         "multisteps": optax.MultiSteps(seed_optimizer(), 2).init(params),
         "list params": optax.adam(1e-3).init([{"w": jnp.ones(2), "b": jnp.ones(1)}] * 30),
         "nnx": nnx.state(nnx_optimizer()),
+        "eqx": optax.adam(1e-3).init([Linear(jnp.ones((2, 2)), jnp.ones(2)) for _ in range(30)]),
     }
 
 

@@ -61,7 +61,7 @@ def keys_follow_structure(kind: type, keys: list[KeyEntry], aux: Any) -> bool:
     nodes that keep their keys in their aux data (`nnx.State`). Any other custom node could in
     principle derive keys from something the treedef does not see.
     """
-    if kind in DICT_TYPES or kind is tuple or kind is list or kind is type(None) or _is_namedtuple_type(kind):
+    if kind in DICT_TYPES or kind is tuple or kind is list or kind is type(None) or is_namedtuple_type(kind):
         return True
     if dataclasses.is_dataclass(kind):
         names = _field_names(kind)
@@ -80,7 +80,7 @@ def cacheable_node(kind: type, keys: list[KeyEntry], aux: Any) -> bool:
         return False
     if any(isinstance(k, DictKey) and type(k.key) is not str for k in keys):
         return False
-    if kind in DICT_TYPES or kind is tuple or kind is list or _is_namedtuple_type(kind):
+    if kind in DICT_TYPES or kind is tuple or kind is list or is_namedtuple_type(kind):
         return True
     return aux_is_inert(aux)
 
@@ -90,7 +90,7 @@ def _field_names(kind: type) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(kind))
 
 
-def _is_namedtuple_type(kind: type) -> bool:
+def is_namedtuple_type(kind: type) -> bool:
     return issubclass(kind, tuple) and hasattr(kind, "_fields")
 
 

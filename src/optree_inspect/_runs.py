@@ -5,12 +5,13 @@ params' structure. A Python step per node costs about a microsecond, many times 
 flatten spends on it. So a run of siblings whose subtrees share one structure is described once,
 as a `Template` of one member's records, and the index copies it with list and NumPy operations.
 
-Only JAX's own containers take part: `dict`s with `str` keys, `list`s, `tuple`s, `None` and
-leaves. For these the records of a node (key, text, type, arity, signature) follow from its type
-and its keys or length, so a column of nodes with one type and one set of keys gives every member
-the same records. The checks on a column run in C (`map`, `set`, `jax.tree_util.all_leaves`);
-anything else (a NamedTuple, a Module, a dict of other keys, a possible restored optax state) makes
-`template_of` answer None, and the index walks those nodes one by one.
+The records of a node (key, text, type, arity, signature) follow from its type and its keys, so
+a column of nodes with one type and one list of keys gives every member the same records. For
+JAX's own containers (`dict`s with `str` keys, `list`s, `tuple`s, `None`) and leaves the checks
+on a column run in C (`map`, `set`, `jax.tree_util.all_leaves`); other registered nodes (Modules,
+dataclasses, nnx States and Variables) are flattened once a member through JAX's registry. An
+optax state, a dict that could be a restored one, or keys that differ make `template_of` answer
+None, and the index walks those nodes one by one.
 
 >>> template_of([{"w": 1, "b": 2}, {"w": 3, "b": 4}], NOWHERE, False, {}).texts
 ['', 'b', 'w']
@@ -18,15 +19,19 @@ anything else (a NamedTuple, a Module, a dict of other keys, a possible restored
 
 from __future__ import annotations
 
+import itertools
 import operator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 from jax.tree_util import DictKey, SequenceKey
 
+from ._errors import TreeError
 from ._keys import KeyEntry, edge_text
-from ._optax.fields import NOWHERE, state_field_sets
+from ._optax.fields import NOWHERE, is_masked_node_type, state_field_sets, typed_state_name
+from ._registry import REGISTRY, cacheable_node, flatten_one_level, is_namedtuple_type, keys_follow_structure
 
 LEAF_TYPE = object
 """The type a template records for a leaf: the index reads each leaf's own type from the leaves."""
@@ -52,7 +57,10 @@ class Template:
     depths: list[int]
     signatures: list[int]
     holes: list[int]
-    """Positions of masked holes (`None`s in the params-shaped field of a restored state)."""
+    """Positions of masked holes (`MaskedNode`s, `None`s in a restored state's params-shaped
+    field)."""
+    cacheable: bool = True
+    """Whether every node's keys and aux data let the index be cached (`_registry.cacheable_node`)."""
 
     @property
     def size(self) -> int:
@@ -77,6 +85,9 @@ def template_of(column: list[Any], where: int, in_data: bool, interned: Signatur
     keys: list[KeyEntry]
     if kind is type(None):
         return _single(kind, False, interned, hole=in_data)
+    if is_masked_node_type(kind):
+        return _single(kind, False, interned, hole=True)
+    cacheable = True
     if kind is dict:
         names = list(column[0])
         if set(map(len, column)) != {len(names)} or not all(type(name) is str for name in names):
@@ -97,14 +108,66 @@ def template_of(column: list[Any], where: int, in_data: bool, interned: Signatur
         keys = [SequenceKey(i) for i in range(length)]
         columns = [list(map(operator.itemgetter(i), column)) for i in range(length)]
     else:
-        return None
+        found = _registered_columns(kind, column)
+        if found is None:
+            return None
+        keys, columns, cacheable = found
     children = []
     for child_column in columns:
         child = template_of(child_column, where, in_data, interned)
         if child is None:
             return None
         children.append(child)
-    return _joined(kind, keys, children, interned)
+    return _joined(kind, keys, children, interned, cacheable)
+
+
+def _registered_columns(kind: type, column: list[Any]) -> tuple[list[KeyEntry], list[list[Any]], bool] | None:
+    """The keys, the columns of children and the cacheability of nodes of a registered type other
+    than JAX's containers (a Module, a dataclass, a NamedTuple, an nnx State or Variable), or None
+    where the members' keys differ. Each member is flattened once through JAX's registry, as
+    `jax.tree.flatten` does; its keys are read too unless they follow from its type and aux data
+    (`_registry.keys_follow_structure`: the rule that lets an index be cached under a treedef)
+    and its aux data is made of the first member's objects. An optax state is left to the walk,
+    which reads its fields."""
+    if typed_state_name(kind) is not None:
+        return None
+    try:
+        first = flatten_one_level(column[0])
+    except TreeError:
+        return None  # the walk raises it where it meets the node
+    if first is None:
+        return None
+    pairs, aux = first
+    keys = [key for key, _ in pairs]
+    if any(isinstance(key, DictKey) and type(key.key) is not str for key in keys):
+        return None  # equal keys of other types (`0`, `False`) would not be the same records
+    if is_namedtuple_type(kind):  # JAX flattens a NamedTuple as a tuple of its fields
+        return keys, [list(map(operator.itemgetter(i), column)) for i in range(len(keys))], True
+    cacheable = cacheable_node(kind, keys, aux)
+    follows = keys_follow_structure(kind, keys, aux)
+    columns: list[list[Any]] = [[child] for _, child in pairs]
+    appends = [found.append for found in columns]
+    for member in itertools.islice(column, 1, None):  # one at a time: nothing piles up for the GC
+        try:
+            flat = REGISTRY.flatten_one_level(member)
+            if flat is None:
+                return None
+            children: Iterable[Any] = flat[0]
+            if not (follows and _same_objects(flat[1], aux)):
+                # the keys are not those of the first member's treedef node: read them
+                keyed = REGISTRY.flatten_one_level_with_keys(member)
+                if keyed is None or list(map(_first, keyed[0])) != keys:
+                    return None
+                cacheable = cacheable and cacheable_node(kind, keys, keyed[1])
+                children = map(_second, keyed[0])
+            for append, child in zip(appends, children, strict=True):
+                append(child)
+        except (ValueError, TypeError):  # not flattenable, or another number of children
+            return None
+    return keys, columns, cacheable
+
+
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def _single(kind: type, is_leaf: bool, interned: Signatures, hole: bool = False) -> Template:
@@ -124,10 +187,23 @@ def _single(kind: type, is_leaf: bool, interned: Signatures, hole: bool = False)
     )
 
 
-def _joined(kind: type, keys: list[KeyEntry], children: list[Template], interned: Signatures) -> Template:
+def _same_objects(a: Any, b: Any, depth: int = 0) -> bool:
+    """Whether `a` and `b` are one object, or tuples of the same objects (aux data built afresh by
+    each flatten from a Module's static fields): then whatever holds for one holds for the other."""
+    if a is b:
+        return True
+    if type(a) is not tuple or type(b) is not tuple or len(a) != len(b) or depth > 2:
+        return False
+    return all(_same_objects(x, y, depth + 1) for x, y in zip(a, b, strict=True))
+
+
+def _joined(
+    kind: type, keys: list[KeyEntry], children: list[Template], interned: Signatures, cacheable: bool
+) -> Template:
     """The template of a node of type `kind` whose children, under `keys`, have the templates
     `children`."""
-    joined = Template([kind], [None], [""], [-1], [False], [0], [1], [len(children)], [0], [0], [])
+    cacheable = cacheable and all(child.cacheable for child in children)
+    joined = Template([kind], [None], [""], [-1], [False], [0], [1], [len(children)], [0], [0], [], cacheable)
     for key, child in zip(keys, children, strict=True):
         offset = joined.size
         joined.types.extend(child.types)

@@ -479,6 +479,7 @@ class _Walk:
         if template.holes:
             index.holes.extend((offsets + np.asarray(template.holes)[None, :]).ravel().tolist())
         self.leaves_seen += template.leaf_counts[0] * count
+        index.cacheable = index.cacheable and template.cacheable
         self.leaves_from_runs = self.leaves_from_runs or LEAF_TYPE in template.types
 
     def close(self, number: int, leaves_before: int, hole: bool) -> None:
