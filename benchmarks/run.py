@@ -151,29 +151,67 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds:.2f} s"
 
 
-def first_call_section(layers: int) -> None:
-    """The first call on a structure, caches cleared before each sample (issue of first-call
-    speed): get by pattern, describe, find by type, against `jax.tree.structure`."""
-    state = seed_state(layers)
-    count = len(jax.tree.leaves(state))
+def module_states(layers: int) -> dict[str, Any]:
+    """adam's state over params held in an `eqx.Module` of `layers` linear layers, and an nnx
+    Optimizer's state over as many `nnx.Linear`s (2 params each): where those libraries are
+    installed."""
+    states: dict[str, Any] = {}
+    if importlib.util.find_spec("equinox") is not None:
+        import equinox as eqx
 
-    def first(call: Timing) -> Timing:
-        def timed() -> Any:
-            oi.clear_caches()
-            return call()
+        class Linear(eqx.Module):
+            weight: jax.Array
+            bias: jax.Array
 
-        return timed
+        params = [Linear(jnp.zeros((4, 4)), jnp.zeros(4)) for _ in range(layers)]
+        states["eqx Module params"] = optax.adam(1e-3).init(params)
+    if importlib.util.find_spec("flax") is not None:
+        from flax import nnx
 
-    floor = median_seconds(lambda: jax.tree.structure(state))
-    rows = {
-        "get(pattern)": median_seconds(first(lambda: oi.get(state, "learning_rate")), budget=1.0),
-        "describe": median_seconds(first(lambda: oi.describe(state)), budget=1.0),
-        "find(type)": median_seconds(first(lambda: oi.find(state, optax.ScaleByAdamState)), budget=1.0),
-    }
-    print(f"\n| first call ({count:,} leaves) | time | / jax.tree.structure |\n|---|---|---|")
-    print(f"| jax.tree.structure | {format_seconds(floor)} | 1.0x |")
-    for name, value in rows.items():
-        print(f"| ours {name} | {format_seconds(value)} | {value / floor:.1f}x |")
+        class Stack(nnx.Module):
+            def __init__(self) -> None:
+                linears = [nnx.Linear(4, 4, rngs=nnx.Rngs(0)) for _ in range(layers)]
+                self.layers = nnx.List(linears) if hasattr(nnx, "List") else linears
+
+        model = Stack()
+        optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+        states["nnx Optimizer state"] = nnx.state(optimizer)
+    return states
+
+
+def first_call_section(layers: int, rounds: int = 21) -> None:
+    """The first call on a structure (our caches cleared before each), against
+    `jax.tree.structure` of the same tree: each call is timed right after one `jax.tree.structure`,
+    the two alternating, so that both medians see the same machine. The README's state, then
+    params in equinox and nnx Modules."""
+    states = {"README state": seed_state(layers), **module_states(layers)}
+    print("\n| first call | leaves | jax.tree.structure | ours | ours / structure |\n|---|---|---|---|---|")
+    for state_name, state in states.items():
+        count = len(jax.tree.leaves(state))
+        calls = {
+            'get("learning_rate")' if "README" in state_name else 'find("count")': (
+                (lambda s=state: oi.get(s, "learning_rate"))
+                if "README" in state_name
+                else (lambda s=state: oi.find(s, "count"))
+            ),
+            "describe": lambda s=state: oi.describe(s),
+            "find(ScaleByAdamState)": lambda s=state: oi.find(s, optax.ScaleByAdamState),
+        }
+        for call_name, call in calls.items():
+            floors, ours = [], []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                jax.tree.structure(state)
+                floors.append(time.perf_counter() - start)
+                oi.clear_caches()
+                start = time.perf_counter()
+                call()
+                ours.append(time.perf_counter() - start)
+            floor, mine = statistics.median(floors), statistics.median(ours)
+            print(
+                f"| {state_name}: {call_name} | {count:,} | {format_seconds(floor)} | "
+                f"{format_seconds(mine)} | {mine / floor:.1f}x |"
+            )
 
 
 def values_section(layers: int, treescope_layers: int, large: int) -> None:

@@ -187,14 +187,21 @@ def _single(kind: type, is_leaf: bool, interned: Signatures, hole: bool = False)
     )
 
 
-def _same_objects(a: Any, b: Any, depth: int = 0) -> bool:
-    """Whether `a` and `b` are one object, or tuples of the same objects (aux data built afresh by
-    each flatten from a Module's static fields): then whatever holds for one holds for the other."""
+def _same_objects(a: Any, b: Any) -> bool:
+    """Whether `a` and `b` are one object, or tuples (of tuples) of the same objects: aux data
+    that a flatten builds afresh from a Module's static fields or a Variable's metadata. Then
+    whatever holds for one holds for the other."""
     if a is b:
         return True
-    if type(a) is not tuple or type(b) is not tuple or len(a) != len(b) or depth > 2:
+    if type(a) is not tuple or type(b) is not tuple or len(a) != len(b):
         return False
-    return all(_same_objects(x, y, depth + 1) for x, y in zip(a, b, strict=True))
+    return all(map(operator.is_, a, b)) or all(map(_same_items, a, b))
+
+
+def _same_items(a: Any, b: Any) -> bool:
+    return a is b or (
+        type(a) is tuple and type(b) is tuple and len(a) == len(b) and all(map(operator.is_, a, b))
+    )
 
 
 def _joined(
