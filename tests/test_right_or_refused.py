@@ -212,6 +212,19 @@ def test_set_find_and_describe_at_any_depth_jax_can_flatten(depth: int) -> None:
     assert len(str(oi.describe(tree)).splitlines()) <= oi._describe.MAX_LINES
 
 
+@pytest.mark.parametrize("depth", [100, 750, 5000])
+def test_siblings_of_one_deep_structure_at_any_depth(depth: int) -> None:
+    """Siblings of one structure are indexed as a run; a deep one must not exhaust Python's stack
+    (5,000 levels: where JAX can flatten them, as on Python 3.13)."""
+    try:
+        jax.tree.flatten(_nested(depth))
+    except (RecursionError, SystemError):
+        pytest.skip(f"JAX cannot flatten {depth} levels here")
+    for tree in ([_nested(depth), _nested(depth)], {"x": _nested(depth), "y": _nested(depth)}):
+        assert len(oi.find(tree, "a")) == 2 * depth
+        assert len(str(oi.describe(tree)).splitlines()) <= oi._describe.MAX_LINES
+
+
 def test_past_jaxs_depth_limit_a_documented_error() -> None:
     # JAX's own limit depends on the Python version (about 1,000 levels on 3.11, 10,000 on 3.13).
     for depth in (1500, 12_000, 60_000):

@@ -71,7 +71,13 @@ def signature(interned: Signatures, structure: tuple[Any, ...]) -> int:
     return interned.setdefault(structure, len(interned))
 
 
-def template_of(column: list[Any], where: int, in_data: bool, interned: Signatures) -> Template | None:
+MAX_DEPTH = 64
+"""Members nested deeper than this are left to the walk, whose stack is not Python's."""
+
+
+def template_of(
+    column: list[Any], where: int, in_data: bool, interned: Signatures, depth: int = 0
+) -> Template | None:
     """One template for every node of `column`, or None where their structures differ or are not
     JAX's plain containers. `where` and `in_data` say where the nodes are, as the index's walk does.
     Outside a params-shaped field (`where` is not `NOWHERE`) a dict with the fields of an optax
@@ -79,7 +85,7 @@ def template_of(column: list[Any], where: int, in_data: bool, interned: Signatur
     if jax.tree_util.all_leaves(column):
         return _single(LEAF_TYPE, True, interned)
     kinds = set(map(type, column))
-    if len(kinds) != 1:
+    if len(kinds) != 1 or depth > MAX_DEPTH:
         return None
     [kind] = kinds
     keys: list[KeyEntry]
@@ -114,7 +120,7 @@ def template_of(column: list[Any], where: int, in_data: bool, interned: Signatur
         keys, columns, cacheable = found
     children = []
     for child_column in columns:
-        child = template_of(child_column, where, in_data, interned)
+        child = template_of(child_column, where, in_data, interned, depth + 1)
         if child is None:
             return None
         children.append(child)
