@@ -3,6 +3,7 @@ walk of every node alone builds; and the nodes walked alone do not grow with the
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import equinox as eqx
@@ -121,6 +122,8 @@ def assert_same_index(tree: Any) -> None:
     for name, value in expected.items():
         if name != "signatures":
             assert getattr(index, name) == value, name
+    # keys equal under == may still differ in kind (`'w'` and a str enum member `'w'`)
+    assert list(map(_key_kind, index.keys)) == list(map(_key_kind, expected["keys"]))
     # signatures are numbers: equal exactly where the expected ones are
     assert _partition(index.signatures) == _partition(expected["signatures"])
     assert index.leaf_nodes == [n for n, leaf in enumerate(expected["is_leaf"]) if leaf]
@@ -129,6 +132,10 @@ def assert_same_index(tree: Any) -> None:
     for kind in set(expected["types"]):
         nodes = [n for n, k in enumerate(expected["types"]) if k.__name__ == kind.__name__]
         assert index.by_type_name.get(kind.__name__) == nodes
+
+
+def _key_kind(key: Any) -> tuple[type, ...]:
+    return (type(key), type(getattr(key, "key", None)))
 
 
 def _partition(numbers: list[int]) -> list[int]:
@@ -160,6 +167,10 @@ class Linear(eqx.Module):
 class Block:
     kernel: Any
     scale: Any
+
+
+class Key(str, enum.Enum):
+    W = "w"
 
 
 class Named:
@@ -206,6 +217,8 @@ def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         ),
         st.builds(lambda child: {0: child, 1: child}, children),
         st.builds(lambda child: [{0: child}, {False: child}, {0: child}], children),
+        st.builds(lambda child: [{"w": child}, {Key.W: child}, {"w": child}], children),
+        st.builds(lambda child: [{Key.W: child}, {"w": child}], children),
     )
 
 

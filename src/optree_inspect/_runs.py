@@ -96,7 +96,8 @@ def template_of(
     cacheable = True
     if kind is dict:
         names = list(column[0])
-        if set(map(len, column)) != {len(names)} or not all(type(name) is str for name in names):
+        key_types = set(map(type, itertools.chain.from_iterable(column)))  # every member's keys
+        if set(map(len, column)) != {len(names)} or not key_types <= {str}:
             return None
         if where != NOWHERE and frozenset(names) in state_field_sets():
             return None
