@@ -299,9 +299,8 @@ class StructureIndex:
 def build_index(tree: Any, leaves: list[Any]) -> StructureIndex:
     """One pre-order walk of `tree` through JAX's registry (`leaves` are its `jax.tree.leaves`).
 
-    A run of siblings of one structure made of JAX's plain containers is recorded in bulk from one
-    member's records (`_runs`); every other node, optax states and custom nodes among them, is
-    visited alone.
+    Siblings whose subtrees have one structure are recorded in bulk from one member's records
+    (`_runs.template_of`); optax states, and nodes whose children differ, are visited alone.
     """
     walk = _Walk(StructureIndex())
     walk.run(tree)
