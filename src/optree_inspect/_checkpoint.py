@@ -169,19 +169,27 @@ def _read_ocdbt_item(directory: pathlib.Path) -> Any:
         entries.append((keys, value, name, pending))
     root: Any = None
     scalars: list[tuple[list[Any], Any]] = []
+    # most leaves share their `.zarray` text and their sharding: each is parsed once
+    arrays: dict[bytes, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+    jax_shardings: dict[str, Any] = {}
     for keys, value, name, pending in entries:
         if pending is None:
             leaf: Any = {"Dict": {}, "List": [], "Tuple": []}.get(value["value_type"])
         else:
-            array = json.loads(pending.result().value)
-            shape, dtype = tuple(array["shape"]), np.dtype(array["dtype"])
+            text = pending.result().value
+            if text not in arrays:
+                array = json.loads(text)
+                arrays[text] = (tuple(array["shape"]), np.dtype(array["dtype"]))
+            shape, dtype = arrays[text]
             serialized = shardings.get(base64.b64encode(name.encode()).decode())
-            sharding = None
-            if serialized is not None:
+            if serialized is not None and serialized not in jax_shardings:
                 try:
-                    sharding = sharding_metadata.from_serialized_string(serialized).to_jax_sharding()
+                    jax_shardings[serialized] = sharding_metadata.from_serialized_string(
+                        serialized
+                    ).to_jax_sharding()
                 except Exception:  # saved on devices this process does not have
-                    sharding = None
+                    jax_shardings[serialized] = None
+            sharding = None if serialized is None else jax_shardings[serialized]
             leaf = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
             if shape == ():
                 spec = {"driver": "zarr", "kvstore": {**base, "path": f"{name}/"}}
