@@ -129,8 +129,10 @@ class IndexMemo:
 
 
 class NodesByName:
-    """The nodes of each name (an edge's text, a type's name), in pre-order, found when first
-    asked for: a table built up front would cost a Python step for every node of a large tree.
+    """The nodes of each name (an edge's text, a type's name), in pre-order. The first few names
+    asked for are found by a scan in C; from the `SCANS`-th on (naming every row of a description
+    asks for dozens) the whole table is built in one pass. A table built up front would cost a
+    Python step for every node of a large tree on every first call, most of which ask for one name.
 
     >>> table = NodesByName(["", "mu", "w", "nu", "w"])
     >>> table.get("w"), "nu" in table, list(table)
@@ -141,6 +143,8 @@ class NodesByName:
         self._values = values
         self._name_of = name_of
         self._found: dict[str, list[int]] = {}
+        self._scans = 0
+        self._table: dict[Any, list[int]] | None = None
 
     @functools.cached_property
     def _values_by_name(self) -> dict[str, list[Any]]:
@@ -168,10 +172,20 @@ class NodesByName:
         values = [value for name in names for value in self._values_by_name.get(name, ())]
         return self.nodes_of_values(values)
 
+    SCANS = 4
+
     def nodes_of_values(self, values: Collection[Any]) -> list[int]:
         positions = range(len(self._values))
         if not values:
             return []
+        if self._table is None and self._scans == self.SCANS:
+            self._table = {}
+            for position, value in enumerate(self._values):
+                self._table.setdefault(value, []).append(position)
+        if self._table is not None:
+            found = [self._table.get(value, []) for value in values]
+            return list(found[0]) if len(found) == 1 else sorted(itertools.chain.from_iterable(found))
+        self._scans += 1
         if len(values) == 1:
             [value] = values
             equal = map(operator.eq, self._values, itertools.repeat(value))
