@@ -127,8 +127,13 @@ def assert_same_index(tree: Any) -> None:
     # signatures are numbers: equal exactly where the expected ones are
     assert _partition(index.signatures) == _partition(expected["signatures"])
     assert index.leaf_nodes == [n for n, leaf in enumerate(expected["is_leaf"]) if leaf]
-    for text in set(expected["texts"]):
+    texts = sorted(set(expected["texts"]))
+    some = texts[::2]
+    some_nodes = [n for n, t in enumerate(expected["texts"]) if t in some]
+    assert index.by_text.nodes_of(some) == some_nodes  # found by a scan
+    for text in texts:  # the first few by scans, then from the whole table
         assert index.by_text.get(text) == [n for n, t in enumerate(expected["texts"]) if t == text]
+    assert index.by_text.nodes_of(some) == some_nodes  # from the whole table, where it was built
     for kind in set(expected["types"]):
         nodes = [n for n, k in enumerate(expected["types"]) if k.__name__ == kind.__name__]
         assert index.by_type_name.get(kind.__name__) == nodes
