@@ -205,6 +205,22 @@ def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         st.lists(children, max_size=3).map(tuple),
         runs,
         st.builds(lambda child, n: [child] * n, children, st.integers(2, 5)),
+        st.builds(
+            lambda a, b, n, tail: [a, b] * n + [a] * tail,
+            children,
+            children,
+            st.integers(2, 4),
+            st.integers(0, 1),
+        ),
+        st.builds(
+            lambda a, b, c, n: {
+                f"block{i}_{name}": x for i in range(n) for name, x in (("x", a), ("y", b), ("z", c))
+            },
+            children,
+            children,
+            children,
+            st.integers(2, 4),
+        ),
         st.builds(lambda mu, count: optax.ScaleByAdamState(count, mu, mu), children, LEAVES),
         st.builds(lambda inner: optax.MaskedState(inner), children),
         st.just(optax.EmptyState()),
@@ -264,7 +280,16 @@ def _states() -> dict[str, Any]:
         "list params": optax.adam(1e-3).init([{"w": jnp.ones(2), "b": jnp.ones(1)}] * 30),
         "nnx": nnx.state(nnx_optimizer()),
         "eqx": optax.adam(1e-3).init([Linear(jnp.ones((2, 2)), jnp.ones(2)) for _ in range(30)]),
+        "eqx Sequential": optax.adam(1e-3).init(eqx.filter(_sequential(12), eqx.is_array)),
     }
+
+
+def _sequential(layers: int) -> eqx.nn.Sequential:
+    """Linear, ReLU, Linear, ReLU, ...: siblings that alternate between two structures."""
+    keys = jax.random.split(jax.random.key(0), layers)
+    return eqx.nn.Sequential(
+        [m for key in keys for m in (eqx.nn.Linear(2, 2, key=key), eqx.nn.Lambda(jax.nn.relu))]
+    )
 
 
 @pytest.mark.parametrize("name", list(_states()))

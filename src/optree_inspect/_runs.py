@@ -19,6 +19,7 @@ None, and the index walks those nodes one by one.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import operator
 from collections.abc import Iterable
@@ -61,10 +62,39 @@ class Template:
     field)."""
     cacheable: bool = True
     """Whether every node's keys and aux data let the index be cached (`_registry.cacheable_node`)."""
+    roots: tuple[int, ...] = (0,)
+    """Where each member's siblings start: one member is one subtree, or, for siblings that
+    alternate between structures (`interleaved`), one subtree of each."""
 
     @property
     def size(self) -> int:
         return len(self.types)
+
+    @property
+    def leaf_count(self) -> int:
+        return sum(self.leaf_counts[root] for root in self.roots)
+
+
+def interleaved(templates: list[Template]) -> Template:
+    """One template for siblings that repeat the structures of `templates` in turn (A, B, A, B,
+    ...): a member is one subtree of each, side by side, without a root of its own."""
+    joined = Template([], [], [], [], [], [], [], [], [], [], [], all(t.cacheable for t in templates), ())
+    roots = []
+    for template in templates:
+        offset = joined.size
+        roots.append(offset)
+        joined.types.extend(template.types)
+        joined.keys.extend(template.keys)
+        joined.texts.extend(template.texts)
+        joined.parents.extend(-1 if parent < 0 else offset + parent for parent in template.parents)
+        joined.is_leaf.extend(template.is_leaf)
+        joined.leaf_counts.extend(template.leaf_counts)
+        joined.sizes.extend(template.sizes)
+        joined.arities.extend(template.arities)
+        joined.depths.extend(template.depths)
+        joined.signatures.extend(template.signatures)
+        joined.holes.extend(offset + hole for hole in template.holes)
+    return dataclasses.replace(joined, roots=tuple(roots))
 
 
 def signature(interned: Signatures, structure: tuple[Any, ...]) -> int:

@@ -42,7 +42,7 @@ from ._registry import (
     is_namedtuple,
     tree_error,
 )
-from ._runs import LEAF_TYPE, Signatures, Template, signature, template_of
+from ._runs import LEAF_TYPE, Signatures, Template, interleaved, signature, template_of
 
 CONTAINER_TYPE_NAMES = frozenset({"tuple", "list", "dict", "OrderedDict", "defaultdict", "NoneType"})
 """JAX's own pytree containers: their type names say nothing a query could use."""
@@ -326,21 +326,43 @@ def build_index(tree: Any, leaves: list[Any]) -> StructureIndex:
 
 _GROUPED = 4
 """Siblings of differing structures are split into runs of one structure from this many on."""
+_MAX_PERIOD = 8
+"""Siblings that alternate between at most this many structures (a Sequential's Linear, ReLU,
+Linear, ReLU; a dict's `block0_attn`, `block0_mlp`, `block1_attn`) make one run."""
+_BULK = 4
+"""Fewer nodes than this in a run are visited one by one: recording them in bulk costs more."""
 
 
-def _groups(children: list[Any], wheres: list[int]) -> list[tuple[int, int]]:
-    """The `(start, stop)` of each stretch of consecutive children of one type (and keys or length,
-    for JAX's containers) and one place, for `template_of` to try."""
+def _stretches(children: list[Any], wheres: list[int]) -> list[tuple[int, int, int]]:
+    """The `(start, stop, period)` of each stretch of consecutive children that repeat `period`
+    shapes in turn (a shape: a type, and keys or a length for JAX's containers, and a place), the
+    longest first, for `template_of` to try on each of the `period` columns."""
+    numbers: dict[Any, int] = {}
     shapes = [
-        (where, kind, frozenset(child) if kind is dict else len(child) if kind in (list, tuple) else None)
+        numbers.setdefault(
+            (
+                where,
+                kind,
+                frozenset(child) if kind is dict else len(child) if kind in (list, tuple) else None,
+            ),
+            len(numbers),
+        )
         for child, where, kind in zip(children, wheres, map(type, children), strict=True)
     ]
-    groups, start = [], 0
-    for stop in range(1, len(shapes) + 1):
-        if stop == len(shapes) or shapes[stop] != shapes[start]:
-            groups.append((start, stop))
-            start = stop
-    return groups
+    stretches, start, count = [], 0, len(shapes)
+    while start < count:
+        best_stop, best_period = start + 1, 1
+        for period in range(1, min(_MAX_PERIOD, (count - start) // 2) + 1):
+            if shapes[start + period] != shapes[start]:
+                continue
+            first, stop = shapes[start : start + period], start + period
+            while stop + period <= count and shapes[stop : stop + period] == first:
+                stop += period
+            if stop - start >= 2 * period and stop > best_stop:
+                best_stop, best_period = stop, period
+        stretches.append((start, best_stop, best_period))
+        start = best_stop
+    return stretches
 
 
 _Node = tuple[Any, KeyEntry | None, int, int, bool, int, bool]
@@ -417,11 +439,12 @@ class _Walk:
                 return
             pairs = list(zip(keys, children, strict=True))
             wheres = [where] * len(pairs) if where != OUTSIDE else children_where(None, where, pairs)
-            groups = _groups(children, wheres) if len(children) >= _GROUPED else [(0, len(children))]
-            for start, stop in reversed(groups):
+            whole = [(0, len(children), 1)]
+            stretches = _stretches(children, wheres) if len(children) >= _GROUPED else whole
+            for start, stop, period in reversed(stretches):
                 template = None
-                if stop - start > 1 and len(groups) > 1:
-                    template = template_of(children[start:stop], wheres[start], in_data, self.interned)
+                if stop - start > period and stretches != whole:
+                    template = self.stretch_template(children, wheres, in_data, start, stop, period)
                 if template is not None:
                     run = (template, keys[start:stop], texts[start:stop], number, depth + 1, bookkeeping)
                     stack.append(("run", run))
@@ -443,6 +466,20 @@ class _Walk:
             child_in_data = kind is dict and child_where == NOWHERE
             child_frame = (child, child_key, number, depth + 1, child_bookkeeping, child_where, child_in_data)
             stack.append(("node", child_frame))
+
+    def stretch_template(
+        self, children: list[Any], wheres: list[int], in_data: bool, start: int, stop: int, period: int
+    ) -> Template | None:
+        """The template of the siblings `children[start:stop]`, which repeat `period` shapes in
+        turn, or None where their structures differ or they are too few to gain from a run."""
+        templates = []
+        for first in range(start, start + period):
+            template = template_of(children[first:stop:period], wheres[first], in_data, self.interned)
+            if template is None:
+                return None
+            templates.append(template)
+        template = templates[0] if period == 1 else interleaved(templates)
+        return template if template.size * (stop - start) // period >= _BULK else None
 
     def children(self, node: Any, plain: bool) -> tuple[list[KeyEntry], list[str], list[Any] | None, Any]:
         """The keys, texts and children of `node` in flatten order (children None for a leaf), and
@@ -470,16 +507,17 @@ class _Walk:
     ) -> None:
         """Record siblings whose subtrees all have `template`'s records, with list and NumPy
         operations (no Python step for each node)."""
-        index, count, size = self.index, len(keys), template.size
-        start = len(index.keys)
+        index, size, roots = self.index, template.size, template.roots
+        count, start = len(keys) // len(roots), len(index.keys)
         index.keys.extend(template.keys * count)
-        index.keys[start::size] = keys
         index.texts.extend(template.texts * count)
-        index.texts[start::size] = texts
+        for position, root in enumerate(roots):  # each member's own keys, at its roots
+            index.keys[start + root :: size] = keys[position :: len(roots)]
+            index.texts[start + root :: size] = texts[position :: len(roots)]
         index.types.extend(template.types * count)
         offsets = np.arange(start, start + count * size, size)[:, None]
         parents = offsets + np.asarray(template.parents)[None, :]
-        parents[:, 0] = parent
+        parents[:, list(roots)] = parent
         index.parents.extend(parents.ravel().tolist())
         index.is_leaf.extend(template.is_leaf * count)
         index.leaf_counts.extend(template.leaf_counts * count)
@@ -491,7 +529,7 @@ class _Walk:
         index.state_names.extend([None] * (count * size))
         if template.holes:
             index.holes.extend((offsets + np.asarray(template.holes)[None, :]).ravel().tolist())
-        self.leaves_seen += template.leaf_counts[0] * count
+        self.leaves_seen += template.leaf_count * count
         index.cacheable = index.cacheable and template.cacheable
         self.leaves_from_runs = self.leaves_from_runs or LEAF_TYPE in template.types
 
