@@ -182,9 +182,20 @@ def module_states(layers: int) -> dict[str, Any]:
 def first_call_section(layers: int, rounds: int = 21) -> None:
     """The first call on a structure (our caches cleared before each), against
     `jax.tree.structure` of the same tree: each call is timed right after one `jax.tree.structure`,
-    the two alternating, so that both medians see the same machine. The README's state, then
-    params in equinox and nnx Modules."""
-    states = {"README state": seed_state(layers), **module_states(layers)}
+    the two alternating, so that both medians see the same machine. The README's state, dict
+    params whose siblings alternate between three structures, then params in equinox and nnx
+    Modules."""
+    zeros = jnp.zeros(4)
+    alternating = {  # sorted keys alternate between three structures
+        f"block{i:04d}_{name}": value
+        for i in range(layers * 2 // 3)
+        for name, value in (("attn", {"w": zeros, "b": zeros}), ("mlp", {"w": zeros}), ("scale", zeros))
+    }
+    states = {
+        "README state": seed_state(layers),
+        "alternating dict params": optax.adam(1e-3).init(alternating),
+        **module_states(layers),
+    }
     print("\n| first call | leaves | jax.tree.structure | ours | ours / structure |\n|---|---|---|---|---|")
     for state_name, state in states.items():
         count = len(jax.tree.leaves(state))
