@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -231,6 +232,19 @@ def test_bad_input_gives_its_exit_status_and_one_line(
     code, out, err = _run([arg.format(path=path) for arg in args], capsys)
     assert code == status and out == ""
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_an_ambiguous_get_suggests_queries_to_type_in_a_shell(
+    saved: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(saved["manager"][1])
+    code, _, err = _run(["get", path, "count"], capsys)
+    suggestions = err.strip().split(": ", 2)[2].split("; ")
+    assert code == 1 and len(suggestions) == 2 and "get(tree" not in err
+    for suggestion in suggestions:
+        [query] = shlex.split(suggestion.split(" -> ")[1])  # as a shell passes the word
+        code, out, _ = _run(["get", path, query], capsys)
+        assert code == 0 and out.startswith("i32[] = "), query
 
 
 def test_a_finding_exits_with_1(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:

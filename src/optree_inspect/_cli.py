@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -21,7 +22,7 @@ from ._check import check
 from ._checkpoint import load
 from ._describe import _leaf_summary, describe
 from ._diff import _short, diff
-from ._errors import Error, NoMatchError, QueryError, QuerySyntaxError
+from ._errors import AmbiguousMatchError, Error, NoMatchError, QueryError, QuerySyntaxError
 from ._optax.hyperparams import hyperparams
 from ._resolve import find, get
 
@@ -70,10 +71,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Usage as error:
         print(f"optree-inspect: {error} (see optree-inspect --help)", file=sys.stderr)
         return 2
+    except AmbiguousMatchError as error:  # the queries as a shell takes them
+        first = str(error.args[0]).splitlines()[0].rstrip(":")
+        queries = "; ".join(f"{path} -> {_shell_word(query)}" for path, query in error.candidates)
+        print(f"optree-inspect: {first}: {queries}"[:500], file=sys.stderr)
+        return 1
     except Error as error:
         print(f"optree-inspect: {_one_line(error)}", file=sys.stderr)
         no_match = isinstance(error, QueryError) and not isinstance(error, QuerySyntaxError)
         return 1 if no_match else 2
+
+
+def _shell_word(text: str) -> str:
+    """`text` quoted for a POSIX shell, in double quotes where that reads better than
+    `shlex.quote` (a query such as `[1]['count']`)."""
+    quoted = shlex.quote(text)
+    if quoted != text and not any(char in text for char in '"$`\\!'):
+        return f'"{text}"'
+    return quoted
 
 
 def _one_line(error: BaseException) -> str:

@@ -43,7 +43,12 @@ class NoMatchError(QueryError):
 
 
 class AmbiguousMatchError(QueryError):
-    """Several nodes match a query that must select exactly one."""
+    """Several nodes match a query that must select exactly one. `candidates` holds, for the first
+    few, the node's path (as keystr) and a query that selects it alone."""
+
+    def __init__(self, message: str, candidates: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.candidates = candidates
 
 
 class QuerySyntaxError(QueryError, ValueError):

@@ -146,14 +146,16 @@ def ambiguous_error(
     constants = (
         {c.path: c for c in read_optimizer(optimizer, tree).constants} if optimizer is not None else {}
     )
-    rows = []
+    candidates = []
     for path in paths[:8]:
         if path in constants:
             query_for = attached_query(tree, index, constants[path], list(constants.values()))
         else:
             query_for = shortest_query(index, index.number_of(path) or 0)
-        rows.append(f"{path_text(path)}  ->  get(tree, {bounded(query_for, 100)!r})")
+        candidates.append((path_text(path), bounded(query_for, 100)))
+    rows = [f"{path}  ->  get(tree, {query_for!r})" for path, query_for in candidates]
     return AmbiguousMatchError(
         f"{query.label} matches {len(paths)} nodes; use a query that selects one:\n"
-        f"{listing(rows, len(paths))}"
+        f"{listing(rows, len(paths))}",
+        tuple(candidates),
     )
