@@ -22,7 +22,16 @@ DICT_TYPES = (dict, collections.OrderedDict, collections.defaultdict)
 
 
 def is_namedtuple(node: object) -> bool:
-    return isinstance(node, tuple) and hasattr(type(node), "_fields")
+    return is_namedtuple_type(type(node))
+
+
+def is_namedtuple_type(kind: type) -> bool:
+    return issubclass(kind, tuple) and hasattr(kind, "_fields")
+
+
+def _is_jax_container(kind: type) -> bool:
+    """JAX's own containers: dicts, lists, tuples and NamedTuples (their aux data is keys or a type)."""
+    return kind in DICT_TYPES or kind is tuple or kind is list or is_namedtuple_type(kind)
 
 
 def children_with_keys(node: Any) -> list[tuple[KeyEntry, Any]] | None:
@@ -61,7 +70,7 @@ def keys_follow_structure(kind: type, keys: list[KeyEntry], aux: Any) -> bool:
     nodes that keep their keys in their aux data (`nnx.State`). Any other custom node could in
     principle derive keys from something the treedef does not see.
     """
-    if kind in DICT_TYPES or kind is tuple or kind is list or kind is type(None) or is_namedtuple_type(kind):
+    if _is_jax_container(kind) or kind is type(None):
         return True
     if dataclasses.is_dataclass(kind):
         names = _field_names(kind)
@@ -80,18 +89,12 @@ def cacheable_node(kind: type, keys: list[KeyEntry], aux: Any) -> bool:
         return False
     if any(isinstance(k, DictKey) and type(k.key) is not str for k in keys):
         return False
-    if kind in DICT_TYPES or kind is tuple or kind is list or is_namedtuple_type(kind):
-        return True
-    return aux_is_inert(aux)
+    return _is_jax_container(kind) or aux_is_inert(aux)
 
 
 @functools.cache
 def _field_names(kind: type) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(kind))
-
-
-def is_namedtuple_type(kind: type) -> bool:
-    return issubclass(kind, tuple) and hasattr(kind, "_fields")
 
 
 def tree_error(node: Any, error: Exception) -> TreeError:
