@@ -29,6 +29,7 @@ ORDER = [
     "_check",
     "_diff",
     "_checkpoint",
+    "_restore",
     "_cli",
 ]
 """Each module may import only modules before it (and `__init__` and `__main__` anything)."""

@@ -7,7 +7,6 @@ from ._check import Report as Report
 from ._check import check as check
 from ._check import stats as stats
 from ._checkpoint import load as load
-from ._checkpoint import restore_like as restore_like
 from ._describe import Description as Description
 from ._describe import Row as Row
 from ._describe import describe as describe
@@ -38,6 +37,7 @@ from ._query import Query as Query
 from ._resolve import Match as Match
 from ._resolve import find as find
 from ._resolve import get as get
+from ._restore import restore_like as restore_like
 from ._tree import clear_caches as clear_caches
 
 __all__ = [
