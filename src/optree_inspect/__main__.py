@@ -76,7 +76,7 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) > 1:
-        from optree_inspect._cli import main as command_line
+        from optree_inspect._cli import entry_point
 
-        sys.exit(command_line())
+        entry_point()
     main()

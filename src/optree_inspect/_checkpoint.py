@@ -3,9 +3,15 @@ shell). orbax-checkpoint is imported only here, on use."""
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
+import os
 import pathlib
+import re
+import sys
 import warnings
+from numbers import Integral
 from typing import Any
 
 import jax
@@ -14,11 +20,16 @@ from jaxtyping import PyTree
 
 from ._errors import (
     CheckpointError,
+    InvalidArgumentError,
     bounded,
     raised_here,
+    short_repr,
 )
 
 _INSTALL = "pip install 'optree_inspect[orbax]'"
+_STEP_NAME = re.compile(r"(?:.+_)?(\d+)")
+"""A `CheckpointManager` step directory: the step, zero-padded or not (`step_format_fixed_length`),
+after any `step_prefix` and its underscore; unfinished saves (`*.orbax-checkpoint-tmp-*`) never match."""
 
 
 def _orbax() -> Any:
@@ -29,43 +40,101 @@ def _orbax() -> Any:
     return ocp
 
 
-def checkpoint_items(path: str | pathlib.Path, step: int | None = None) -> dict[str, pathlib.Path]:
+def _absolute(path: str | os.PathLike[str]) -> pathlib.Path:
+    """`path` as an absolute path, `~` expanded and symbolic links and `..` resolved (orbax
+    refuses relative paths)."""
+    if not isinstance(path, str | os.PathLike):
+        raise InvalidArgumentError(f"load: path must be a str or os.PathLike, not {short_repr(path)}.")
+    try:
+        return pathlib.Path(os.path.expanduser(os.fspath(path))).resolve()
+    except (OSError, RuntimeError, ValueError) as error:  # a symlink loop, a NUL byte
+        raise CheckpointError(f"No checkpoint at {bounded(str(path), 300)}: {_reason(error)}") from None
+
+
+def _reason(error: BaseException) -> str:
+    """An exception's first line, bounded, for a message."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    lines = str(error).strip().splitlines()
+    return bounded(lines[0] if lines else type(error).__name__, 300)
+
+
+def checkpoint_items(path: str | os.PathLike[str], step: int | None = None) -> dict[str, pathlib.Path]:
     """The item directories of the checkpoint at `path`: a `CheckpointManager` directory (its
     latest step, or `step`), a step directory, or one item (`StandardCheckpointer.save(path, x)`)."""
-    root = pathlib.Path(path)
+    if step is not None and (not isinstance(step, Integral) or isinstance(step, bool)):
+        raise InvalidArgumentError(f"load: step must be an int or None, not {short_repr(step)}.")
+    root = _absolute(path)
+    shown = bounded(str(path), 300)
+    try:
+        return _items(root, shown, None if step is None else int(step))
+    except OSError as error:  # unreadable: permissions, a file removed meanwhile
+        name = error.filename if isinstance(error.filename, str) else str(root)
+        raise CheckpointError(f"Cannot read {bounded(name, 300)}: {_reason(error)}.") from None
+
+
+def _items(root: pathlib.Path, shown: str, step: int | None) -> dict[str, pathlib.Path]:
     if not root.is_dir():
-        raise CheckpointError(f"No checkpoint at {bounded(str(root), 300)}: not a directory.")
-    steps = sorted(int(child.name) for child in root.iterdir() if child.is_dir() and child.name.isdigit())
+        raise CheckpointError(f"No checkpoint at {shown}: not a directory.")
     if (root / "_METADATA").exists():
         if step is not None:
-            raise CheckpointError(
-                f"{bounded(str(root), 300)} is one saved item, with no steps; leave out step=."
-            )
+            raise CheckpointError(f"{shown} is one saved item, with no steps; leave out the step.")
         return {"": root}
+    steps: dict[int, list[pathlib.Path]] = {}
+    for child in root.iterdir():
+        match = _STEP_NAME.fullmatch(child.name)
+        if match and child.is_dir() and not (child / "_METADATA").exists():
+            steps.setdefault(int(match[1]), []).append(child)
     if steps:
-        chosen = steps[-1] if step is None else step
+        chosen = max(steps) if step is None else step
         if chosen not in steps:
-            shown = ", ".join(map(str, steps[-12:]))
-            raise CheckpointError(f"No step {step} in {bounded(str(root), 300)}; its steps are: {shown}.")
-        root = root / str(chosen)
+            raise CheckpointError(f"No step {step} in {shown}; {_listed(sorted(steps))}.")
+        if len(steps[chosen]) > 1:
+            names = ", ".join(sorted(bounded(p.name, 80) for p in steps[chosen])[:8])
+            raise CheckpointError(
+                f"Step {chosen} of {shown} is in several directories ({names}); "
+                "give the one to read as the path."
+            )
+        root, shown = steps[chosen][0], bounded(str(steps[chosen][0]), 300)
     elif step is not None:
-        raise CheckpointError(f"{bounded(str(root), 300)} holds no steps; leave out step=.")
+        raise CheckpointError(f"{shown} holds no steps; leave out the step.")
     items = {child.name: child for child in sorted(root.iterdir()) if (child / "_METADATA").exists()}
+    for name in _expected_items(root):
+        if name not in items:
+            raise CheckpointError(f"Damaged checkpoint at {shown}: its item {name!r} has no _METADATA.")
     if not items:
-        raise CheckpointError(
-            f"No orbax checkpoint at {bounded(str(root), 300)}: no item directory (with _METADATA) in it."
-        )
+        raise CheckpointError(f"No orbax checkpoint at {shown}: no item directory (with _METADATA) in it.")
     return items
 
 
+def _listed(steps: list[int]) -> str:
+    if len(steps) <= 12:
+        return f"its steps are: {', '.join(map(str, steps))}"
+    first, last = ", ".join(map(str, steps[:3])), ", ".join(map(str, steps[-8:]))
+    return f"its {len(steps)} steps are: {first}, ..., {last}"
+
+
+def _expected_items(step_directory: pathlib.Path) -> list[str]:
+    """The items that `CheckpointManager` recorded in a step's `_CHECKPOINT_METADATA` as saved by a
+    PyTree handler (those with a `_METADATA`); none where it recorded nothing readable."""
+    try:
+        handlers = json.loads((step_directory / "_CHECKPOINT_METADATA").read_text())["item_handlers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(handlers, dict):
+        return []
+    pytree = ("PyTreeCheckpointHandler", "StandardCheckpointHandler")
+    return [name for name, handler in handlers.items() if str(handler).endswith(pytree)]
+
+
 @raised_here
-def load(path: str | pathlib.Path, /, *, step: int | None = None, arrays: bool = False) -> PyTree:
+def load(path: str | os.PathLike[str], /, *, step: int | None = None, arrays: bool = False) -> PyTree:
     """The tree saved at `path`, as orbax restores it without a target (dicts, lists, `None`), from
     its metadata: `jax.ShapeDtypeStruct` leaves (with their sharding where it can be rebuilt here),
     except scalars (hyperparameters, counters), which are read. Nothing else is read unless
     `arrays=True`, which restores every array (as NumPy arrays). A checkpoint of several items
     gives a dict of them by name. Every verb works on the result; `CheckpointError` where `path`
-    is no checkpoint, `step` does not exist, or orbax-checkpoint is not installed.
+    is no checkpoint or a damaged one, `step` does not exist, or orbax-checkpoint is not installed.
     """
     ocp = _orbax()
     items = checkpoint_items(path, step)
@@ -76,11 +145,59 @@ def load(path: str | pathlib.Path, /, *, step: int | None = None, arrays: bool =
 def _load_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:
     absl = logging.getLogger("absl")  # orbax logs a warning for each item of a step directory
     level = absl.level
-    absl.setLevel(logging.ERROR)
+    absl.setLevel(logging.CRITICAL)
     try:
-        return _read_item(ocp, directory, arrays)
+        expected = _saved_leaves(directory)
+        failure = None
+        try:
+            tree = _read_item(ocp, directory, arrays)
+        except CheckpointError:
+            raise
+        except Exception as error:  # orbax's and tensorstore's own errors, OSError included
+            failure = _reason(error)
+        if failure is not None:
+            _collect_quietly()
+            raise _damaged(directory, failure)
+        if tree is None or len(jax.tree.leaves(tree)) != expected:
+            read = len(jax.tree.leaves(tree))
+            raise _damaged(directory, f"orbax reads {read} of its {expected} leaves")
+        return tree
     finally:
         absl.setLevel(level)
+
+
+def _collect_quietly() -> None:
+    """Collect what a failed orbax read left behind (coroutines that still hold its error), so
+    that the interpreter does not print their tracebacks later."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "coroutine ... was never awaited"
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
+def _damaged(directory: pathlib.Path, reason: str) -> CheckpointError:
+    return CheckpointError(f"Damaged checkpoint at {bounded(str(directory), 300)}: {reason.rstrip('.')}.")
+
+
+def _saved_leaves(directory: pathlib.Path) -> int:
+    """How many leaves the item at `directory` holds, from its `_METADATA` (`None` and empty
+    containers are no leaves); `CheckpointError` where that file or an OCDBT manifest is missing
+    or damaged."""
+    try:
+        document = json.loads((directory / "_METADATA").read_text())
+        entries = document["tree_metadata"].values()
+        count = sum(not entry["value_metadata"].get("skip_deserialize", False) for entry in entries)
+    except OSError as error:
+        raise _damaged(directory, f"its _METADATA cannot be read ({_reason(error)})") from None
+    except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, cut short, another schema
+        raise _damaged(directory, "its _METADATA is not orbax's tree metadata") from None
+    if document.get("use_ocdbt") and not (directory / "manifest.ocdbt").is_file():
+        raise _damaged(directory, "its manifest.ocdbt is missing")
+    return count
 
 
 def _read_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:
@@ -92,13 +209,7 @@ def _read_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:
     checkpointer = ocp.PyTreeCheckpointer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # orbax warns that sharding is read from the checkpoint
-        try:
-            metadata = checkpointer.metadata(directory)
-        except Exception as error:
-            raise CheckpointError(
-                f"orbax cannot read the metadata at {bounded(str(directory), 300)}: "
-                f"{bounded(str(error), 300)}"
-            ) from None
+        metadata = checkpointer.metadata(directory)
         tree = getattr(metadata, "item_metadata", metadata)
         tree = getattr(tree, "tree", tree)
         is_meta = lambda node: hasattr(node, "shape") and hasattr(node, "dtype")  # noqa: E731
@@ -132,7 +243,6 @@ def _read_ocdbt_item(directory: pathlib.Path) -> Any:
     leaves, against under 1 s here); any other layout raises, and `_read_item` falls back to it.
     """
     import base64
-    import json
 
     import tensorstore as ts
     from orbax.checkpoint._src.metadata import sharding as sharding_metadata  # not public

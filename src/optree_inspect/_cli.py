@@ -2,15 +2,23 @@
 
 Exit status: 0 on success; 1 when a query matches nothing (or, for `get`, several nodes), when
 `check` finds anything, or when `diff` finds a difference; 2 on bad usage, a path that is no
-checkpoint, a step it does not have, or orbax-checkpoint missing. Errors are one line on stderr.
+checkpoint (or a damaged or unreadable one), a step it does not have, or orbax-checkpoint missing;
+3 on an unexpected error (a defect); 130 when interrupted. Errors are one line on stderr, and a
+successful run writes nothing there. A closed stdout (`| head`) ends the output quietly and keeps
+the command's own status.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
+import re
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -66,20 +74,55 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; the exit status (see the module docstring)."""
     try:
-        arguments = _parser().parse_args(argv)
-        return _run(arguments)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # stderr holds only the error line
+            arguments = _parser().parse_args(argv)
+            return _run(arguments)
     except _Usage as error:
-        print(f"optree-inspect: {error} (see optree-inspect --help)", file=sys.stderr)
+        _error(f"{error} (see optree-inspect --help)")
         return 2
-    except AmbiguousMatchError as error:  # the queries as a shell takes them
-        first = str(error.args[0]).splitlines()[0].rstrip(":")
-        queries = "; ".join(f"{path} -> {_shell_word(query)}" for path, query in error.candidates)
-        print(f"optree-inspect: {first}: {queries}"[:500], file=sys.stderr)
+    except AmbiguousMatchError as error:
+        _error(_ambiguous(error))
         return 1
     except Error as error:
-        print(f"optree-inspect: {_one_line(error)}", file=sys.stderr)
+        _error(_one_line(error))
         no_match = isinstance(error, QueryError) and not isinstance(error, QuerySyntaxError)
         return 1 if no_match else 2
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except Exception as error:  # a defect of this package: one line all the same
+        _error(f"unexpected {type(error).__name__}: {_one_line(error)}")
+        return 3
+
+
+_SUGGESTED = 1500
+"""At most this many characters of suggested queries in an ambiguous `get`'s line."""
+
+
+def _ambiguous(error: AmbiguousMatchError) -> str:
+    """The line of an ambiguous `get`: each candidate whole, with its query as a shell takes it,
+    as many as fit in `_SUGGESTED` characters, then how many more."""
+    first = str(error.args[0]).splitlines()[0].rstrip(":")
+    count = re.search(r"matches (\d+) nodes", first)
+    total = max(int(count[1]) if count else 0, len(error.candidates))
+    shown: list[str] = []
+    for path, query in error.candidates:
+        suggestion = f"{path} -> {_shell_word(query)}"
+        if sum(len(s) + 2 for s in shown) + len(suggestion) > _SUGGESTED:
+            break
+        shown.append(suggestion)
+    more = total - len(shown)
+    tail = f" (and {more} more: optree-inspect find lists them)" if more else ""
+    return f"{first}: {'; '.join(shown)}{tail}" if shown else f"{first}{tail}"
+
+
+def _error(line: str) -> None:
+    """Print `line` as the one error line on stderr, unless stderr is closed."""
+    try:
+        print(f"optree-inspect: {line}", file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        _to_devnull(sys.stderr)
 
 
 def _shell_word(text: str) -> str:
@@ -142,8 +185,8 @@ def _run(arguments: argparse.Namespace) -> int:
 
 
 def _json(value: Any) -> Any:
-    """A value as JSON: numbers as numbers, arrays and abstract leaves by shape and dtype, a
-    subtree by keystr."""
+    """A value as JSON: numbers as numbers (NaN and infinities as strings, see `_strict`), arrays
+    and abstract leaves by shape and dtype, a subtree by keystr."""
     if isinstance(value, bool | int | float | str) or value is None:
         return value
     if isinstance(value, jax.ShapeDtypeStruct):
@@ -158,10 +201,47 @@ def _json(value: Any) -> Any:
     return str(value)
 
 
+def _strict(value: Any) -> Any:
+    """`value` as strict JSON (RFC 8259 has no NaN): a non-finite float as the string `"NaN"`,
+    `"Infinity"` or `"-Infinity"`, a NumPy scalar as its Python value, anything else unknown as
+    its `str`."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(key): _strict(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(item) for item in value]
+    return str(value)
+
+
 def _emit(as_json: bool, document: Any, text: str) -> None:
-    print(json.dumps(document, default=str) if as_json else text)
+    """Print the output; where stdout is closed (`| head`), stop quietly."""
+    output = json.dumps(_strict(document), allow_nan=False) if as_json else text
+    try:
+        print(output, flush=True)
+    except BrokenPipeError:
+        _to_devnull(sys.stdout)
+
+
+def _to_devnull(stream: Any) -> None:
+    """Point a closed stream's file descriptor at /dev/null: the interpreter flushes it again at
+    exit, which would print a traceback and change the exit status."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no file descriptor: captured
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def entry_point() -> None:
-    """The `optree-inspect` script."""
-    sys.exit(main())
+    """The `optree-inspect` script (and `python -m optree_inspect ARGS`)."""
+    # after a failed read, orbax's callbacks report "Event loop is closed" from other threads
+    sys.unraisablehook = lambda _: None
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            _to_devnull(stream)
+    os._exit(status)  # the output is complete: nothing more is printed at exit
