@@ -446,3 +446,31 @@ def test_narrowing_device_values_out_of_range_are_refused(leaf: Any, value: Any)
         return
     with jax.transfer_guard("disallow"), pytest.raises(oi.StructureError, match="out of range"):
         oi.set({"x": leaf}, "x", value)
+
+
+@pytest.mark.parametrize(
+    ("leaf", "value", "error"),
+    [
+        (np.zeros(2, np.uint64), True, None),  # a bool fits every integer leaf
+        (np.zeros(2, np.uint64), np.array([True, False]), None),
+        (np.zeros(2, np.int8), np.uint64(2**64 - 1), oi.StructureError),
+        (jnp.zeros(2, jnp.float16), jnp.bfloat16(65536.0), oi.StructureError),  # past 65504, not rounded
+        (jnp.zeros(2, jnp.float16), jnp.array([65536.0, 1.0], jnp.bfloat16), oi.StructureError),
+        (jnp.zeros(2, jnp.float16), jnp.bfloat16(60000.0), None),
+    ],
+)
+def test_range_checks_compare_exactly_whatever_the_value_dtype(leaf: Any, value: Any, error: Any) -> None:
+    if error is None:
+        result = oi.set({"x": leaf}, "x", value)["x"]
+        assert result.dtype == leaf.dtype
+        np.testing.assert_array_equal(np.asarray(result), np.broadcast_to(np.asarray(value), leaf.shape))
+    else:
+        with pytest.raises(error):
+            oi.set({"x": leaf}, "x", value)
+
+
+def test_a_deleted_array_as_the_value_is_a_deleted_array_error() -> None:
+    value = jnp.ones(2)
+    value.delete()
+    with pytest.raises(oi.DeletedArrayError, match=r"\['x'\]"):
+        oi.set({"x": jnp.zeros(2)}, "x", value)

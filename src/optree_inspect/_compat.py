@@ -45,11 +45,12 @@ def weakly_typed_like(old: Any, value: Any) -> jax.Array:
     """`value` as a weakly typed array of the weakly typed `old`'s dtype and shape, as a Python
     scalar would give.
 
-    A scalar takes the public route: `lax.full_like(old, value)` keeps `old`'s weak type. No public
+    A concrete scalar takes the public route: `lax.full_like(old, value)` keeps `old`'s weak type
+    (not an abstract `old`'s: a `jax.ShapeDtypeStruct` takes the private route below). No public
     API makes a non-scalar array weakly typed, so that case calls JAX's private
     `_convert_element_type`, the function `jnp.asarray` itself uses for weak types.
     """
-    if np.ndim(old) == 0:
+    if np.ndim(old) == 0 and not isinstance(old, jax.ShapeDtypeStruct):
         return lax.full_like(old, value)
     from jax._src.lax import lax as lax_internal
 

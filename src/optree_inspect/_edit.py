@@ -366,6 +366,11 @@ def _dtype_of(value: Any, path: KeyPath) -> np.dtype:
 
 def coerce_leaf(old: Any, new: Any, path: KeyPath = ()) -> Any:
     """`new` with the dtype, weak type, shape and sharding of the leaf `old`."""
+    if isinstance(new, jax.Array) and not isinstance(new, jax.core.Tracer) and new.is_deleted():
+        raise DeletedArrayError(
+            f"The value for the leaf at {path_text(path)} is a deleted (donated) array: it holds no "
+            "data to store. Pass the array the donating step returned."
+        )
     if children_with_keys(new) is not None:
         raise StructureError(
             f"The node at {path_text(path)} is a leaf ({bounded(type(old).__name__, 60)}); the value is "
@@ -479,6 +484,8 @@ def _outside(values: jax.Array, low: float | None, high: float | None) -> jax.Ar
     """Whether any finite value is below `low` or above `high`: compiled with the bounds as
     constants, so that nothing is sent to the device."""
     if jnp.issubdtype(values.dtype, jnp.floating):
+        # compared in at least float32: a bound such as float16's 65504 rounds to 65536 in bfloat16
+        values = values.astype(jnp.promote_types(values.dtype, jnp.float32))
         values = jnp.where(jnp.isfinite(values), values, jnp.zeros_like(values))  # inf and nan as given
     outside = jnp.zeros(values.shape, bool)
     if low is not None:
@@ -542,7 +549,7 @@ def _check_range(dtype: np.dtype, new: Any, path: KeyPath) -> None:
     if limits is None or dtype == np.bool_ or values is None or values.size == 0 or values.dtype.kind == "c":
         return
     if jnp.issubdtype(dtype, jnp.integer):
-        low, high = values.min(), values.max()
+        low, high = int(values.min()), int(values.max())  # Python ints: no NumPy promotion rules
         if low < limits[0] or high > limits[1]:
             raise _out_of_range(dtype, low if low < limits[0] else high, path, _shown_limits(dtype, limits))
         return
