@@ -3,6 +3,10 @@ threads, and the objects the cache may keep alive."""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import enum
+import functools
 import gc
 import threading
 import weakref
@@ -45,8 +49,37 @@ class Box:
         return cls(name, children[0])
 
 
+@jax.tree_util.register_pytree_with_keys_class
+class Table:
+    """A custom mapping node that keeps its keys in its aux data, as `nnx.State` does."""
+
+    def __init__(self, items: dict[Any, Any]) -> None:
+        self.items = items
+
+    def tree_flatten_with_keys(self) -> tuple[list[tuple[Any, Any]], tuple[Any, ...]]:
+        keys = tuple(sorted(self.items, key=repr))  # never raises: a raising flatten leaks JAX's depth count
+        return [(jax.tree_util.DictKey(k), self.items[k]) for k in keys], keys
+
+    def tree_flatten(self) -> tuple[list[Any], tuple[Any, ...]]:
+        keys = tuple(sorted(self.items, key=repr))  # never raises: a raising flatten leaks JAX's depth count
+        return [self.items[k] for k in keys], keys
+
+    @classmethod
+    def tree_unflatten(cls, keys: tuple[Any, ...], children: Any) -> Table:
+        return cls(dict(zip(keys, children, strict=True)))
+
+
+class StrKey(str, enum.Enum):
+    a = "a"
+
+
+class UserStr(str):
+    pass
+
+
 # Keys that compare equal across types, and leaves of different types in one position, are exactly
 # what a treedef cannot tell apart: the trees below are drawn as one template filled in several ways.
+# (`str` subclasses, which equal their `str`, are checked by `test_str_subclass_keys_get_their_own_paths`.)
 EQUAL_KEYS = [[0, False, 0.0, np.int64(0)], [1, True, 1.0], ["a"], [("a", 1)]]
 LEAF_CHOICES = [1.0, 2, "text", None, Foo(), Bar(), np.float32(1.5), jnp.ones(2)]
 
@@ -81,20 +114,27 @@ def tree_sequences(draw: Any) -> list[Any]:
     return [_fill(template, draw) for _ in range(draw(st.integers(2, 5)))]
 
 
-QUERIES = ["0", "1", "False", "True", "1.0", "a", "*", "[0]", "[False]", "[1.0]", "['a']", "x.0", Foo, Bar]
+QUERIES = ["0", "1", "False", "True", "1.0", "a", "*", "[0]", "[False]", "[1.0]", "['a']", "x.0", "StrKey"]
+QUERIES += [Foo, Bar]
+
+
+def _key_types(path: Any) -> tuple[type, ...]:
+    """The types of the keys on a path: `keystr` spells `UserStr('a')` as `'a'`."""
+    return tuple(type(key.key) for key in path if isinstance(key, jax.tree_util.DictKey))
 
 
 def _answers(tree: Any) -> list[Any]:
     answers: list[Any] = []
     for query in QUERIES:
         try:
-            answers.append([(jax.tree_util.keystr(m.path), type(m.value)) for m in oi.find(tree, query)])
+            found = oi.find(tree, query)
+            answers.append([(oi.keystr(m.path), _key_types(m.path), type(m.value)) for m in found])
         except (TypeError, ValueError):  # unsortable mixed keys: JAX itself refuses such a dict
             answers.append("refused")
     try:
         description = oi.describe(tree)
         answers.append(str(description))
-        answers.append([row.query for row in description])
+        answers.append([(row.query, _key_types(row.path)) for row in description])
     except (TypeError, ValueError):
         answers.append("refused")
     return answers
@@ -154,8 +194,34 @@ def test_many_threads_at_once() -> None:
     assert errors == []
 
 
+@pytest.mark.parametrize("key", [StrKey.a, np.str_("a"), UserStr("a")], ids=["enum", "np.str_", "user"])
+@pytest.mark.parametrize("node", ["dict", "nested", "frozen"])
+def test_str_subclass_keys_get_their_own_paths(key: Any, node: str) -> None:
+    def make(k: Any) -> Any:
+        if node == "dict":
+            return {k: 1.0}
+        if node == "nested":
+            return ({"mu": {"layer": {k: jnp.ones(2)}}}, 2)
+        return {"m": Table({k: 1.0})}
+
+    def answers(tree: Any) -> list[Any]:
+        rows = [(row.query, _key_types(row.path)) for row in oi.describe(tree)]
+        return [[(m.path, _key_types(m.path)) for m in oi.find(tree, "*")], rows]
+
+    for first, second in ((make("a"), make(key)), (make(key), make("a"))):
+        oi.clear_caches()
+        uncached = answers(second)
+        oi.clear_caches()
+        answers(first)  # now the last structure seen, and cached
+        assert answers(second) == uncached
+    assert type(key) in {t for _, types in answers(make(key))[0] for t in types}
+
+
 class Payload:
     """A user object held in a custom node's aux data."""
+
+    def __init__(self) -> None:
+        self.rate = 0.1  # plain attributes do not make it inert
 
 
 @jax.tree_util.register_pytree_with_keys_class
@@ -174,12 +240,70 @@ class Holder:
         return cls(payload, children[0])
 
 
-def test_the_cache_keeps_no_user_object_alive() -> None:
+@dataclasses.dataclass
+class Meta:
+    value: Any
+    config: Any
+
+
+jax.tree_util.register_dataclass(Meta, data_fields=["value"], meta_fields=["config"])
+
+
+def _holding(kind: str, payload: Any) -> Any:
+    """A tree whose node of `kind` holds `payload` in its static (aux) data."""
+    import equinox as eqx
+    import flax.struct
+
+    value = jnp.ones(2)
+    if kind == "defaultdict":
+        return {"d": collections.defaultdict(lambda: payload, value=value)}
+    if kind == "defaultdict partial":
+        return {"d": collections.defaultdict(functools.partial(Payload.__init__, payload), value=value)}
+    if kind == "OrderedDict":
+        return {"d": collections.OrderedDict(value=value, other=payload)}  # a leaf: never kept
+    if kind == "eqx static":
+
+        class Static(eqx.Module):
+            value: Any
+            config: Any = eqx.field(static=True)
+
+        return {"m": Static(value, payload)}
+    if kind == "register_dataclass":
+        return {"m": Meta(value, payload)}
+    if kind == "register_dataclass in tuple":
+        return {"m": Meta(value, (1, "x", payload))}
+    if kind == "flax struct":
+
+        @flax.struct.dataclass
+        class Struct:
+            value: Any
+            config: Any = flax.struct.field(pytree_node=False)
+
+        return {"m": Struct(value, payload)}
+    return {"h": Holder(payload, value)}
+
+
+AUX_KINDS = [
+    "defaultdict",
+    "defaultdict partial",
+    "OrderedDict",
+    "eqx static",
+    "register_dataclass",
+    "register_dataclass in tuple",
+    "flax struct",
+    "custom aux",
+]
+
+
+@pytest.mark.parametrize("kind", AUX_KINDS)
+def test_the_cache_keeps_no_user_object_alive(kind: str) -> None:
     payload = Payload()
     alive = weakref.ref(payload)
-    tree = {"h": Holder(payload, jnp.ones(2))}
-    oi.describe(tree)
-    assert oi.get(tree, "value").shape == (2,)
+    tree = _holding(kind, payload)
+    for _ in range(2):  # built, then answered from the cache if it was stored
+        assert oi.get(tree, "value").shape == (2,)
+        assert "value" in str(oi.describe(tree))
+        oi.hyperparams(tree)
     del tree, payload
     gc.collect()
     assert alive() is None
@@ -189,6 +313,7 @@ def test_inert_aux_data_is_still_cached() -> None:
     import equinox as eqx
 
     model = eqx.nn.MLP(2, 2, 4, 2, key=jax.random.key(0))
-    index = oi._tree.structure_index(model)
+    tree = {"model": model, "d": collections.defaultdict(list, a=jnp.ones(1)), "m": Meta(1.0, ("x", 2))}
+    index = oi._tree.structure_index(tree)
     assert index.cacheable
-    assert oi._tree.structure_index(model) is index
+    assert oi._tree.structure_index(tree) is index

@@ -8,9 +8,11 @@ import dataclasses
 import enum
 import functools
 import sys
+import types
 from typing import Any
 
 import jax
+import numpy as np
 from jax.tree_util import DictKey, GetAttrKey
 
 from ._compat import is_nnx_variable_type
@@ -89,7 +91,8 @@ def cacheable_node(kind: type, keys: list[KeyEntry], aux: Any) -> bool:
         return False
     if any(isinstance(k, DictKey) and type(k.key) is not str for k in keys):
         return False
-    return _is_jax_container(kind) or aux_is_inert(aux)
+    # A defaultdict's aux data holds its default_factory, which may close over anything.
+    return (_is_jax_container(kind) and kind is not collections.defaultdict) or aux_is_inert(aux)
 
 
 @functools.cache
@@ -104,27 +107,49 @@ def tree_error(node: Any, error: Exception) -> TreeError:
     )
 
 
-_TYPING_MODULES = frozenset({"typing", "types", "typing_extensions"})
-_INERT_SCALARS = (type(None), bool, int, float, complex, str, bytes, type)
+_TYPING_MODULES = frozenset({"typing", "typing_extensions"})
+_INERT_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+_FRAMEWORKS = frozenset({"equinox", "flax"})
+"""Packages whose flatten functions put records of their own into aux data (equinox's flattened
+module data): such a record is inert when what it holds is."""
+_MODULE_LEVEL: dict[int, Any] = {}
+"""Objects found to be attributes of their type's module, by id (a module keeps them alive)."""
 
 
 def aux_is_inert(aux: Any, depth: int = 0) -> bool:
-    """Whether `aux` holds only values whose lifetime no tree controls: literals, types, and
-    functions or objects defined at module level (a module keeps them alive anyway)."""
-    if isinstance(aux, _INERT_SCALARS) or aux is dataclasses.MISSING:
+    """Whether `aux` holds only values whose lifetime no tree controls: literals, types, enum
+    members, and functions, classes or objects (sentinels) defined at module level. Any other
+    object (a user's config in a static field, a closure) is not: a cache holding it would keep it
+    alive."""
+    kind = type(aux)
+    if kind in _INERT_SCALARS or isinstance(aux, type) or aux is dataclasses.MISSING:
         return True
+    if isinstance(aux, np.generic) and kind is not np.object_:
+        return True  # NumPy scalars hold no references
     if depth > 8:
         return False
-    if isinstance(aux, tuple | list | frozenset):
+    if kind in (tuple, list, frozenset) or (is_namedtuple_type(kind) and not hasattr(aux, "__dict__")):
         return all(aux_is_inert(item, depth + 1) for item in aux)
-    if type(aux) is dict:
+    if kind is dict:
         return all(aux_is_inert(k, depth + 1) and aux_is_inert(v, depth + 1) for k, v in aux.items())
-    if isinstance(aux, enum.Enum) or _holds_nothing(aux) or _is_module_level(aux):
+    if isinstance(aux, enum.Enum):
+        return _is_module_level(kind)
+    if _is_module_level(aux) or _is_module_attribute(aux):
         return True
-    if type(aux).__module__ in _TYPING_MODULES:  # annotations: they hold types and literals
-        return True
-    attributes = _own_attributes(aux)
-    return attributes is not None and all(aux_is_inert(value, depth + 1) for value in attributes)
+    if isinstance(aux, types.GenericAlias | types.UnionType) or kind.__module__ in (
+        "typing",
+        "typing_extensions",
+    ):
+        return True  # annotations: they hold types and literals
+    if kind.__module__.split(".")[0] in _FRAMEWORKS and not _is_user_subclass(kind):
+        attributes = _own_attributes(aux)
+        return attributes is not None and all(aux_is_inert(value, depth + 1) for value in attributes)
+    return False
+
+
+def _is_user_subclass(kind: type) -> bool:
+    """Whether `kind` or a base between it and the framework's own class was defined elsewhere."""
+    return any(k.__module__.split(".")[0] not in _FRAMEWORKS | {"builtins"} for k in kind.__mro__)
 
 
 def _own_attributes(value: Any) -> list[Any] | None:
@@ -142,14 +167,16 @@ def _own_attributes(value: Any) -> list[Any] | None:
     return found
 
 
-def _holds_nothing(value: Any) -> bool:
-    """An object with no attributes of its own (a sentinel): keeping it pins nothing else."""
-    kind = type(value)
-    return (
-        not getattr(value, "__dict__", None)
-        and all(not getattr(k, "__slots__", ()) for k in kind.__mro__ if k is not object)
-        and kind.__module__ != "builtins"
-    )
+def _is_module_attribute(value: Any) -> bool:
+    """An object bound to a name in the module that defines its type (a sentinel such as
+    equinox's `MISSING`): the module keeps it alive anyway."""
+    if id(value) in _MODULE_LEVEL and _MODULE_LEVEL[id(value)] is value:
+        return True
+    module = sys.modules.get(type(value).__module__)
+    if module is None or not any(found is value for found in vars(module).values()):
+        return False
+    _MODULE_LEVEL[id(value)] = value
+    return True
 
 
 def _is_module_level(value: Any) -> bool:

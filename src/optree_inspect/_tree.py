@@ -14,7 +14,7 @@ import operator
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -36,6 +36,7 @@ from ._optax.fields import (
 from ._optax.names import SCHEDULE_BOOKKEEPING
 from ._registry import (
     DICT_TYPES,
+    REGISTRY,
     cacheable_node,
     children_with_keys,
     flatten_one_level,
@@ -226,6 +227,9 @@ class StructureIndex:
     """For each restored state, the optax state types it may stand for: patterns match their names
     as they match a typed node's type name."""
     cacheable: bool = True
+    key_check: KeyCheck | None = None
+    """For a cacheable index that has mappings: how to check, on a later tree of its structure,
+    that every key a treedef compares with `==` is a `str` (`keys_are_str`)."""
     memo: IndexMemo = field(default_factory=lambda: IndexMemo())
     """What later calls derive from the structure alone, kept for the next call on it."""
 
@@ -321,7 +325,123 @@ def build_index(tree: Any, leaves: list[Any]) -> StructureIndex:
     index = walk.index
     if walk.leaves_from_runs:  # a template records leaves as `LEAF_TYPE`: read their own types
         collections.deque(map(index.types.__setitem__, index.leaf_nodes, map(type, leaves)), maxlen=0)
+    if index.cacheable:
+        index.key_check = key_check(index, tree)
+        index.cacheable = index.key_check is not _UNCHECKABLE
+        if not index.cacheable:
+            index.key_check = None
     return index
+
+
+class Region(NamedTuple):
+    """Part of a tree between a mapping (or the root) and the mappings below it: `treedef` is its
+    structure with each mapping below it, and each subtree holding none, cut to a leaf."""
+
+    treedef: Any
+    parent: int
+    """The region whose cut leaves hold this one's root, or -1 for the tree's root."""
+    position: int
+    """Which of the parent's cut leaves is this region's root."""
+    dicts: tuple[int, ...] | None
+    """The cut leaves that are dicts (None: every one)."""
+    customs: tuple[int, ...]
+    """The cut leaves that are custom mapping nodes (their keys are in their aux data)."""
+
+
+class KeyCheck(NamedTuple):
+    """Every mapping of a tree structure, reached by regions (`Region`) in C passes."""
+
+    root: str | None
+    """"dict" or "custom" when the root itself is a mapping."""
+    regions: tuple[Region, ...]
+
+
+_UNCHECKABLE: Any = KeyCheck(None, ())
+_STR = frozenset({str})
+
+
+def key_check(index: StructureIndex, tree: Any) -> KeyCheck | None:
+    """How to reach every mapping node (a dict, or a custom node keyed by `DictKey`s from its aux
+    data) of trees of `tree`'s structure; None when there are none, `_UNCHECKABLE` when JAX did
+    not visit the nodes as the index has them.
+
+    A treedef compares dict keys (and aux data) with `==`, under which a `str` equals its
+    subclasses (a `(str, Enum)` member, `np.str_`): a later tree of equal treedef may hold such
+    keys where the indexed tree had `str`s, and its own index must be built."""
+    count = len(index.keys)
+    with_dict_key = map(operator.is_, map(type, index.keys), itertools.repeat(DictKey))
+    mapping = [False] * count
+    for parent in set(itertools.compress(index.parents, with_dict_key)):
+        mapping[parent] = True
+    if not any(mapping):
+        return None
+    holds = [False] * count  # whether a node's subtree holds a mapping, itself included
+    below = [False] * count  # whether it holds one strictly below it
+    for node in itertools.compress(range(count), mapping):
+        holds[node] = True
+        parent = index.parents[node]
+        while parent >= 0 and not below[parent]:
+            below[parent] = holds[parent] = True
+            parent = index.parents[parent]
+    root_kind = None if not mapping[0] else "dict" if index.types[0] in DICT_TYPES else "custom"
+    regions: list[Region] = []
+    pending: list[tuple[int, Any, int, int]] = [(0, tree, -1, 0)]
+    while pending:
+        root, node, parent, position = pending.pop()
+        cuts: list[int] = []
+        cursor = [root]
+
+        def cut(_: Any, root: int = root, cuts: list[int] = cuts, cursor: list[int] = cursor) -> bool:
+            number = cursor[0]
+            if number != root and (mapping[number] or not holds[number]):
+                cuts.append(number)
+                cursor[0] = number + index.sizes[number]
+                return True
+            cursor[0] = number + 1
+            return False
+
+        treedef: Any = jax.tree.structure(node, is_leaf=cut)
+        if cursor[0] != root + index.sizes[root] or treedef.num_leaves != len(cuts):
+            return _UNCHECKABLE
+        number = len(regions)
+        found = treedef.flatten_up_to(node) if any(map(below.__getitem__, cuts)) else []
+        dicts = [i for i, n in enumerate(cuts) if mapping[n] and index.types[n] in DICT_TYPES]
+        customs = tuple(i for i, n in enumerate(cuts) if mapping[n] and index.types[n] not in DICT_TYPES)
+        every = len(dicts) == len(cuts)
+        regions.append(Region(treedef, parent, position, None if every else tuple(dicts), customs))
+        pending.extend((n, found[i], number, i) for i, n in enumerate(cuts) if below[n])
+    return KeyCheck(root_kind, tuple(regions))
+
+
+def _aux_keys(node: Any) -> Any:
+    """The keys a custom mapping node keeps in its aux data (`_registry.keys_follow_structure`)."""
+    flat = REGISTRY.flatten_one_level(node)
+    return () if flat is None else flat[1]
+
+
+def keys_are_str(tree: Any, check: KeyCheck | None) -> bool:
+    """Whether every mapping key of `tree`, a tree of the structure `check` was made for, is a `str`."""
+    if check is None:
+        return True
+    try:
+        if check.root == "dict" and not set(map(type, tree)) <= _STR:
+            return False
+        if check.root == "custom" and not set(map(type, _aux_keys(tree))) <= _STR:
+            return False
+        found_in: list[list[Any]] = []
+        for region in check.regions:
+            node = tree if region.parent < 0 else found_in[region.parent][region.position]
+            found = region.treedef.flatten_up_to(node)
+            found_in.append(found)
+            dicts = found if region.dicts is None else map(found.__getitem__, region.dicts)
+            if not set(map(type, itertools.chain.from_iterable(dicts))) <= _STR:
+                return False
+            for position in region.customs:
+                if not set(map(type, _aux_keys(found[position]))) <= _STR:
+                    return False
+    except Exception:  # a custom flatten that fails now: no answer from this index
+        return False
+    return True
 
 
 _GROUPED = 4
@@ -615,7 +735,11 @@ def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
         except (ValueError, TypeError, RecursionError, SystemError):
             pass
         else:
-            if tuple(map(type, leaves)) == leaf_types and jax.tree_util.all_leaves(leaves):
+            if (
+                tuple(map(type, leaves)) == leaf_types
+                and jax.tree_util.all_leaves(leaves)
+                and keys_are_str(tree, index.key_check)
+            ):
                 return index, leaves
     leaves, treedef = flatten(tree)
     leaf_types = tuple(map(type, leaves))
@@ -625,6 +749,8 @@ def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
             index = _CACHE.get(key)  # type: ignore[assignment]
     except TypeError:  # unhashable aux data
         return build_index(tree, leaves), leaves
+    if index is not None and not keys_are_str(tree, index.key_check):
+        return build_index(tree, leaves), leaves  # `str` subclass keys: not the cached tree's
     if index is None:
         index = build_index(tree, leaves)
         if not index.cacheable:
