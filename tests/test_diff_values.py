@@ -1,0 +1,473 @@
+"""`diff` on values: exact in every dtype, NaN and Inf named, folded regions, odd leaves, restored
+keys, and costs that stay flat (rows found in near-linear work, compilations bounded)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import textwrap
+import warnings
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.tree_util import keystr
+
+import optree_inspect as oi
+from optree_inspect import _diff
+from test_restored import _restore_raw
+
+JAX_DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.uint8, np.uint16, np.uint32,
+              np.float16, ml_dtypes.bfloat16, np.float32, np.complex64]  # fmt: skip
+HOST_DTYPES = [*JAX_DTYPES, np.int64, np.uint64, np.float64, np.complex128]
+
+
+def checked(a: Any, b: Any, **tolerances: float) -> oi.Diff:
+    """`oi.diff(a, b)` with warnings as errors, checking that it leaves both trees as they were and
+    that every row's query selects the row's node (in `a` for a removed one)."""
+    before = [
+        copy.deepcopy(np.asarray(x)) if isinstance(x, np.ndarray) else x for x in jax.tree.leaves((a, b))
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = oi.diff(a, b, **tolerances)
+    after = jax.tree.leaves((a, b))
+    assert len(before) == len(after)
+    for old, new in zip(before, after, strict=True):
+        if isinstance(old, np.ndarray):
+            np.testing.assert_array_equal(old, new)
+        else:
+            assert old is new
+    for row in result:
+        tree = a if row.kind == "removed" else b
+        assert oi.get(tree, row.query) is oi.get(tree, row.path), row
+    return result
+
+
+def summaries(result: oi.Diff) -> list[str]:
+    return [row.summary for row in result]
+
+
+# Exact values in every dtype, against a Python reference -------------------------------------------------
+
+
+def _python(x: Any) -> Any:
+    """An element as an exact Python number."""
+    if isinstance(x, np.complexfloating):
+        return complex(x)
+    if isinstance(x, np.bool_ | bool):
+        return int(x)
+    if np.issubdtype(np.asarray(x).dtype, np.integer):
+        return int(x)
+    return float(np.float64(x)) if np.asarray(x).dtype != np.float64 else float(x)
+
+
+def _nan(x: Any) -> bool:
+    return isinstance(x, float | complex) and x != x
+
+
+def _finite(x: Any) -> bool:
+    return not isinstance(x, float | complex) or (math.isfinite(x.real) and math.isfinite(x.imag))
+
+
+def reference(a: np.ndarray, b: np.ndarray) -> tuple[int, int, Fraction | None]:
+    """Elements that differ (NaN equal to NaN), how many became NaN, the largest exact difference."""
+    changed = became_nan = 0
+    largest: Fraction | None = None
+    for x, y in zip(map(_python, a.reshape(-1)), map(_python, b.reshape(-1)), strict=True):
+        if (_nan(x) and _nan(y)) or (not _nan(x) and not _nan(y) and x == y):
+            continue
+        changed += 1
+        became_nan += _nan(y) and not _nan(x)
+        if _finite(x) and _finite(y):
+            if isinstance(x, complex) or isinstance(y, complex):
+                gap = Fraction(abs(complex(x) - complex(y)))
+            else:
+                gap = abs(Fraction(x) - Fraction(y))
+            largest = gap if largest is None else max(largest, gap)
+    return changed, became_nan, largest
+
+
+def _cast(x: Any, dtype: Any) -> Any:
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.asarray(x).astype(dtype)
+
+
+def _values(dtype: Any) -> st.SearchStrategy[Any]:
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_ or np.issubdtype(dtype, np.integer):
+        return hnp.from_dtype(dtype)
+    edges = [0.0, -0.0, 1.0, 2.0**24, 2.0**24 + 2, 1 + 2.0**-40, np.nan, np.inf, -np.inf, 3e38, -3e38]
+    finfo = ml_dtypes.finfo(dtype) if dtype == ml_dtypes.bfloat16 else np.finfo(dtype)
+    edges += [float(finfo.max), -float(finfo.max), float(finfo.tiny), float(finfo.smallest_subnormal)]
+    floats = st.one_of(st.sampled_from(edges), st.floats(allow_nan=True, allow_infinity=True))
+    return floats.map(lambda x: _cast(x, dtype)[()])
+
+
+@st.composite
+def pairs(draw: st.DrawFn, dtypes: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    dtype_a = draw(st.sampled_from(dtypes))
+    dtype_b = draw(st.one_of(st.just(dtype_a), st.sampled_from(dtypes)))
+    size = draw(st.integers(1, 6))
+    a = np.array(draw(st.lists(_values(dtype_a), min_size=size, max_size=size)), dtype=dtype_a)
+    b = _cast(a, dtype_b)  # many equal elements, and near ones after the cast
+    for i in draw(st.lists(st.integers(0, size - 1), max_size=size)):
+        b[i] = draw(_values(dtype_b))
+    return a, b
+
+
+def _check_against_reference(a: Any, b: Any) -> None:
+    changed, became_nan, largest = reference(np.asarray(a), np.asarray(b))
+    rows = [row for row in checked({"x": a}, {"x": b}) if row.kind == "value"]
+    if not changed:
+        assert rows == []
+        return
+    [row] = rows
+    assert f"{changed:,} of {np.size(a):,} elements differ" in row.summary
+    assert (f"{became_nan} became NaN" in row.summary) == bool(became_nan)
+    found = re.search(r"max \|diff\| (\S+?)(,|$)", row.summary)
+    assert (found is None) == (largest is None), row.summary
+    if found is not None and largest is not None:
+        shown, exact = Fraction(Decimal(found.group(1))), Fraction(largest)
+        assert abs(shown - exact) <= Fraction(6, 1000) * exact, (row.summary, largest)
+
+
+@settings(max_examples=150, deadline=None)
+@given(pairs(HOST_DTYPES))
+def test_numpy_leaves_compare_exactly_in_every_dtype(pair: tuple[np.ndarray, np.ndarray]) -> None:
+    _check_against_reference(*pair)
+
+
+@settings(max_examples=60, deadline=None)
+@given(pairs(JAX_DTYPES))
+def test_jax_leaves_compare_exactly_in_every_dtype(pair: tuple[np.ndarray, np.ndarray]) -> None:
+    _check_against_reference(jnp.asarray(pair[0]), jnp.asarray(pair[1]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(pairs([np.int32, np.uint32, np.float32, np.float16, np.bool_]))
+def test_leaves_compared_on_the_device_compare_exactly(pair: tuple[np.ndarray, np.ndarray]) -> None:
+    with pytest.MonkeyPatch.context() as patch:  # every jax array on the device, as large ones are
+        patch.setattr(_diff, "_SMALL", 0)
+        patch.setattr(_diff, "_DEVICE_GROUP", 0)
+        _check_against_reference(jnp.asarray(pair[0]), jnp.asarray(pair[1]))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "text"),
+    [
+        (jnp.array([2**24], jnp.int32), jnp.array([2**24 + 1], jnp.int32), "max |diff| 1,"),
+        (np.array([1.0]), np.array([1 + 2**-40]), "max |diff| 9.09e-13"),
+        (jnp.array([2**32 - 1], jnp.uint32), jnp.array([2**32 - 2], jnp.uint32), "max |diff| 1,"),
+        (jnp.array([0], jnp.uint32), jnp.array([2**32 - 1], jnp.uint32), "max |diff| 4.29e+09"),
+        (jnp.array([-(2**31)], jnp.int32), jnp.array([2**31 - 1], jnp.int32), "max |diff| 4.29e+09"),
+        (np.array([2**63 - 1]), np.array([2**63 - 2]), "max |diff| 1,"),
+        (np.array([1e308]), np.array([-1e308]), "max |diff| 2e+308"),
+        (jnp.array([3e38], jnp.float32), jnp.array([-3e38], jnp.float32), "max |diff| 6e+38"),
+        (np.array([2**53 + 1], np.int64), np.array([2.0**53]), "max |diff| 1,"),
+        (np.array([-1], np.int8), np.array([255], np.uint8), "max |diff| 256"),
+    ],
+)
+@pytest.mark.parametrize("where", ["host", "device"])
+def test_differences_beyond_float32_are_rows_with_their_size(
+    a: Any, b: Any, text: str, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if where == "device":
+        if not (isinstance(a, jax.Array) and isinstance(b, jax.Array)):
+            pytest.skip("NumPy leaves are compared on the host")
+        monkeypatch.setattr(_diff, "_SMALL", 0)
+        monkeypatch.setattr(_diff, "_DEVICE_GROUP", 0)
+    [row] = [row for row in checked({"x": a}, {"x": b}) if row.kind == "value"]
+    assert "1 of 1 elements differ" in row.summary
+    assert text in row.summary + ",", row.summary
+
+
+def test_sixty_four_bit_values_on_the_device_compare_exactly() -> None:
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, numpy as np
+        import optree_inspect as oi
+        from optree_inspect import _diff
+        _diff._SMALL = _diff._DEVICE_GROUP = 0
+        cases = [(jnp.array([2**62 + 1]), jnp.array([2**62])), (jnp.array([1.0]), jnp.array([1 + 2**-40])),
+                 (jnp.array([2**64 - 1], jnp.uint64), jnp.array([2**64 - 2], jnp.uint64)),
+                 (jnp.array([2**53 + 1]), jnp.array([2.0**53])), (jnp.array([1.0]), jnp.array([jnp.nan]))]
+        for a, b in cases:
+            print([row.summary for row in oi.diff({"x": a}, {"x": b}) if row.kind == "value"])
+        print(len(oi.diff({"x": cases[0][0]}, {"x": cases[0][0] + 0})))
+        """
+    )
+    env = {**os.environ, "JAX_ENABLE_X64": "1", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()[-6:]
+    prefix = "['x']: value: 1 of 1 elements differ, "
+    expected = ["max |diff| 1, max rel 2.17e-19", "max |diff| 9.09e-13, max rel 9.09e-13",
+                "max |diff| 1, max rel 5.42e-20", "max |diff| 1, max rel 1.11e-16"]  # fmt: skip
+    assert lines[:4] == [str([prefix + text]) for text in expected], lines
+    assert lines[4] == "[\"['x']: value: 1 of 1 elements differ, 1 became NaN\"]" and lines[5] == "0"
+
+
+# NaN and Inf ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [jnp.asarray, np.asarray], ids=["jax", "numpy"])
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        ([1.0, np.nan, 3.0], "1 of 3 elements differ, 1 became NaN"),
+        ([1.0, -np.inf, 3.0], "1 of 3 elements differ, 1 became -Inf"),
+        ([np.inf, np.nan, 3.0], "2 of 3 elements differ, 1 became NaN, 1 became Inf"),
+        ([np.nan, 2.0, 5.0], "2 of 3 elements differ, 1 became NaN, max |diff| 2, max rel 0.4"),
+    ],
+)
+def test_elements_that_became_nan_or_inf_are_named_never_a_zero_difference(
+    make: Any, after: list[float], expected: str
+) -> None:
+    [row] = checked(
+        {"x": make(np.array([1.0, 2.0, 3.0], np.float32))}, {"x": make(np.array(after, np.float32))}
+    )
+    assert row.summary == f"['x']: value: {expected}"
+    [back] = checked(
+        {"x": make(np.array(after, np.float32))}, {"x": make(np.array([1.0, 2.0, 3.0], np.float32))}
+    )
+    assert "max |diff| 0" not in back.summary and "were NaN or Inf" in back.summary
+
+
+def test_nan_in_the_same_place_is_no_difference_in_any_leaf_kind() -> None:
+    nan = float("nan")
+    trees = [
+        {"f": nan, "c": complex(nan, 0), "np": np.float64(nan), "a": np.array([nan, 1.0])},
+        {"j": jnp.array([jnp.nan, 1.0]), "c": jnp.array([complex(1, nan)]), "t": (nan, [nan])},
+        {f"layer{i}": {"w": nan, "b": jnp.array([jnp.nan])} for i in range(20)},  # folded
+    ]
+    for tree in trees:
+        assert not checked(tree, tree) and not checked(tree, copy.deepcopy(tree))
+    assert summaries(checked({"f": nan}, {"f": 1.0})) == ["['f']: value: float = nan -> float = 1.0"]
+
+
+# Folded regions ------------------------------------------------------------------------------------------
+
+
+def _region(change: dict[int, Any]) -> dict[str, Any]:
+    return {f"layer{i:02d}": change.get(i, jnp.ones(3)) for i in range(20)}
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({3: jnp.ones(4)}, ["shape: 1 of 20 leaves, first ['layer03']: f32[3] -> f32[4]"]),
+        ({3: np.ones(1, np.float32)}, ["shape: 1 of 20 leaves, first ['layer03']: f32[3] -> f32[1]"]),
+        ({3: np.ones(3, np.float32)}, []),
+        ({3: jnp.ones(3, jnp.int32), 4: jnp.ones(3, jnp.bfloat16)},
+         ["dtype: 2 of 20 leaves, first ['layer03']: f32[3] -> i32[3]"]),
+        ({3: jnp.full(3, 2, jnp.int32)},
+         ["dtype: 1 of 20 leaves, first ['layer03']: f32[3] -> i32[3]",
+          "value: 1 of 20 leaves changed, max |diff| 1"]),
+        ({3: 1.0}, ["type: 1 of 20 leaves, first ['layer03']: f32[3] -> float = 1.0"]),
+        ({1: jnp.array([1.0, jnp.nan, 1.0]), 2: jnp.zeros(3), 3: jnp.ones(5)},
+         ["shape: 1 of 20 leaves, first ['layer03']: f32[3] -> f32[5]",
+          "value: 2 of 20 leaves changed, 1 element became NaN, max |diff| 1"]),
+    ],
+)  # fmt: skip
+def test_a_folded_region_sees_every_kind_of_change_of_its_leaves(
+    changes: dict[int, Any], expected: list[str]
+) -> None:
+    result = checked(_region({}), _region(changes))
+    assert summaries(result) == [f"<root>: {line}" for line in expected]
+
+
+def test_a_sharding_change_inside_a_folded_region_on_8_devices() -> None:
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        import optree_inspect as oi
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+        a = {f"l{i:02d}": jax.device_put(jnp.ones((8, 4 + i)) * i, rows) for i in range(20)}
+        b = {**a, "l05": jax.device_put(a["l05"], replicated), "l07": a["l07"].at[0, 0].set(jnp.nan)}
+        print([row.summary for row in oi.diff({"p": a}, {"p": b})])
+        count = []
+        jax.monitoring.register_event_duration_secs_listener(
+            lambda name, *_, **__: count.append(name == "/jax/core/compile/backend_compile_duration"))
+        c = jax.tree.map(lambda x: x + 1, a)
+        count.clear()
+        print(len(oi.diff(a, c)), sum(count))
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = result.stdout.splitlines()[-2:]
+    assert first == str([
+        "<root>: sharding: 1 of 20 leaves, first ['p']['l05']: @ P('data',) -> @ replicated(8)",
+        "<root>: value: 1 of 20 leaves changed, 1 element became NaN",
+    ]), first  # fmt: skip
+    assert second == "1 0", second  # 20 sharded leaves of 20 shapes: small, compared on the host
+
+
+# Leaves of other kinds -----------------------------------------------------------------------------------
+
+
+def test_prng_keys_text_dates_objects_and_empty_leaves() -> None:
+    keys = jax.random.split(jax.random.key(0), 4)
+    a = {"key": jax.random.key(0), "keys": keys, "text": np.array(["a", "b"]), "bytes": np.array([b"x"]),
+         "dates": np.array(["2024-01-01", "NaT"], "datetime64[D]"), "objects": np.array([1, "a"], object),
+         "empty": jnp.zeros((0, 3)), "empty_np": np.zeros((3, 0)), "raw": jax.random.PRNGKey(0)}  # fmt: skip
+    assert not checked(a, a) and not checked(a, copy.deepcopy(a))
+    b = {**a, "key": jax.random.key(1), "keys": keys.at[2].set(jax.random.key(7)),
+         "text": np.array(["a", "c"]),
+         "dates": np.array(["2024-01-02", "NaT"], "datetime64[D]"), "objects": np.array([1, "b"], object),
+         "empty": jnp.ones((0, 3)), "raw": jax.random.key(0)}  # fmt: skip
+    rows = {keystr(row.path): (row.kind, row.summary.split(": ", 1)[1]) for row in checked(a, b)}
+    assert rows == {
+        "['key']": ("value", "value: 1 of 1 keys differ"),
+        "['keys']": ("value", "value: 1 of 4 keys differ"),
+        "['text']": ("value", "value: 1 of 2 elements differ"),
+        "['dates']": ("value", "value: 1 of 2 elements differ"),
+        "['objects']": ("value", "value: 1 of 2 elements differ"),
+        "['raw']": ("shape", "shape: u32[2] -> key<fry>[]"),
+    }
+    other = {"key": jax.random.key(0, impl="rbg")}
+    assert [row.kind for row in checked({"key": jax.random.key(0)}, other)] == ["dtype"]
+
+
+def test_a_deleted_array_is_refused_naming_its_path() -> None:
+    donated = jnp.ones(3)
+    donated.delete()
+    for a, b, side in (
+        ({"x": {"w": donated}}, {"x": {"w": jnp.ones(3)}}, "a"),
+        ({"x": {"w": jnp.ones(3)}}, {"x": {"w": donated}}, "b"),
+    ):
+        with pytest.raises(oi.DeletedArrayError, match=re.escape(f"['x']['w'] in {side} was deleted")):
+            oi.diff(a, b)
+    with pytest.raises(oi.DeletedArrayError):
+        oi.diff(_region({4: donated}), _region({}))
+
+
+# Integer keys and their orbax restore --------------------------------------------------------------------
+
+
+def test_integer_keys_match_their_text_as_orbax_restores_them(tmp_path: pathlib.Path) -> None:
+    state = {
+        "layers": {i: {"w": jnp.asarray(np.full(2, i, np.float32))} for i in range(3)},
+        "count": jnp.int32(3),
+    }
+    restored = _restore_raw(state, tmp_path)
+    assert "0" in restored["layers"]
+    assert not checked(state, restored) and not checked(restored, state)
+    moved = oi.set(restored, "layers['1'].w", jnp.full(2, 9.0))
+    [row] = checked(state, moved)
+    assert keystr(row.path) == "['layers']['1']['w']" and row.kind == "value"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ({0: 1, 1: 2}, {"0": 1, "1": 2}, set()),
+        ({"0": 1}, {0: 3}, {("value", "[0]")}),
+        ({0: 1, 1: 2}, {"0": 1, "2": 2}, {("removed", "[1]"), ("added", "['2']")}),
+        ({0: {1: 5}}, {"0": {"1": 5}}, set()),
+        ({0: 1, 1: 2}, {"0": 1, "1": 2, "2": 3}, {("added", "['2']")}),
+        ({1: 1, 2: 2}, {1: 1, 2: 2}, set()),
+    ],
+)
+def test_a_key_matches_its_text_only_where_nothing_else_does(
+    a: Any, b: Any, expected: set[tuple[str, str]]
+) -> None:
+    assert {(row.kind, keystr(row.path)) for row in checked(a, b)} == expected
+
+
+def test_a_dict_with_both_an_integer_and_its_text_is_refused_as_jax_refuses_it() -> None:
+    with pytest.raises(oi.TreeError):
+        oi.diff({0: 1, "0": 2}, {0: 1, "0": 2})
+
+
+# Costs ---------------------------------------------------------------------------------------------------
+
+
+def _calls(function: Any) -> int:
+    """How many Python and C functions `function()` calls: a count of work, not of time."""
+    count = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal count
+        count += 1
+
+    sys.setprofile(profile)
+    try:
+        function()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: ({}, {f"k{i}": i for i in range(n)}),
+        lambda n: ({f"a{i}": i for i in range(n)}, {f"b{i}": i for i in range(n)}),
+        lambda n: ({f"k{i}": [i] for i in range(n)}, {f"k{i}": (i,) for i in range(n)}),
+    ],
+    ids=["added", "removed-and-added", "types"],
+)
+def test_finding_the_node_of_each_row_costs_near_linear_work(make: Any) -> None:
+    oi.diff(*make(10))
+    small, large = (_calls(lambda n=n: oi.diff(*make(n))) for n in (500, 2000))  # type: ignore[misc]
+    assert large < 4.6 * small, (small, large)  # quadratic work would be 16x
+
+
+def _compilations(function: Any) -> int:
+    events: list[str] = []
+    listener = lambda name, *_, **__: events.append(name)  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        function()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return events.count("/jax/core/compile/backend_compile_duration")
+
+
+@pytest.mark.parametrize("shapes", [20, 200])
+def test_distinct_shapes_cost_no_compilation(shapes: int) -> None:
+    params = {f"p{i}": np.ones((i + 1, 3), np.float32) for i in range(shapes)}
+    state = lambda x: (optax.ScaleByAdamState(np.int32(x), *[jax.tree.map(lambda p: p * x, params)] * 2),)  # noqa: E731
+    before, after = jax.device_put(state(1)), jax.device_put(state(2))  # no compilation
+    assert _compilations(lambda: oi.diff(before, after)) == 0
+    assert _compilations(lambda: oi.diff(before, after, rtol=1e-3)) == 0
+    assert [row.query for row in oi.diff(before, after)] == ["count", "mu", "nu"]
+
+
+def test_large_leaves_compile_once_per_shape_that_holds_enough_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_diff, "_SMALL", 8)
+    monkeypatch.setattr(_diff, "_DEVICE_GROUP", 64)
+    distinct = {f"d{i}": jnp.ones(8 + i) for i in range(30)}  # each below 64 elements: on the host
+    shared = {f"s{i}": jnp.ones((4, 5)) for i in range(6)}  # 120 elements of one shape: one compilation
+    a = {**distinct, **shared, "big": jnp.ones(100)}
+    b = jax.block_until_ready(jax.tree.map(lambda x: x.at[0].set(2.0), a))
+    assert _compilations(lambda: oi.diff(a, b)) <= 2
+    result = checked(a, b)
+    assert len(result) == 1 and result.rows[0].summary.startswith(
+        "<root>: value: 37 of 37 leaves changed, max |diff| 1"
+    )
+    assert _compilations(lambda: oi.diff(a, b)) == 0
