@@ -10,10 +10,13 @@ import equinox as eqx
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 from flax import nnx
 from flax.training import train_state
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey, keystr
 
 import optree_inspect as oi
@@ -329,8 +332,10 @@ def test_hyperparameter_missing_from_the_state_says_to_inject() -> None:
     state = trained(optax.adamw(1e-3))
     with pytest.raises(oi.NoMatchError, match=r"optax\.inject_hyperparams"):
         oi.get(state, "learning_rate")
-    with pytest.raises(oi.NoMatchError, match="injected ones here are b1, b2"):
-        oi.get(SEED_STATE, "momentum")
+    with pytest.raises(oi.NoMatchError, match=r"injected ones here are b1, b2[\s\S]*clip_by_global_norm"):
+        oi.get(SEED_STATE, "max_norm")
+    with pytest.raises(oi.NoMatchError, match="Did you mean 'b1'"):
+        oi.get(SEED_STATE, "momentum")  # adam's momentum is b1
 
 
 @pytest.mark.parametrize(
@@ -405,3 +410,122 @@ def test_keys_with_a_greater_than_sign_are_bracketed() -> None:
     assert [keystr(m.path) for m in oi.find(tree, "a>b>c")] == ["['x']['a']['b']['c']"]
     rows = {row.path: row.query for row in oi.describe(tree).rows}
     assert rows[(DictKey("x"), DictKey("a>b"))] == "x['a>b']"
+
+
+# Suggested queries are whole -------------------------------------------------------------------
+
+
+def _long_name_tree(length: int, count: int) -> dict[str, Any]:
+    """Transformer-like parameter names of about `length` characters, some with dots, as an adam
+    state's moments: every `kernel` is ambiguous."""
+    stem = "encoder_block_{}.attention_query_projection_" if length % 2 else "decoder_layer_{}_self_attn_"
+    names = [(stem.format(i) * (1 + length // len(stem)))[:length] + f"_{i}" for i in range(count)]
+    moments = {name: {"kernel": np.zeros(2, np.float32), "bias": np.zeros(1, np.float32)} for name in names}
+    return {"mu": moments, "nu": dict(moments)}
+
+
+@settings(max_examples=25, deadline=None)
+@given(length=st.integers(1, 400), count=st.integers(1, 40))
+def test_an_ambiguous_match_lists_whole_queries_that_each_select_their_candidate(
+    length: int, count: int
+) -> None:
+    tree = _long_name_tree(length, count)
+    with pytest.raises(oi.AmbiguousMatchError) as info:
+        oi.get(tree, "kernel")
+    error = info.value
+    message = str(error)
+    assert error.count == 2 * count and f"matches {2 * count} nodes" in message
+    assert len(error.candidates) == min(2 * count, oi._errors.MAX_LISTED)
+    for path, query in error.candidates:
+        [match] = oi.find(tree, query)
+        assert keystr(match.path) == path and oi.get(tree, query) is match.value
+    assert len(message) <= 4000 and not message.endswith("...")
+    rows = message.splitlines()[1:]
+    listed = [row for row in rows if not row.startswith("  ... and ")]
+    assert listed == [
+        f"  {path}  ->  get(tree, {query!r})" for path, query in error.candidates[: len(listed)]
+    ]
+    more = 2 * count - len(listed)
+    assert (rows[-1] == f"  ... and {more:,} more") if more else rows == listed
+
+
+@pytest.mark.parametrize("length", [20, 99, 100, 101, 300])
+def test_close_names_and_listed_children_are_whole_keys_of_the_tree(length: int) -> None:
+    tree = _long_name_tree(length, 3)
+    names = list(tree["mu"])
+    typo = names[0][:-3] + "xx" + names[0][-1]
+    with pytest.raises(oi.NoMatchError) as info:
+        oi.get(tree, f"mu['{names[0]}'].kernal")
+    for line in str(info.value).splitlines():
+        if line.startswith("Close names in the tree: "):
+            assert set(line.removeprefix("Close names in the tree: ").rstrip(".").split(", ")) <= {
+                "kernel",
+                "bias",
+                "mu",
+                "nu",
+                *names,
+            }
+    with pytest.raises(oi.NoMatchError) as info:
+        oi.get(tree, f"['mu']['{typo}']")
+    children = [line.strip() for line in str(info.value).splitlines() if line.startswith("  ")]
+    assert children and all(child in {f"[{name!r}]" for name in names} for child in children), children
+
+
+HOLDS = {
+    "injected": lambda: (optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3).init(PARAMS), None),
+    "in the optimizer": lambda: (optax.adamw(1e-3).init(PARAMS), optax.adamw(1e-3)),
+}
+
+
+@pytest.mark.parametrize("holder", sorted(HOLDS))
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("lr", "learning_rate"),
+        ("LR", "learning_rate"),
+        ("learning-rate", "learning_rate"),
+        ("learningRate", "learning_rate"),
+        ("beta1", "b1"),
+        ("beta_1", "b1"),
+        ("beta2", "b2"),
+        ("epsilon", "eps"),
+        ("wd", "weight_decay"),
+        ("weight-decay", "weight_decay"),
+        ("Weight_Decay", "weight_decay"),
+        ("momentum", "b1"),
+        ("ScaleByAdamState.beta1", "ScaleByAdamState.b1"),
+    ],
+)
+def test_what_users_type_for_a_hyperparameter_suggests_the_states_own_name(
+    typed: str, meant: str, holder: str
+) -> None:
+    state, tx = HOLDS[holder]()
+    if holder == "injected" and "." in meant:
+        meant = meant.replace("ScaleByAdamState", "InjectStatefulHyperparamsState")
+        typed = typed.replace("ScaleByAdamState", "InjectStatefulHyperparamsState")
+    with pytest.raises(oi.NoMatchError) as info:
+        oi.get(state, typed, optimizer=tx)
+    assert f"Did you mean {meant!r}?" in str(info.value)
+    assert oi.get(state, meant, optimizer=tx) is not None
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("lr", "learning_rate"),
+        ("beta1", "b1"),
+        ("epsilon", "eps"),
+        ("wd", "weight_decay"),
+        ("clipnorm", "max_norm"),
+    ],
+)
+def test_a_name_the_state_does_not_hold_gets_optaxs_name_and_how_to_read_or_inject_it(
+    typed: str, meant: str
+) -> None:
+    state = optax.sgd(0.1).init(PARAMS)  # holds no hyperparameter at all
+    with pytest.raises(oi.NoMatchError) as info:
+        oi.get(state, typed)
+    message = str(info.value)
+    assert "Did you mean" not in message
+    assert f"optax calls it {meant!r}" in message and f"oi.get(state, {meant!r}, optimizer=tx)" in message
+    assert f"{meant}=...)" in message.splitlines()[-1]

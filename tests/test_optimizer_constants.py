@@ -6,6 +6,10 @@ new optax changes it (see test_closure_layout_of_this_optax).
 
 from __future__ import annotations
 
+import inspect
+import itertools
+import re
+import warnings
 from typing import Any
 
 import jax
@@ -329,3 +333,190 @@ def test_a_schedule_whose_counter_is_an_nnx_variable() -> None:
     optimizer = nnx.Optimizer(Model(nnx.Rngs(0)), tx, wrt=nnx.Param)
     assert float(oi.get(optimizer.opt_state, "learning_rate", optimizer=tx)) == 0.0
     assert set(oi.hyperparams(optimizer.opt_state, optimizer=tx)) >= {"b1", "learning_rate", "weight_decay"}
+
+
+# The inject hint names a factory that takes the name ---------------------------------------------
+
+
+def _factory(where: str) -> Any:
+    module, _, attribute = where.rpartition(".")
+    return getattr(optax.contrib if module else optax, attribute)
+
+
+@pytest.mark.parametrize("name", sorted(oi._optax.names.HYPERPARAMETER_FACTORIES))
+def test_the_inject_hint_names_an_optax_factory_that_takes_the_hyperparameter(name: str) -> None:
+    where = oi._optax.names.HYPERPARAMETER_FACTORIES[name]
+    factory = _factory(where)
+    signature = inspect.signature(factory)
+    assert name in signature.parameters, (name, where)
+    required = {p.name: 0.1 for p in signature.parameters.values() if p.default is p.empty and p.name != name}
+    if "key" in signature.parameters:
+        required["key"] = 0
+    default = signature.parameters[name].default
+    value = default if isinstance(default, int | float) and not isinstance(default, bool) else 0.5
+    injected = optax.inject_hyperparams(factory)(**required, **{name: value})
+    assert name in injected.init(PARAMS).hyperparams  # injecting it, as the hint says, works
+    with pytest.raises(oi.NoMatchError) as info:
+        oi.get(optax.sgd(0.1).init(PARAMS), name)
+    [example] = [line for line in str(info.value).splitlines() if line.startswith("  >>> ")]
+    assert example.startswith(f"  >>> optax.inject_hyperparams(optax.{where})(")
+    assert re.search(rf"[(, ]{name}=\.\.\.[,)]", example), example
+
+
+@pytest.mark.parametrize("alias", sorted(oi._optax.names.HYPERPARAMETER_ALIASES))
+def test_every_alias_means_names_of_the_table(alias: str) -> None:
+    meant = oi._optax.names.optax_names(alias)
+    assert meant and set(meant) <= oi._optax.names.HYPERPARAMETER_NAMES
+    assert alias not in oi._optax.names.HYPERPARAMETER_NAMES or alias == "momentum"
+
+
+# A user's own scale: its exact factor, unless the chain is one an alias builds ------------------
+
+FN = optax.linear_schedule(0.5, 0.25, 10)
+
+USER_LAYOUTS: dict[str, tuple[Any, dict[str, list[float]]]] = {
+    "scale before adam": (
+        lambda: optax.chain(optax.scale(0.5), optax.adam(1e-3)),
+        {"step_size": [0.5], "learning_rate": [1e-3]},
+    ),
+    "scale after adam": (
+        lambda: optax.chain(optax.adam(1e-3), optax.scale(0.5)),
+        {"step_size": [0.5], "learning_rate": [1e-3]},
+    ),
+    "negative scale after adam": (
+        lambda: optax.chain(optax.adam(1e-3), optax.scale(-0.5)),
+        {"step_size": [-0.5], "learning_rate": [1e-3]},
+    ),
+    "scale between": (
+        lambda: optax.chain(optax.clip(1.0), optax.scale(0.5), optax.scale_by_adam()),
+        {"step_size": [0.5]},
+    ),
+    "after clipping": (
+        lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.scale(-0.5)),
+        {"step_size": [-0.5]},
+    ),
+    "momentum after": (
+        lambda: optax.chain(optax.clip(1.0), optax.scale(-0.5), optax.trace(0.9)),
+        {"step_size": [-0.5], "momentum": [0.9]},
+    ),
+    "adam, then momentum": (
+        lambda: optax.chain(optax.scale_by_adam(), optax.scale(-1e-3), optax.trace(0.9)),
+        {"step_size": [-1e-3], "momentum": [0.9]},
+    ),
+    "not rprop's sign flip": (
+        lambda: optax.chain(optax.scale_by_rprop(0.1), optax.scale(0.5)),
+        {"step_size": [0.5]},
+    ),
+    "named_chain": (
+        lambda: optax.named_chain(("a", optax.scale_by_adam()), ("b", optax.scale(-0.5))),
+        {"step_size": [-0.5]},
+    ),
+    "partition": (
+        lambda: optax.partition(
+            {"a": optax.chain(optax.clip(1.0), optax.scale(-0.5)), "b": optax.sgd(0.1)},
+            {"dense1": {"w": "a", "b": "b"}, "head": {"w": "b"}},
+        ),
+        {"step_size": [-0.5], "learning_rate": [0.1]},
+    ),
+    "multi_steps": (
+        lambda: optax.MultiSteps(
+            optax.chain(optax.adam(1e-3), optax.scale(0.5)), 2
+        ).gradient_transformation(),
+        {"step_size": [0.5], "learning_rate": [1e-3]},
+    ),
+    "a user schedule, then a sign flip": (
+        lambda: optax.chain(optax.trace(0.9), optax.scale_by_schedule(FN), optax.scale(-1.0)),
+        {"step_size": [0.5, -1.0], "momentum": [0.9]},
+    ),
+    # Chains an alias builds read as that alias, with its sign: nothing tells them apart.
+    "adam's layout": (
+        lambda: optax.chain(optax.scale_by_adam(), optax.scale(-2e-3)),
+        {"learning_rate": [2e-3]},
+    ),
+    "adam(-0.5)'s layout": (
+        lambda: optax.chain(optax.scale_by_adam(), optax.scale(0.5)),
+        {"learning_rate": [-0.5]},
+    ),
+    "rmsprop's layout": (
+        lambda: optax.chain(optax.scale_by_rms(), optax.scale(-0.1), optax.trace(0.9)),
+        {"learning_rate": [0.1], "momentum": [0.9]},
+    ),
+    "optimistic_adam_v2": (lambda: optax.optimistic_adam_v2(0.01), {"learning_rate": [0.01]}),
+    "adafactor without a learning rate": (lambda: optax.adafactor(learning_rate=None), {}),
+    "cocob": (lambda: optax.contrib.cocob(0.3), {"learning_rate": [0.3]}),
+    "lbfgs": (lambda: optax.lbfgs(0.5), {"learning_rate": [0.5]}),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(USER_LAYOUTS))
+def test_a_scale_is_a_learning_rate_only_in_an_alias_layout(layout: str) -> None:
+    make, expected = USER_LAYOUTS[layout]
+    tx = make()
+    state = tx.init(PARAMS)
+    values = oi.hyperparams(state, optimizer=tx)
+    read: dict[str, list[float]] = {}
+    for query, value in values.items():
+        name = query.split(".")[-1]
+        if name in ("learning_rate", "step_size", "momentum"):
+            read.setdefault(name, []).append(float(value))
+    assert read.keys() == expected.keys(), values
+    for name, found in expected.items():
+        assert read[name] == pytest.approx(found), values
+    text = str(oi.describe(state, optimizer=tx))
+    for name in ("learning_rate", "step_size"):
+        lines = [line for line in text.splitlines() if f" {name}: " in line and "in the optimizer" in line]
+        assert len(lines) == len(expected.get(name, [])), text
+
+
+def _alias_variants() -> list[tuple[str, Any]]:
+    """Every optax alias that takes a learning rate, in each layout its flags and optional parts
+    build (as optax 0.2.8 builds them)."""
+    variants = []
+    for module, prefix in ((optax, ""), (optax.contrib, "contrib.")):
+        for name in sorted(dir(module)):
+            function = getattr(module, name)
+            if name.startswith("_") or isinstance(function, type) or not callable(function):
+                continue
+            try:
+                parameters = inspect.signature(function).parameters
+            except (TypeError, ValueError):
+                continue
+            if "learning_rate" not in parameters or "GradientTransformation" not in str(
+                inspect.signature(function).return_annotation
+            ):
+                continue
+            options = [
+                (p.name, [True, False] if isinstance(p.default, bool) else [None, 0.9])
+                for p in parameters.values()
+                if isinstance(p.default, bool)
+                or (p.default is None and p.name in ("momentum", "decay", "clipping_threshold"))
+            ]
+            for combination in itertools.product(*[values for _, values in options]):
+                variants.append((prefix + name, dict(zip([n for n, _ in options], combination, strict=True))))
+    return variants
+
+
+def test_every_alias_layout_reads_its_learning_rate() -> None:
+    """A differential test over optax's aliases and their flags: the learning rate given, read
+    with its sign, once per group, nothing else as learning_rate or step_size."""
+    checked = 0
+    for name, flags in _alias_variants():
+        if name.split(".")[-1].startswith("scale_by_"):  # a transformation, not an alias
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecations of the factories themselves
+                tx = _factory(name)(learning_rate=0.0123, **flags)
+                state = tx.init(P)
+        except Exception:  # a combination the factory refuses, or needing other arguments
+            continue
+        reading = oi._optax.closures.read_optimizer(tx, state)
+        rates = [float(c.value) for c in reading.constants if c.name == "learning_rate"]
+        steps = [c for c in reading.constants if c.name == "step_size"]
+        checked += 1
+        assert not steps, (name, flags, steps)
+        if name.split(".")[-1] in NOT_READABLE:
+            assert not rates, (name, flags)
+        else:
+            assert rates and all(r == pytest.approx(0.0123) for r in rates), (name, flags, rates)
+    assert checked > 100

@@ -19,12 +19,12 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from ._compat import is_nnx_variable_type, partition_spec_text, variable_value
-from ._describe import _dtype_name, layout_of
+from ._describe import _dtype_name, layout_of, line_entries
 from ._errors import bounded, raised_here
 from ._keys import KeyPath
 from ._naming import shortest_query
 from ._optax.closures import Optimizer, read_optimizer
-from ._optax.states import hyperparameter_nodes
+from ._optax.states import hyperparameter_nodes, is_counter
 from ._query import Query, parse_query
 from ._resolve import resolve_one
 from ._tree import StructureIndex, index_and_leaves
@@ -85,12 +85,14 @@ class Report:
 
 @raised_here
 def stats(tree: PyTree, query: Query | None = None) -> dict[str, dict[str, Array]]:
-    """The values of `tree` by the rows `describe` shows: for every leaf row and every folded,
-    `like` or run row (a run gives one entry a member), keyed by the row's query, the statistics
-    `nan`, `inf` (counts), `min`, `max`, `mean`, `rms` and `zero_fraction` (over the finite
-    elements; NaN where there is none). With `query`, one entry per leaf of the node it selects.
-    Rows without numbers (PRNG keys, strings, abstract leaves) are left out. Computed on the
-    device; under `jit` the values are tracers, so a training step can return them as metrics.
+    """The values of `tree` by the rows `describe` shows, keyed by a query that selects the
+    entry's node: every leaf or nnx Variable row, every folded or `like` row, each member of a
+    run row and each child a "... N more children" row leaves out, so that every leaf is in
+    exactly one entry. With `query`, one entry per leaf of the node it selects. Each holds `nan`,
+    `inf` (counts), `min`, `max`, `mean`, `rms` and `zero_fraction` (over the finite elements;
+    NaN where there is none). Leaves without numbers (PRNG keys, strings, abstract or deleted
+    arrays) enter no entry. NumPy int64 and float64 eagerly; under `jit` tracers, so a training
+    step can return them as metrics.
 
     ```python
     >>> import jax.numpy as jnp, optax, optree_inspect as oi
@@ -102,37 +104,30 @@ def stats(tree: PyTree, query: Query | None = None) -> dict[str, dict[str, Array
     """
     index, leaves = index_and_leaves(tree)
     table = leaf_table(leaves)
-    spans: list[tuple[int, slice]] = []
+    entries: list[tuple[int, slice]] = []
     if query is None:
-        for line in layout_of(index):
-            if line.kind == "node" and not index.is_leaf[line.node]:
-                continue
-            members = _run_members(index, line.node, line.other) if line.kind == "run" else [line.node]
-            spans.extend((node, span) for node in members if (span := _node_leaves(index, node)))
+        lines = layout_of(index)
+        entries.extend(entry for number in range(len(lines)) for entry in line_entries(index, lines, number))
     else:
         path, _ = resolve_one(tree, parse_query(query))
         node = index.number_of(path)
         assert node is not None
-        spans.extend(
-            (leaf, slice(index.leaf_starts[leaf], index.leaf_starts[leaf] + 1))
+        entries.extend(
+            (_row_node(index, leaf), slice(index.leaf_starts[leaf], index.leaf_starts[leaf] + 1))
             for leaf in range(node, node + index.sizes[node])
             if index.is_leaf[leaf]
         )
     result: dict[str, dict[str, Array]] = {}
-    for node, span in spans:
+    for node, span in entries:
         if table.numeric[span].any():
             result[shortest_query(index, node) if node else ""] = summarise(table, span)
     return result
 
 
-def _run_members(index: StructureIndex, first: int, last: int) -> list[int]:
-    siblings = list(index.children(index.parents[first]))
-    return siblings[siblings.index(first) : siblings.index(last) + 1]
-
-
-def _node_leaves(index: StructureIndex, node: int) -> slice | None:
-    start = index.leaf_starts[node]
-    return slice(start, start + index.leaf_counts[node]) if index.leaf_counts[node] else None
+def _row_node(index: StructureIndex, leaf: int) -> int:
+    """The node whose row shows `leaf`: its nnx Variable where one holds it."""
+    parent = index.parents[leaf] if leaf else 0
+    return parent if leaf and is_nnx_variable_type(index.types[parent]) else leaf
 
 
 @raised_here
@@ -146,9 +141,9 @@ def check(tree: PyTree, /, *, optimizer: Optimizer | None = None, params: PyTree
       device), where the tree holds its params (a `params` field, as a `TrainState` has) or
       `params=` gives them.
 
-    Values are read on the device, with one transfer of small results; on traced or abstract
-    states only the shardings are checked. With `optimizer=`, a mismatched optimizer raises
-    `OptimizerMismatchError`, as elsewhere.
+    Values are read from concrete leaves only (abstract and deleted arrays are left out; under
+    `jit` nothing is checked); shardings of abstract leaves that carry one are compared too. With
+    `optimizer=`, a mismatched optimizer raises `OptimizerMismatchError`, as elsewhere.
 
     ```python
     >>> import jax.numpy as jnp, optax, optree_inspect as oi
@@ -163,9 +158,8 @@ def check(tree: PyTree, /, *, optimizer: Optimizer | None = None, params: PyTree
     if optimizer is not None:
         read_optimizer(optimizer, tree)  # a mismatch is an error, as for every verb
     values = [variable_value(leaf) if is_nnx_variable_type(type(leaf)) else leaf for leaf in leaves]
-    concrete = not any(isinstance(v, jax.core.Tracer | jax.ShapeDtypeStruct) for v in values)
     findings: list[Finding] = []
-    if concrete:
+    if not any(isinstance(v, jax.core.Tracer) for v in values):  # abstract and deleted leaves: no values
         findings.extend(_nonfinite(index, values))
         findings.extend(_rounded(index, values))
     findings.extend(_replicated(index, tree, values, params))
@@ -185,8 +179,10 @@ def _nonfinite(index: StructureIndex, values: list[Any]) -> list[Finding]:
         leaf = values[position]
         what = " and ".join(f"{n:,} {name}" for n, name in ((nan, "NaN"), (inf, "Inf")) if n)
         size = int(np.size(leaf))
+        dtype = getattr(leaf, "dtype", None)
         shape = ",".join(map(str, np.shape(leaf)))
-        message = f"{what} in {size:,} element{'s' * (size != 1)} ({_dtype_name(leaf.dtype)}[{shape}])"
+        kind = f"{_dtype_name(dtype)}[{shape}]" if dtype is not None else type(leaf).__name__
+        message = f"{what} in {size:,} element{'s' * (size != 1)} ({kind})"
         node = nodes[position]
         findings.append(Finding("nonfinite", index.path(node), shortest_query(index, node), message))
     return findings
@@ -200,31 +196,56 @@ def _rounded(index: StructureIndex, values: list[Any]) -> list[Finding]:
         if name not in DECAY_RATES | EPSILONS:
             continue
         leaf_node = node if index.is_leaf[node] else node + 1  # an nnx Variable holds its value
-        value: Any = values[positions[leaf_node]] if leaf_node in positions else None
-        dtype = getattr(value, "dtype", None)
-        if dtype is None or not jax.numpy.issubdtype(dtype, jax.numpy.floating) or np.ndim(value) != 0:
+        value = _host_floats(values[positions[leaf_node]] if leaf_node in positions else None)
+        if value is None:
             continue
-        number = float(value)
+        dtype = value.dtype
+        wrong = value == 1.0 if name in DECAY_RATES else value == 0.0
+        if not wrong.any():
+            continue
         short = _dtype_name(dtype)
         low_precision = jax.numpy.finfo(dtype).bits < 32
-        if name in DECAY_RATES and number == 1.0:
+        where = _members(wrong)
+        if name in DECAY_RATES:
             cause = f" (a rate such as 0.999 rounds to 1 in {short})" if low_precision else ""
             message = (
-                f"{name} is 1 in {short}{cause}: bias correction divides by 1 - {name}**t = 0 and the "
-                f"moment stops forgetting. {_IN_FLOAT32}"
-            )
-        elif name in EPSILONS and number == 0.0:
-            cause = f" (a small eps such as 1e-8 underflows to 0 in {short})" if low_precision else ""
-            message = (
-                f"{name} is 0 in {short}{cause}: the update divides by sqrt(nu) + {name}, which is 0 "
-                f"where nu is. {_IN_FLOAT32}"
+                f"{name} is 1{where} in {short}{cause}: bias correction divides by 1 - {name}**t = 0 and "
+                f"the moment stops forgetting. {_IN_FLOAT32}"
             )
         else:
-            continue
+            cause = f" (a small eps such as 1e-8 underflows to 0 in {short})" if low_precision else ""
+            message = (
+                f"{name} is 0{where} in {short}{cause}: the update divides by sqrt(nu) + {name}, which is "
+                f"0 where nu is. {_IN_FLOAT32}"
+            )
         findings.append(
             Finding("rounded_hyperparameter", index.path(node), shortest_query(index, node), message)
         )
     return findings
+
+
+def _host_floats(value: Any) -> np.ndarray | None:
+    """A concrete floating hyperparameter's values on the host (any shape: a vmapped ensemble
+    holds one a member), or None."""
+    if isinstance(value, float):
+        return np.asarray(value)
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or isinstance(value, jax.core.Tracer | jax.ShapeDtypeStruct):
+        return None
+    if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
+        return None
+    if isinstance(value, jax.Array) and (value.is_deleted() or not value.is_fully_addressable):
+        return None
+    return np.asarray(value)
+
+
+def _members(wrong: np.ndarray, shown: int = 4) -> str:
+    """Which members of a non-scalar hyperparameter are wrong: ` at 2 of 8 members ([0], [5])`."""
+    if wrong.ndim == 0:
+        return ""
+    indices = [str(list(map(int, index))) for index in np.argwhere(wrong)[:shown]]
+    more = ", ..." if int(wrong.sum()) > shown else ""
+    return f" at {int(wrong.sum()):,} of {wrong.size:,} members ({', '.join(indices)}{more})"
 
 
 def _replicated(index: StructureIndex, tree: Any, values: list[Any], params: Any) -> list[Finding]:
@@ -235,12 +256,10 @@ def _replicated(index: StructureIndex, tree: Any, values: list[Any], params: Any
     findings = []
     positions = {node: position for position, node in enumerate(index.leaf_nodes)}
     for root in _moment_roots(index):
-        depth = index.depths[root]
-        for leaf in range(root + 1, root + index.sizes[root]):
+        for leaf in range(root, root + index.sizes[root]):
             if not index.is_leaf[leaf]:
                 continue
-            name = tuple(index.texts[n] for n in [*index.ancestors(leaf)[depth + 1 :], leaf])
-            param = by_name.get(name)
+            param = by_name.get(_name_under(index, root, leaf))
             moment = values[positions[leaf]] if param is not None else None
             message = _less_sharded(moment, param)
             if message:
@@ -251,14 +270,22 @@ def _replicated(index: StructureIndex, tree: Any, values: list[Any], params: Any
 
 
 def _moment_roots(index: StructureIndex) -> list[int]:
-    """The fields of optax states that hold params-shaped subtrees (`mu`, `nu`, `trace`)."""
+    """The fields of optax states that hold params-shaped subtrees (`mu`, `nu`, `trace`), or one
+    array where the params are one array (never a counter)."""
     states = itertools.compress(range(len(index)), index.state_names)
     return [
         child
         for state in states
         for child in index.children(state)
-        if not index.holds_state[child] and not index.is_leaf[child]
+        if not index.holds_state[child] and not (index.is_leaf[child] and is_counter(index, child))
     ]
+
+
+def _name_under(index: StructureIndex, root: int, leaf: int) -> tuple[str, ...]:
+    """The key names from `root` (excluded) down to `leaf`: `()` for the root itself."""
+    if leaf == root:
+        return ()
+    return tuple(index.texts[n] for n in [*index.ancestors(leaf)[index.depths[root] + 1 :], leaf])
 
 
 def _params_by_name(
@@ -275,21 +302,17 @@ def _params_by_name(
         if len(candidates) != 1:
             return {}
         root = candidates[0]
-    nodes = index.leaf_nodes
-    depth = index.depths[root]
     found = {}
-    for position, leaf in enumerate(nodes):
+    for position, leaf in enumerate(index.leaf_nodes):
         if root <= leaf < root + index.sizes[root]:
-            name = tuple(index.texts[n] for n in [*index.ancestors(leaf)[depth + 1 :], leaf])
-            found[name] = values[position]
+            found[_name_under(index, root, leaf)] = values[position]
     return found
 
 
 def _less_sharded(moment: Any, param: Any) -> str | None:
-    """Why `moment` takes more memory per device than `param`, or None."""
-    if not (isinstance(moment, jax.Array) and isinstance(param, jax.Array)):
-        return None
-    if isinstance(moment, jax.core.Tracer) or moment.shape != param.shape:
+    """Why `moment` takes more memory per device than `param`, or None: concrete arrays, or abstract
+    ones (`jax.ShapeDtypeStruct`, as `jax.eval_shape` gives) that carry a sharding."""
+    if not (_placed(moment) and _placed(param)) or moment.shape != param.shape:
         return None
     mine = math.prod(moment.sharding.shard_shape(moment.shape))
     theirs = math.prod(param.sharding.shard_shape(param.shape))
@@ -300,6 +323,12 @@ def _less_sharded(moment: Any, param: Any) -> str | None:
         f"{theirs:,} ({_placement(param)}). Place it like the parameter: jax.device_put(moment, "
         "param.sharding) (`jax.jit(tx.init)` alone does not place zeros like the params)."
     )
+
+
+def _placed(leaf: Any) -> bool:
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return getattr(leaf, "sharding", None) is not None
+    return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
 
 
 def _placement(leaf: Any) -> str:

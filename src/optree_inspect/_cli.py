@@ -15,7 +15,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shlex
 import sys
 import warnings
@@ -104,8 +103,7 @@ def _ambiguous(error: AmbiguousMatchError) -> str:
     """The line of an ambiguous `get`: each candidate whole, with its query as a shell takes it,
     as many as fit in `_SUGGESTED` characters, then how many more."""
     first = str(error.args[0]).splitlines()[0].rstrip(":")
-    count = re.search(r"matches (\d+) nodes", first)
-    total = max(int(count[1]) if count else 0, len(error.candidates))
+    total = error.count
     shown: list[str] = []
     for path, query in error.candidates:
         suggestion = f"{path} -> {_shell_word(query)}"

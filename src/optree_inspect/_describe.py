@@ -162,29 +162,54 @@ def layout_of(index: StructureIndex) -> list[_Line]:
     return index.memo.layout
 
 
-def line_leaves(index: StructureIndex, line: Any) -> slice | None:
-    """The leaves (a range of `jax.tree.leaves` positions) a layout line stands for, or None."""
-    if line.kind == "more":
-        return None
-    last = line.other if line.kind == "run" else line.node
-    start, stop = index.leaf_starts[line.node], index.leaf_starts[last] + index.leaf_counts[last]
-    return slice(start, stop) if stop > start else None
+def line_entries(index: StructureIndex, lines: list[_Line], number: int) -> list[tuple[int, slice]]:
+    """The nodes whose values layout line `number` stands for, each with its leaves: a leaf's or
+    an nnx Variable's row its node, a folded or `like` row its subtree, a run row each member, the
+    "... N more children" row each child it leaves out, an expanded node's row none (its children's
+    rows stand for its leaves). So every leaf is in exactly one line's entries."""
+    line = lines[number]
+    if line.kind == "run":
+        nodes = _siblings_between(index, line.node, line.other)
+    elif line.kind == "more":
+        previous = next(
+            other for other in reversed(lines[:number]) if other.depth == line.depth and other.kind != "more"
+        )
+        last = previous.other if previous.kind == "run" else previous.node
+        siblings = list(index.children(index.parents[last]))
+        nodes = siblings[siblings.index(last) + 1 :]
+    elif line.kind == "node" and _has_children(index, line.node):
+        nodes = []
+    else:
+        nodes = [line.node]
+    return [
+        (node, slice(index.leaf_starts[node], index.leaf_starts[node] + index.leaf_counts[node]))
+        for node in nodes
+        if index.leaf_counts[node]
+    ]
+
+
+def _siblings_between(index: StructureIndex, first: int, last: int) -> list[int]:
+    siblings = list(index.children(index.parents[first]))
+    return siblings[siblings.index(first) : siblings.index(last) + 1]
 
 
 def _with_values(index: StructureIndex, leaves: list[Any], lines: list[_Line], rows: list[Row]) -> list[Row]:
-    """`rows` with the statistics of their leaves, NaN and Inf first, and totals on the root."""
+    """`rows` with the statistics of the leaves they stand for (`line_entries`; the root's, all
+    leaves), NaN and Inf first, and totals on the root."""
     table = leaf_table(leaves)
     result = []
-    for line, row in zip(lines, rows, strict=True):
-        span = line_leaves(index, line)
-        expanded = line.kind == "node" and _has_children(index, line.node)
-        if span is None or (expanded and line.node != 0) or not table.numeric[span].any():
-            result.append(row)  # an expanded node's values are on its children's rows
+    for number, (line, row) in enumerate(zip(lines, rows, strict=True)):
+        spans = [span for _, span in line_entries(index, lines, number)]
+        if line.node == 0 and line.kind == "node":
+            spans = [slice(0, len(leaves))]
+        positions = [p for span in spans for p in range(span.start, span.stop)]
+        if not table.numeric[positions].any():
+            result.append(row)  # no numbers, or an expanded node's: on its children's rows
             continue
-        values = {key: value.item() for key, value in summarise(table, span).items()}
+        values = {key: value.item() for key, value in summarise(table, positions).items()}
         shown = " = " in row.summary and line.kind == "node"
         text = stats_text(values, range_shown=not shown)
-        if line.node == 0 and expanded:
+        if line.node == 0 and _has_children(index, 0):
             text = _totals(table)
         summary = f"{row.summary}  [{text}]" if text else row.summary
         result.append(row._replace(summary=summary, stats=values))
@@ -492,10 +517,19 @@ class _LeafStats:
                 for leaf, d in zip(leaves, self.dtypes, strict=True)
             ]
         self.cumulative_bytes = [0, *itertools.accumulate(nbytes)]
+        concrete = {kind for kind in set(map(type, leaves)) if _is_concrete_array_type(kind)}
+        is_deleted = operator.methodcaller("is_deleted")
+        self.deleted = [  # positions of deleted (donated) arrays, ascending
+            position for position, leaf in enumerate(leaves) if type(leaf) in concrete and is_deleted(leaf)
+        ]
 
     def summary(self, start: int, stop: int) -> tuple[list[str], int]:
         names = sorted({_dtype_name(d) for d in set(self.dtypes[start:stop]) if d is not None})
         return names, self.cumulative_bytes[stop] - self.cumulative_bytes[start]
+
+
+def _is_concrete_array_type(kind: type) -> bool:
+    return issubclass(kind, jax.Array) and not issubclass(kind, jax.core.Tracer)
 
 
 def _is_hyperparameter(index: StructureIndex, node: int) -> bool:
@@ -530,6 +564,13 @@ def _aggregate(index: StructureIndex, node: int, end: int, stats: _LeafStats, wi
     if dtypes:
         parts.append("/".join(dtypes[:4]) + ("/..." if len(dtypes) > 4 else ""))
         parts.append(_bytes(total))
+    deleted = stats.deleted[
+        bisect.bisect_left(stats.deleted, start) : bisect.bisect_left(stats.deleted, start + leaf_count)
+    ]
+    if deleted:
+        names = [shortest_query(index, index.leaf_nodes[position]) for position in deleted[:3]]
+        more = ", ..." if len(deleted) > 3 else ""
+        parts.append(f"{len(deleted):,} deleted ({', '.join(bounded(n, 60) for n in names)}{more})")
     return ", ".join(parts)
 
 
@@ -624,8 +665,9 @@ def _shortest(value: float, dtype: Any) -> str:
     precision = jnp.finfo(dtype).precision if jnp.issubdtype(dtype, jnp.floating) else 15
     for digits in range(1, precision + 1):
         text = f"{value:.{digits}g}"
-        if np.asarray(float(text), dtype=dtype) == np.asarray(value, dtype=dtype):
-            return text
+        with np.errstate(over="ignore"):  # a rounded text can lie beyond the dtype's range
+            if np.asarray(float(text), dtype=dtype) == np.asarray(value, dtype=dtype):
+                return text
     return f"{value:.{precision}g}"
 
 

@@ -15,6 +15,9 @@ R = TypeVar("R")
 
 MAX_LISTED = 8
 """How many candidates, children or suggestions an error message lists at most."""
+LISTED_CHARACTERS = 3000
+"""How many characters of listed rows an error message holds at most: rows are listed whole (a
+suggested query can be copied), as many as fit."""
 MAX_MESSAGE = 4000
 """No message of this package is longer than this many characters."""
 
@@ -43,12 +46,14 @@ class NoMatchError(QueryError):
 
 
 class AmbiguousMatchError(QueryError):
-    """Several nodes match a query that must select exactly one. `candidates` holds, for the first
-    few, the node's path (as keystr) and a query that selects it alone."""
+    """Several nodes match a query that must select exactly one. `count` is how many;
+    `candidates` holds, for the first few, the node's path (its whole keystr) and a whole query
+    that selects it alone. The message lists as many of them as fit."""
 
-    def __init__(self, message: str, candidates: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(self, message: str, candidates: tuple[tuple[str, str], ...] = (), count: int = 0) -> None:
         super().__init__(message)
         self.candidates = candidates
+        self.count = max(count, len(candidates))
 
 
 class QuerySyntaxError(QueryError, ValueError):
@@ -149,12 +154,19 @@ def short_repr(value: Any, limit: int = 80) -> str:
     return bounded(text, limit)
 
 
-def listing(items: list[str], total: int | None = None) -> str:
-    """The first `MAX_LISTED` items, one an indented line, and how many more there are."""
+def listing(items: list[str], total: int | None = None, budget: int = LISTED_CHARACTERS) -> str:
+    """The first items, each whole on an indented line, at most `MAX_LISTED` and only as many as
+    fit in `budget` characters, then how many more there are (of `total`, all by default)."""
     total = len(items) if total is None else total
-    lines = [f"  {bounded(item, 100)}" for item in items[:MAX_LISTED]]
-    if total > MAX_LISTED:
-        lines.append(f"  ... and {total - MAX_LISTED} more")
+    lines: list[str] = []
+    used = 0
+    for item in items[:MAX_LISTED]:
+        used += len(item) + 3
+        if used > budget:
+            break
+        lines.append(f"  {item}")
+    if total > len(lines):
+        lines.append(f"  ... and {total - len(lines):,} more")
     return "\n".join(lines)
 
 

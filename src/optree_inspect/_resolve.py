@@ -10,15 +10,26 @@ from jax.tree_util import keystr
 from jaxtyping import PyTree
 
 from ._compat import is_nnx_variable_type, variable_value
-from ._errors import AmbiguousMatchError, DeletedArrayError, NoMatchError, bounded, listing, raised_here
+from ._errors import (
+    MAX_LISTED,
+    AmbiguousMatchError,
+    DeletedArrayError,
+    NoMatchError,
+    bounded,
+    listing,
+    raised_here,
+)
 from ._keys import KeyPath, path_text
 from ._naming import attached_query, shortest_query
 from ._optax.closures import ConstantHyperparameter, Optimizer, read_optimizer
+from ._optax.names import optax_names
 from ._optax.states import bookkeeping_hint, missing_hyperparameter_hint
 from ._query import Found, Name, ParsedQuery, PatternQuery, Query, parse_query
 from ._tree import structure_index
 
 _UNSET: Any = object()
+_SUGGESTED_LENGTH = 1000
+"""A "did you mean" query longer than this is given as its last name only, so it is never cut."""
 
 
 class Match(NamedTuple):
@@ -129,7 +140,12 @@ def no_match_error(tree: Any, query: ParsedQuery, optimizer: Any = None) -> NoMa
                 unread = read_optimizer(optimizer, tree).unmatched
                 if unread:
                     lines.insert(1, f"Not read from the optimizer:\n{listing(unread[:3], len(unread))}")
-            hint = missing_hyperparameter_hint(index, last.text, optimizer is not None)
+            meant = _meant(tree, query, optimizer)
+            hint = (
+                f"Did you mean {' or '.join(map(repr, meant))}? (optax's name for {bounded(last.text)!r})"
+                if meant
+                else missing_hyperparameter_hint(index, last.text, optimizer is not None)
+            )
             if hint:
                 lines.insert(1, hint)
         hint = bookkeeping_hint(index, query)
@@ -138,24 +154,42 @@ def no_match_error(tree: Any, query: ParsedQuery, optimizer: Any = None) -> NoMa
     return NoMatchError("\n".join(lines))
 
 
+def _meant(tree: Any, query: PatternQuery, optimizer: Any) -> list[str]:
+    """The query with its last name spelled as optax spells it (`lr` as `learning_rate`), for each
+    spelling that selects something here."""
+    last = query.components[-1]
+    if not isinstance(last, Name) or last.is_glob:
+        return []
+    constants = read_optimizer(optimizer, tree).constants if optimizer is not None else []
+    found = []
+    for name in optax_names(last.text):
+        text = query.text[: len(query.text) - len(last.text)] + name
+        spelled = parse_query(text)
+        if spelled.select(tree) or attached_matches(tree, spelled, constants):
+            found.append(text if len(text) <= _SUGGESTED_LENGTH else name)
+    return found
+
+
 def ambiguous_error(
     tree: Any, query: ParsedQuery, paths: list[KeyPath], optimizer: Any = None
 ) -> AmbiguousMatchError:
-    """An AmbiguousMatchError that lists (capped) candidates, each with a query for it alone."""
+    """An AmbiguousMatchError that lists the first candidates, each whole with a query for it
+    alone, as many as fit in the message, and holds them (whole) in `candidates`."""
     index = structure_index(tree)
     constants = (
         {c.path: c for c in read_optimizer(optimizer, tree).constants} if optimizer is not None else {}
     )
     candidates = []
-    for path in paths[:8]:
+    for path in paths[:MAX_LISTED]:
         if path in constants:
             query_for = attached_query(tree, index, constants[path], list(constants.values()))
         else:
             query_for = shortest_query(index, index.number_of(path) or 0)
-        candidates.append((path_text(path), bounded(query_for, 100)))
+        candidates.append((keystr(path) or "<root>", query_for))
     rows = [f"{path}  ->  get(tree, {query_for!r})" for path, query_for in candidates]
     return AmbiguousMatchError(
         f"{query.label} matches {len(paths)} nodes; use a query that selects one:\n"
         f"{listing(rows, len(paths))}",
         tuple(candidates),
+        len(paths),
     )

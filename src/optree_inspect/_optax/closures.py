@@ -260,7 +260,7 @@ def _walk_sequence(
     if not sequence or len(state) != len(update_fns) or len(init_fns) != len(update_fns):
         found = f"a {type(state).__name__} of {len(state)}" if sequence else _a(type(state).__name__)
         raise _mismatch(f"a chain of {len(update_fns)} transformations, the state is {found}", path)
-    roles = chain_roles([_element_factory(update) for update in update_fns])
+    roles = chain_roles([_element_layout(update) for update in update_fns])
     for number, (init, update, inner) in enumerate(zip(init_fns, update_fns, state, strict=True)):
         element = optax.GradientTransformation(init, update)
         role = roles.get(number)
@@ -276,40 +276,102 @@ def _walk_sequence(
 
 
 LEARNING_RATE, LEARNING_RATE_AS_GIVEN, SIGN_FLIP, FOLDED = "descent", "as given", "flip", "folded"
-"""Roles of a `scale` in a chain: the learning rate (`scale(-learning_rate)`, or `scale(learning_rate)`
-for adafactor's `flip_sign=False`), optax's final `scale(-1)` that turns ascent into descent, or a
-value fromage computes from its learning rate."""
-_MOMENTUM_AFTER_STEP = frozenset({"identity", "trace", "ema"})
+"""Roles of an element of an alias's chain: the learning rate (`scale(-learning_rate)`, or
+`scale(learning_rate)` for adafactor's and cocob's `flip_sign=False`), optax's `scale(-1)` that turns
+ascent into descent, or a value fromage computes from its learning rate."""
+
+_STEP = "scale|scale_by_schedule"
+_DECAY = "add_decayed_weights|masked(add_decayed_weights)"
+_LR, _LR_AS_GIVEN, _FLIP = (
+    f"{_STEP}={LEARNING_RATE}",
+    f"{_STEP}={LEARNING_RATE_AS_GIVEN}",
+    f"scale={SIGN_FLIP}",
+)
+
+ALIAS_LAYOUTS: tuple[tuple[str, ...], ...] = (
+    ("identity|trace|add_noise", _LR),  # sgd, noisy_sgd, polyak_sgd's inner sgd
+    ("differentially_private_aggregate", "identity|trace", _LR),  # dpsgd
+    (
+        "scale_by_adam|scale_by_adamax|scale_by_adopt|scale_by_amsgrad|scale_by_belief|scale_by_novograd"
+        "|scale_by_optimistic_gradient|scale_by_radam|scale_by_rss|scale_by_sign|scale_by_sm3|scale_by_yogi",
+        _LR,
+    ),
+    (
+        "scale_by_adam|scale_by_acprop|scale_by_adamax|scale_by_adan|scale_by_ademamix|scale_by_galore"
+        "|scale_by_lion|scale_by_simplified_ademamix|scale_by_sophia",
+        _DECAY,
+        _LR,
+    ),
+    ("scale_by_adam", _DECAY, "scale_by_trust_ratio", _LR),  # lamb
+    ("scale_by_adam", "scale_by_optimistic_gradient", _FLIP),  # optimistic_adam: its rate is in alpha
+    ("scale_by_adam", "scale_by_optimistic_gradient", _LR),  # optimistic_adam_v2
+    ("ema", "scale_by_sign", _LR),  # signum
+    ("identity", "scale_by_dog|scale_by_dowg", _LR),
+    (_DECAY, "scale_by_adadelta", _LR),
+    (_DECAY, _LR_AS_GIVEN, "scale_by_cocob"),
+    ("masked(add_decayed_weights)", "masked(scale_by_trust_ratio)", _LR, "trace"),  # lars
+    ("scale_by_rms|scale_by_stddev", _LR, "identity|trace"),  # rmsprop
+    ("scale_by_lbfgs", _FLIP, "identity|scale_by_zoom_linesearch|scale_by_backtracking_linesearch"),
+    ("scale_by_lbfgs", _LR, "identity|scale_by_zoom_linesearch|scale_by_backtracking_linesearch"),
+    ("scale_by_rprop", _FLIP),  # rprop: its rate sets the initial step sizes, in the state
+    ("scale_by_muon", "scale_by_shape", _DECAY, _LR),
+    (
+        "scale_by_factored_rms",  # adafactor
+        "clip_by_block_rms?",
+        f"{_LR_AS_GIVEN}?",
+        "scale_by_param_block_rms?",
+        "ema?",
+        f"{_DECAY}?",
+        _FLIP,
+    ),
+    ("scale_by_trust_ratio", f"{_STEP}={FOLDED}", f"add_decayed_weights={FOLDED}"),  # fromage
+)
+"""The chains optax 0.2.8's aliases build around their learning rate, element by element (a
+`masked` element by what it masks): `a|b` either, `?` optional, `=role` the element's role. A
+constant `scale` is a learning rate only in one of these layouts; the first that fits wins."""
 
 
-def chain_roles(factories: list[str]) -> dict[int, str]:
-    """Which elements of a chain (by the optax factory that made each) hold its learning rate.
+def _token(text: str) -> tuple[frozenset[str], str | None, bool]:
+    optional = text.endswith("?")
+    names, _, role = text.rstrip("?").partition("=")
+    return frozenset(names.split("|")), role or None, optional
 
-    Exactly the layouts optax's aliases build: `chain(..., scale_by_learning_rate(lr))`, where only
-    momentum may follow the step (`lars`, `rmsprop`); adafactor's `scale(lr)` then `scale(-1)`;
-    rprop's and optimistic_adam's final `scale(-1)`; fromage's folded step and decay. A chain of any
-    other layout gets no roles: its scales are read as `step_size`.
-    """
-    steps = [n for n, name in enumerate(factories) if name in ("scale", "scale_by_schedule")]
-    if not steps:
-        return {}
-    if factories[0] == "scale_by_factored_rms":  # adafactor
-        roles = {steps[0]: LEARNING_RATE_AS_GIVEN}
-        if len(steps) > 1 and factories[-1] == "scale":
-            roles[len(factories) - 1] = SIGN_FLIP
-        return roles
-    if (
-        len(factories) == 3
-        and factories[0] == "scale_by_trust_ratio"
-        and factories[2] == "add_decayed_weights"
-    ):
-        return {1: FOLDED, 2: FOLDED}
-    if factories in (["scale_by_rprop", "scale"], ["scale_by_adam", "scale_by_optimistic_gradient", "scale"]):
-        return {len(factories) - 1: SIGN_FLIP}  # rprop, optimistic_adam: the learning rate is elsewhere
-    [step] = steps if len(steps) == 1 else [None]
-    if step is None or step == 0 or not set(factories[step + 1 :]) <= _MOMENTUM_AFTER_STEP:
-        return {}
-    return {step: LEARNING_RATE}
+
+def chain_roles(elements: list[tuple[str, Any]]) -> dict[int, str]:
+    """The roles of a chain's elements, each given as its layout (`_element_layout`) and, for a
+    `scale`, its factor: those of the first alias layout it has, or none (its scales are then read
+    as `step_size`). A sign flip is only ever a `scale(-1)`."""
+
+    def fit(layout: tuple[str, ...], at: int) -> dict[int, str] | None:
+        if not layout:
+            return {} if at == len(elements) else None
+        names, role, optional = _token(layout[0])
+        if at < len(elements) and elements[at][0] in names:
+            factor = elements[at][1]
+            if role != SIGN_FLIP or (_is_number(factor) and factor == -1):
+                rest = fit(layout[1:], at + 1)
+                if rest is not None:
+                    return rest if role is None else {at: role, **rest}
+        return fit(layout[1:], at) if optional else None
+
+    for layout in ALIAS_LAYOUTS:
+        roles = fit(layout, 0)
+        if roles is not None:
+            return roles
+    return {}
+
+
+def _element_layout(update: Any) -> tuple[str, Any]:
+    """A chain element as `chain_roles` reads it: its optax factory (a `masked` one with what it
+    masks: `masked(add_decayed_weights)`) and, for a `scale`, its factor."""
+    factory = _factory(update)
+    while factory == "with_extra_args_support":
+        update = getattr(_cells(update).get("tx"), "update", None)
+        factory = _factory(update)
+    if factory == "masked":
+        inner = getattr(_cells(update).get("inner"), "update", None)
+        return f"masked({_element_layout(inner)[0]})", None
+    return factory, _cells(update).get("step_size") if factory == "scale" else None
 
 
 def _element_factory(update: Any) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, NamedTuple
 
+import optax
+import optax.contrib
 from jax.tree_util import DictKey, GetAttrKey
 
 from .._errors import QuerySyntaxError
@@ -24,10 +27,11 @@ from .fields import (
 )
 from .names import (
     COUNTER_NAMES,
+    HYPERPARAMETER_FACTORIES,
     HYPERPARAMETER_NAMES,
-    INJECT_EXAMPLE,
     INJECT_STATE_NAMES,
     SCHEDULE_BOOKKEEPING,
+    optax_names,
 )
 
 
@@ -88,28 +92,51 @@ def bookkeeping_hint(index: StructureIndex, query: PatternQuery) -> str | None:
     )
 
 
+def inject_example(name: str) -> str:
+    """How to make `name` settable: `inject_hyperparams` of an optax factory that takes it."""
+    where = HYPERPARAMETER_FACTORIES.get(name, "adamw")
+    module, _, attribute = where.rpartition(".")
+    factory = getattr(optax.contrib if module else optax, attribute)
+    required = [
+        parameter.name
+        for parameter in inspect.signature(factory).parameters.values()
+        if parameter.default is parameter.empty
+        and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    ]
+    arguments = ", ".join(f"{argument}=..." for argument in dict.fromkeys([*required, name]))
+    return f"optax.inject_hyperparams(optax.{where})({arguments})"
+
+
 def missing_hyperparameter_hint(
     index: StructureIndex, name: str, optimizer_given: bool = False
 ) -> str | None:
-    """What to say when the hyperparameter `name` is not in the state, or None if not one."""
+    """What to say when the hyperparameter `name` is not in the state, or None if not one. A name
+    users type for an optax name (`lr`, `beta1`) is answered for optax's name."""
     if name not in HYPERPARAMETER_NAMES:
-        return None
+        meant = [other for other in optax_names(name) if other in HYPERPARAMETER_NAMES]
+        if not meant:
+            return None
+        calls = " and ".join(map(repr, meant))
+        return f"optax calls it {calls}. " + (
+            missing_hyperparameter_hint(index, meant[0], optimizer_given) or ""
+        )
     held = injected_names(index)
+    example = inject_example(name)
     if optimizer_given:
         return (
             f"{name!r} is an optax hyperparameter, but neither the state nor the optimizer holds one "
-            f"that can be read exactly. To make it readable and settable, inject it:\n  >>> {INJECT_EXAMPLE}"
+            f"that can be read exactly. To make it readable and settable, inject it:\n  >>> {example}"
         )
     read = f"To read it from the optimizer, pass it: oi.get(state, {name!r}, optimizer=tx). "
     if not held:
         return (
             f"{name!r} is an optax hyperparameter, but this state holds none: an optimizer keeps its "
             f"hyperparameters in its closures unless they are injected. {read}To change it, build the "
-            f"optimizer with\n  >>> {INJECT_EXAMPLE}"
+            f"optimizer with\n  >>> {example}"
         )
     return (
         f"{name!r} is an optax hyperparameter, but the injected ones here are "
-        f"{', '.join(held[:12])}. {read}To change it, inject it too:\n  >>> {INJECT_EXAMPLE}"
+        f"{', '.join(held[:12])}. {read}To change it, inject it too:\n  >>> {example}"
     )
 
 
