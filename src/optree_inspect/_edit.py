@@ -29,9 +29,9 @@ from ._errors import (
 )
 from ._keys import KeyEntry, KeyPath, path_text
 from ._optax.closures import ConstantHyperparameter, Optimizer, read_optimizer
-from ._optax.names import INJECT_EXAMPLE
 from ._optax.states import (
     ScheduledSlot,
+    inject_example,
     schedule_step_query,
     scheduled_slot_on,
     scheduled_slots_under,
@@ -151,11 +151,12 @@ def _refuse_overlaps(paths: list[KeyPath]) -> None:
 
 def _refuse_constants(tree: Any, query: Any, constants: list[ConstantHyperparameter]) -> None:
     for path, _ in attached_matches(tree, query, constants)[:1]:
+        name = str(path[-1])[1:]
         raise ConstantHyperparameterError(
-            f"{str(path[-1])[1:]!r} at {path_text(path)} is a constant of the optimizer, held in "
+            f"{name!r} at {path_text(path)} is a constant of the optimizer, held in "
             "its closures, not in the state: no value set in the state can change it. To make it "
             "settable, build the optimizer with its hyperparameters injected:\n"
-            f"  >>> {INJECT_EXAMPLE}"
+            f"  >>> {inject_example(name)}"
         )
 
 

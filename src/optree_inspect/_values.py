@@ -201,8 +201,7 @@ def leaf_table(leaves: Sequence[Any]) -> LeafTable:
         elif isinstance(value, jax.Array):
             size = value.size
             if 0 < size < _LARGE and (everything_here or value.is_fully_addressable):
-                key = (value.shape, value.dtype, value.sharding)
-                fetched_groups.setdefault(key, []).append(position)
+                fetched_groups.setdefault((value.shape, value.dtype, value.sharding), []).append(position)
             elif size:
                 alone.append(position)
         else:
@@ -217,7 +216,7 @@ def leaf_table(leaves: Sequence[Any]) -> LeafTable:
     host.extend(zip((p for p, _ in fetched), jax.device_get([v for _, v in fetched]), strict=True))
     counts = np.zeros((len(values), len(COUNTS)), np.int64)
     sums = np.tile(np.asarray(_NEUTRAL), (len(values), 1))
-    for (chunk, (chunk_counts, chunk_sums)) in zip(
+    for chunk, (chunk_counts, chunk_sums) in zip(
         (c for c, _ in stacked), jax.device_get([rows for _, rows in stacked]), strict=True
     ):
         counts[chunk] = np.asarray(chunk_counts[: len(chunk)], np.int64)

@@ -108,10 +108,6 @@ def optax_names(name: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*found, *HYPERPARAMETER_ALIASES.get(key, ()))))
 
 
-INJECT_EXAMPLE = "optax.inject_hyperparams(optax.adamw)(learning_rate=schedule)"
-"""How to inject a hyperparameter, as the messages show it."""
-
-
 def is_optax_state_type(kind: type) -> bool:
     """Whether `kind` is a state type that optax defines (`ScaleByAdamState`, `MultiStepsState`)."""
     return kind.__module__.split(".")[0] == "optax" and issubclass(kind, tuple) and hasattr(kind, "_fields")

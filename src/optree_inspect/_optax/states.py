@@ -96,7 +96,9 @@ def inject_example(name: str) -> str:
     """How to make `name` settable: `inject_hyperparams` of an optax factory that takes it."""
     where = HYPERPARAMETER_FACTORIES.get(name, "adamw")
     module, _, attribute = where.rpartition(".")
-    factory = getattr(optax.contrib if module else optax, attribute)
+    factory = getattr(optax.contrib if module else optax, attribute, None)
+    if factory is None:  # an older optax without that factory
+        where, factory = "adamw", optax.adamw
     required = [
         parameter.name
         for parameter in inspect.signature(factory).parameters.values()
