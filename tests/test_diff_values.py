@@ -471,3 +471,18 @@ def test_large_leaves_compile_once_per_shape_that_holds_enough_data(monkeypatch:
         "<root>: value: 37 of 37 leaves changed, max |diff| 1"
     )
     assert _compilations(lambda: oi.diff(a, b)) == 0
+
+
+@pytest.mark.parametrize(
+    "tolerance", [np.float32(0.6), np.float64(0.6), np.int64(1), 1, 0.6, jnp.finfo(jnp.float32).eps]
+)
+def test_tolerances_may_be_any_real_number_python_or_numpy(tolerance: Any) -> None:
+    a, b = {"x": jnp.zeros(2)}, {"x": jnp.full(2, 0.5, jnp.float32)}
+    assert len(oi.diff(a, b, atol=tolerance)) == (0 if tolerance >= 0.5 else 1)
+    assert len(oi.diff(a, b, rtol=tolerance)) == (0 if tolerance >= 1 else 1)
+
+
+@pytest.mark.parametrize("tolerance", [np.bool_(True), True, np.float32(-1), float("nan"), "1", None])
+def test_tolerances_that_are_no_number_at_least_0_are_refused(tolerance: Any) -> None:
+    with pytest.raises(oi.InvalidArgumentError, match="at least 0"):
+        oi.diff({"x": jnp.zeros(2)}, {"x": jnp.zeros(2)}, atol=tolerance)

@@ -484,3 +484,25 @@ def test_jit_first_and_sharding_checks_of_abstract_states_and_one_array_params()
     assert lines["good"] == "0"
     assert lines["one"] == "['mu', 'nu']" and lines["held"] == "2"
     assert lines["compilations 4"].split()[-1] == lines["compilations 64"].split()[-1] == "0"
+
+
+@pytest.mark.parametrize("where", ["numpy", "small", "large", "jit"])
+def test_complex_magnitudes_beyond_their_real_dtype_are_finite(where: str) -> None:
+    value = 3e38 + 3e38j  # finite, |z| = 4.24e38 is beyond float32
+    array = np.full(1 << 16 if where == "large" else 3, value, np.complex64)
+    array[0] = np.nan
+    leaf = array if where == "numpy" else jnp.asarray(array)
+    values = jax.jit(oi.stats)({"a": leaf})["a"] if where == "jit" else oi.stats({"a": leaf})["a"]
+    assert (int(values["nan"]), int(values["inf"])) == (1, 0)
+    if where != "jit":  # under jit the numbers are float32, where 4.24e38 is inf
+        assert float(values["max"]) == pytest.approx(abs(value), rel=1e-6)
+        assert float(values["rms"]) == pytest.approx(abs(value), rel=1e-6)
+        assert [f.kind for f in oi.check({"a": leaf})] == ["nonfinite"]  # the NaN alone
+        assert "1 NaN in" in str(oi.check({"a": leaf}))
+
+
+def test_host_values_beyond_float32_under_jit_warn_nothing_and_keep_their_counts() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = jax.jit(lambda x: oi.stats({"a": x, "b": np.array([1e300, np.nan])}))(jnp.ones(2))["b"]
+    assert (int(values["nan"]), int(values["inf"])) == (1, 0)

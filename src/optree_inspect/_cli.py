@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import shlex
@@ -234,8 +235,10 @@ def _to_devnull(stream: Any) -> None:
 
 def entry_point() -> None:
     """The `optree-inspect` script (and `python -m optree_inspect ARGS`)."""
-    # after a failed read, orbax's callbacks report "Event loop is closed" from other threads
+    # after a failed read, orbax's callbacks report "Event loop is closed" from other threads, and
+    # asyncio logs the futures whose errors orbax never retrieved: the error line said it already
     sys.unraisablehook = lambda _: None
+    logging.getLogger("asyncio").disabled = True
     status = main()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import html
 import math
+import numbers
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -140,7 +141,8 @@ def diff(a: PyTree, b: PyTree, /, *, rtol: float = 0.0, atol: float = 0.0) -> Di
     ```
     """
     for name, tolerance in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(tolerance, int | float) or isinstance(tolerance, bool) or not tolerance >= 0:
+        real = isinstance(tolerance, numbers.Real) and not isinstance(tolerance, bool | np.bool_)
+        if not real or not tolerance >= 0:  # NumPy's scalars too: `jnp.finfo(...).eps` is one
             raise InvalidArgumentError(
                 f"{name}= takes a number at least 0, got {bounded(repr(tolerance), 60)}."
             )

@@ -139,9 +139,12 @@ def _host_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 def _device_rows(x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     """Counts and sums (`COUNTS`, `SUMS`) of `x` over `axes`, in JAX, but for the scale column: its
     binary exponent `e`, the sums being of the elements times `2**(2 - e)` (below 4 in
-    magnitude; a power of two never subnormal, which a device would flush to zero)."""
-    if jnp.iscomplexobj(x):  # |inf + nan j| is inf, as in C and NumPy
-        x = jnp.where(jnp.isinf(x.real) | jnp.isinf(x.imag), jnp.inf, jnp.abs(x))
+    magnitude; a power of two never subnormal, which a device would flush to zero). A complex
+    array's min and max are of half its magnitudes (see `_with_scale`): |3e38 + 3e38j| is finite
+    but beyond float32."""
+    halved = jnp.iscomplexobj(x)
+    if halved:  # |inf + nan j| is inf, as in C and NumPy; halving is exact but for subnormals
+        x = jnp.where(jnp.isinf(x.real) | jnp.isinf(x.imag), jnp.inf, jnp.abs(x * 0.5))
     if x.dtype == jnp.bool_:
         x = x.astype(jnp.uint8)
     floating = jnp.issubdtype(x.dtype, jnp.floating)
@@ -161,14 +164,17 @@ def _device_rows(x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     exponent = jnp.frexp(jnp.where(finite, jnp.abs(wide), 0).max(axes))[1]
     factor = jnp.ldexp(jnp.ones((), wide.dtype), jnp.expand_dims(2 - exponent, axes))
     scaled = jnp.where(finite, wide * factor, 0)
+    exponent = exponent + 1 if halved else exponent  # the sums are of the whole magnitudes' scale
     columns = [low, high, exponent.astype(wide.dtype), scaled.sum(axes), (scaled * scaled).sum(axes)]
     return counts, jnp.stack(columns, axis=-1)
 
 
-def _with_scale(xp: Any, sums: Any) -> Any:
-    """Device rows with their scale column: the exponent `e` made the divisor `2**(e - 2)`."""
+def _with_scale(xp: Any, sums: Any, halved: bool = False) -> Any:
+    """Device rows with their scale column: the exponent `e` made the divisor `2**(e - 2)`; the
+    min and max of a complex array (`halved`) doubled."""
     divisor = xp.ldexp(xp.ones((), sums.dtype), sums[..., 2].astype(xp.int32) - 2)
-    return xp.concatenate([sums[..., :2], divisor[..., None], sums[..., 3:]], axis=-1)
+    extremes = sums[..., :2] * 2 if halved else sums[..., :2]
+    return xp.concatenate([extremes, divisor[..., None], sums[..., 3:]], axis=-1)
 
 
 @jax.jit
@@ -271,8 +277,8 @@ def _fill_alone(arrays: list[tuple[int, jax.Array]], counts: np.ndarray, sums: n
     with jax.ensure_compile_time_eval():  # concrete arrays closed over by a traced function too
         results = jax.device_get([_reduce_one(piece) for _, piece in pieces])
     rows: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for (position, _), (piece_counts, piece_sums, extremes) in zip(pieces, results, strict=True):
-        piece_sums = _with_scale(np, np.asarray(piece_sums, np.float64))
+    for (position, piece), (piece_counts, piece_sums, extremes) in zip(pieces, results, strict=True):
+        piece_sums = _with_scale(np, np.asarray(piece_sums, np.float64), jnp.iscomplexobj(piece))
         if extremes is not None:  # an integer array's, exact
             piece_sums[:2] = np.asarray(extremes).astype(np.float64)
         rows.setdefault(position, []).append((np.asarray(piece_counts, np.int64), piece_sums))
@@ -312,18 +318,22 @@ def _with_traced(
     integer, floating = jax.dtypes.canonicalize_dtype(np.int64), jax.dtypes.canonicalize_dtype(np.float64)
     positions: list[int] = []
     parts: list[tuple[Any, Any]] = []
-    for (shape, _, _), members in traced.items():
+    for (shape, dtype, _), members in traced.items():
         for start in range(0, len(members), _CHUNK):
             chunk = members[start : start + _CHUNK]
             stack = jnp.stack([values[p] for p in chunk])
             rows_counts, rows_sums = _device_rows(stack, tuple(range(1, len(shape) + 1)))
-            parts.append((rows_counts, _with_scale(jnp, rows_sums)))
+            parts.append(
+                (rows_counts, _with_scale(jnp, rows_sums, jnp.issubdtype(dtype, jnp.complexfloating)))
+            )
             positions.extend(chunk)
     index = np.asarray(positions)
     all_counts = jnp.concatenate([c.astype(integer) for c, _ in parts])
     all_sums = jnp.concatenate([s.astype(floating) for _, s in parts])
+    with np.errstate(over="ignore"):  # a host value beyond float32 (without x64) reads as inf
+        host_sums = np.asarray(sums).astype(floating)
     table_counts = jnp.asarray(counts, integer).at[index].set(all_counts)
-    table_sums = jnp.asarray(sums, floating).at[index].set(all_sums)
+    table_sums = jnp.asarray(host_sums).at[index].set(all_sums)
     return LeafTable(table_counts, table_sums, numeric)
 
 
