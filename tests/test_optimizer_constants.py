@@ -441,11 +441,15 @@ USER_LAYOUTS: dict[str, tuple[Any, dict[str, list[float]]]] = {
         lambda: optax.chain(optax.scale_by_rms(), optax.scale(-0.1), optax.trace(0.9)),
         {"learning_rate": [0.1], "momentum": [0.9]},
     ),
-    "optimistic_adam_v2": (lambda: optax.optimistic_adam_v2(0.01), {"learning_rate": [0.01]}),
     "adafactor without a learning rate": (lambda: optax.adafactor(learning_rate=None), {}),
     "cocob": (lambda: optax.contrib.cocob(0.3), {"learning_rate": [0.3]}),
     "lbfgs": (lambda: optax.lbfgs(0.5), {"learning_rate": [0.5]}),
 }
+if hasattr(optax, "optimistic_adam_v2"):  # optax 0.2.7 and newer
+    USER_LAYOUTS["optimistic_adam_v2"] = (lambda: optax.optimistic_adam_v2(0.01), {"learning_rate": [0.01]})
+ALIAS_LAYOUTS_ARE_THIS_OPTAX_S = tuple(map(int, optax.__version__.split(".")[:3])) >= (0, 2, 8)
+"""The alias layouts are optax 0.2.8's: an older optax's alias of another layout (its `muon`,
+say) reads its learning rate as `step_size`, the exact factor, never as another value."""
 
 
 @pytest.mark.parametrize("layout", sorted(USER_LAYOUTS))
@@ -514,9 +518,12 @@ def test_every_alias_layout_reads_its_learning_rate() -> None:
         rates = [float(c.value) for c in reading.constants if c.name == "learning_rate"]
         steps = [c for c in reading.constants if c.name == "step_size"]
         checked += 1
-        assert not steps, (name, flags, steps)
+        assert all(abs(float(s.value)) == pytest.approx(0.0123) for s in steps), (name, flags, steps)
+        if ALIAS_LAYOUTS_ARE_THIS_OPTAX_S:
+            assert not steps, (name, flags, steps)
         if name.split(".")[-1] in NOT_READABLE:
             assert not rates, (name, flags)
         else:
-            assert rates and all(r == pytest.approx(0.0123) for r in rates), (name, flags, rates)
+            assert rates or steps, (name, flags)
+            assert all(r == pytest.approx(0.0123) for r in rates), (name, flags, rates)
     assert checked > 100
