@@ -95,6 +95,26 @@ def nnx_optimizer() -> Any:
     return nnx.Optimizer(Model(nnx.Rngs(0)), seed_optimizer(), wrt=nnx.Param)
 
 
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compiled = [0]
+
+
+def _count_compilation(event: str, duration: float, **kwargs: Any) -> None:
+    if event == COMPILE_EVENT:
+        _compiled[0] += 1
+
+
+# Registered once for the session: jax 0.6 has no public way to unregister a listener.
+jax.monitoring.register_event_duration_secs_listener(_count_compilation)
+
+
+def compilations(function: Callable[..., Any], *args: Any) -> int:
+    """How many XLA backend compilations `function(*args)` makes."""
+    before = _compiled[0]
+    function(*args)
+    return _compiled[0] - before
+
+
 def skip_unless_a_pytree(node: Any) -> None:
     """Skip a test of `node` where it is no pytree: an `nnx.Optimizer` before flax 0.11."""
     import pytest

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import optree_inspect as oi
-from helpers import layered_params, nnx_optimizer
+from helpers import compilations, layered_params, nnx_optimizer
 
 FLOATS = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
 INTEGERS = [np.int8, np.int32, np.int64, np.uint8, np.uint32, np.uint64, np.bool_]
@@ -345,14 +345,19 @@ def test_deleted_arrays_are_named_and_left_out_of_values(where: str) -> None:
     assert sum(1 for _ in oi.stats(state)) >= 1
 
 
+@pytest.mark.parametrize("container", ["dict", "list"])
 @pytest.mark.parametrize("first", [True, False])
-def test_a_deleted_array_hides_no_other_leaf(first: bool) -> None:
+def test_a_deleted_array_hides_no_other_leaf(first: bool, container: str) -> None:
     gone, poisoned = jnp.ones(3), jnp.array([1.0, np.nan])
     gone.delete()
-    tree = {"a": gone, "b": poisoned} if first else {"a": poisoned, "b": gone}
+    pair = [gone, poisoned] if first else [poisoned, gone]
+    tree: Any = dict(zip("ab", pair, strict=True)) if container == "dict" else pair
+    key: Any = jax.tree_util.DictKey("ab"[first]) if container == "dict" else jax.tree_util.SequenceKey(first)
+    # a tree of another structure seen last: JAX describes the mismatch with a repr of the leaves
+    oi.check({"c": jnp.ones(1)} if container == "dict" else [jnp.ones(1)])
     [finding] = oi.check(tree)
-    assert finding.path == (jax.tree_util.DictKey("b" if first else "a"),)
-    assert list(oi.stats(tree)) == ["b" if first else "a"]
+    assert finding.path == (key,)
+    assert list(oi.stats(tree)) == ["ab"[first] if container == "dict" else str(int(first))]
     assert "deleted" in str(oi.describe(tree, stats=True))
 
 
@@ -371,21 +376,6 @@ def test_rounded_hyperparameters_of_vmapped_ensembles(dtype: Any) -> None:
     assert not oi.check(eps(jnp.array([1e-8, 1e-6])))
 
 
-def _compilations(function: Any, *args: Any) -> int:
-    events: list[str] = []
-
-    def listen(event: str, duration: float, **kwargs: Any) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        function(*args)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-    return len(events)
-
-
 def _adam_state(shapes: int) -> Any:
     """An adam state over `shapes` distinct shapes, made without compiling anything."""
     moments = {f"p{i}": jax.device_put(np.full((i + 1, 3), 0.5, np.float32)) for i in range(shapes)}
@@ -398,13 +388,13 @@ def test_compilations_do_not_grow_with_the_number_of_shapes(verb: str) -> None:
     run = {"check": oi.check, "stats": oi.stats, "describe": lambda s: oi.describe(s, stats=True)}[verb]
     counts = []
     for shapes in (4, 32, 256):
-        counts.append(_compilations(run, _adam_state(shapes)))
+        counts.append(compilations(run, _adam_state(shapes)))
     assert counts[-1] <= counts[0] <= 1, counts  # small leaves are reduced on the host
 
 
 def test_compilations_under_jit_are_the_one_of_the_jitted_function() -> None:
     for shapes in (2, 5):
-        assert _compilations(jax.jit(oi.stats), _adam_state(shapes)) == 1
+        assert compilations(jax.jit(oi.stats), _adam_state(shapes)) == 1
 
 
 SHARDED = """

@@ -732,7 +732,7 @@ def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
         treedef, leaf_types, index = last
         try:
             leaves = treedef.flatten_up_to(tree)
-        except (ValueError, TypeError, RecursionError, SystemError):
+        except Exception:  # any difference; JAX's message may repr a leaf, which can raise anything
             pass
         else:
             if (
