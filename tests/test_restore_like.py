@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import fractions
 import math
 import pathlib
 import warnings
@@ -93,6 +94,8 @@ def _raw_values(shape: tuple[int, ...]) -> list[Any]:
         for pair in CANDIDATES:
             if not _representable(pair, dtype):
                 continue
+            if jnp.issubdtype(dtype, jnp.inexact):  # ml_dtypes < 0.7 refuses Python ints beyond int64
+                pair = tuple(v if isinstance(v, complex) else float(v) for v in pair)
             array = np.array(pair, dtype)
             forms = [array[0], array[0][()]] if shape == () else [array]
             if dtype.name in ("bool", "uint32", "int32", "bfloat16", "float32", "complex64"):
@@ -128,7 +131,26 @@ def _reference(value: Any, leaf: Any) -> Any:
                 return oi.StructureError
     if python:
         return type(leaf)(array.item())
-    return array.astype(target)
+    return _rounded_once(array, target)
+
+
+def _rounded_once(array: np.ndarray, target: np.dtype) -> np.ndarray:
+    """`array.astype(target)`, each value the nearest (ties to even) in an ml_dtypes float type,
+    exactly: ml_dtypes before 0.7 rounds 64-bit values through float32, twice."""
+    cast = array.astype(target)
+    if target.char in np.typecodes["AllFloat"] or not jnp.issubdtype(target, jnp.floating):
+        return cast
+    flat = cast.reshape(-1)
+    for i, (value, got) in enumerate(zip(array.reshape(-1).tolist(), flat, strict=True)):
+        if math.isfinite(value) and math.isfinite(float(got)):
+            steps = [np.nextafter(got, target.type(bound)) for bound in (math.inf, -math.inf)]
+            flat[i] = min([got, *steps], key=lambda c, v=value: _distance_then_odd(c, v))
+    return flat.reshape(cast.shape)
+
+
+def _distance_then_odd(candidate: Any, value: float) -> tuple[fractions.Fraction, int]:
+    odd = int(candidate.view(f"u{candidate.dtype.itemsize}")) % 2
+    return abs(fractions.Fraction(float(candidate)) - fractions.Fraction(value)), odd
 
 
 def _outcome(call: Callable[[], Any]) -> Any:
@@ -189,6 +211,55 @@ def test_random_values_are_cast_as_set_casts_them(
     drawn = np.float32 if elements is not None else dtype
     array = data.draw(hnp.arrays(drawn, np.shape(leaf), elements=elements))
     _assert_same_as_set_and_reference(array.astype(dtype), leaf)
+
+
+def _nearest_bfloat16(value: int) -> float:
+    """The bfloat16 nearest a Python int (ties to even), in exact integer arithmetic."""
+    dropped = abs(value).bit_length() - 8  # bfloat16 keeps 8 significant bits
+    kept, rest = divmod(abs(value), 2**dropped)
+    kept += rest > 2 ** (dropped - 1) or (rest == 2 ** (dropped - 1) and kept % 2 == 1)
+    return math.copysign(float(kept << dropped), value)
+
+
+BIG_INTS = [
+    sign * (2**exponent + offset)
+    for sign in (1, -1)
+    for exponent in (53, 63, 64, 100)
+    for tie in (2 ** (exponent - 8),)  # half of bfloat16's spacing above 2**exponent
+    for offset in (0, 1, tie - 1, tie, tie + 1, 3 * tie - 1, 3 * tie)
+]  # fmt: skip
+NEAR_TIES = [
+    sign * (1 + 2**-8 * odd + 2**-40 * step) for sign in (1, -1) for odd in (1, 3) for step in (-1, 0, 1)
+]
+
+
+@pytest.mark.parametrize(
+    "leaf",
+    [jnp.zeros((), jnp.bfloat16), np.zeros((), jnp.bfloat16), np.zeros((), jnp.bfloat16)[()]],
+    ids=["jax", "numpy", "numpy-scalar"],
+)
+def test_64_bit_values_round_once_to_the_nearest_bfloat16(leaf: Any) -> None:
+    """Python ints and floats, int64, uint64 and float64 values near and at bfloat16 ties, and ints
+    no int64 holds (ml_dtypes before 0.7 rounds these through float32, twice, or refuses them)."""
+    values: list[tuple[Any, float]] = []
+    for number in BIG_INTS:
+        expected = _nearest_bfloat16(number)
+        values.append((number, expected))
+        values.extend((kind(number), expected) for kind in (np.int64, np.uint64) if _fits(number, kind))
+    for number in NEAR_TIES:
+        expected = _nearest_bfloat16(int(fractions.Fraction(number) * 2**60)) / 2**60
+        values.extend([(number, expected), (np.float64(number), expected), (np.array(number), expected)])
+    for value, expected in values:
+        for got in (
+            oi.set({"x": leaf}, "x", value)["x"],
+            oi.restore_like({"x": value}, {"x": leaf})["x"],
+            oi.restore_like({"x": value}, jax.eval_shape(lambda: {"x": jnp.asarray(leaf)}))["x"],
+        ):
+            assert got.dtype == jnp.bfloat16 and float(got) == expected, repr(value)
+
+
+def _fits(number: int, kind: type) -> bool:
+    return bool(np.iinfo(kind).min <= number <= np.iinfo(kind).max)
 
 
 def test_the_named_wraps_and_overflows_are_refused() -> None:

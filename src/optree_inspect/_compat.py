@@ -6,10 +6,12 @@ Nothing else in the package branches on a version or imports from `jax._src`.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
@@ -56,3 +58,48 @@ def weakly_typed_like(old: Any, value: Any) -> jax.Array:
 
     result = lax_internal._convert_element_type(value, np.dtype(old.dtype), weak_type=True)
     return result
+
+
+def host_array(value: Any, dtype: Any) -> np.ndarray:
+    """`np.asarray(value, dtype)`, rounded once on every ml_dtypes version.
+
+    ml_dtypes before 0.7 casts a 64-bit value (float64, int64, uint64, a Python float or int) to
+    its float types (`bfloat16`, `float8_*`) through float32, rounding twice (float64
+    `1 + 2**-8 + 2**-40` becomes bfloat16 1.0, not the nearest, 1.0078125), and refuses a Python int
+    outside int64's range. Such a value is first rounded to float32 *to odd* (toward zero, with the
+    last bit set where set bits were dropped), from which the cast rounds as from the value itself:
+    float32 keeps 24 significant bits, and these types at most 8. NumPy's own dtypes cast directly.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.char in np.typecodes["AllFloat"] or not jnp.issubdtype(dtype, jnp.floating):
+        return np.asarray(value, dtype=dtype)
+    if type(value) is int and not -(2**63) <= value < 2**63:
+        dropped = abs(value).bit_length() - 53
+        kept = abs(value) >> dropped
+        kept |= int(kept << dropped != abs(value))  # to odd: exact in float64, and no tie is made
+        value = math.copysign(math.ldexp(kept, dropped), value)
+    array = np.asarray(value)
+    if array.dtype.kind in "iu" and array.dtype.itemsize >= 4:
+        array = _ints_to_odd_float32(array)
+    elif array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        array = _floats_to_odd_float32(array.astype(np.float64))
+    return array.astype(dtype)
+
+
+def _floats_to_odd_float32(values: np.ndarray) -> np.ndarray:
+    nearest = values.astype(np.float32)
+    wide = nearest.astype(np.float64)
+    truncated = np.where(np.abs(wide) > np.abs(values), np.nextafter(nearest, np.float32(0)), nearest)
+    inexact = (wide != values) & ~np.isnan(values)
+    return np.asarray(truncated.view(np.uint32) | inexact.astype(np.uint32)).view(np.float32)
+
+
+def _ints_to_odd_float32(values: np.ndarray) -> np.ndarray:
+    negative = values < 0
+    magnitude = np.where(negative, (~values).astype(np.uint64) + np.uint64(1), values.astype(np.uint64))
+    bits = np.frexp(magnitude.astype(np.float64))[1]  # the bit length, or one more
+    dropped = np.maximum(bits - 24, 0).astype(np.uint64)
+    kept = magnitude >> dropped
+    kept |= ((kept << dropped) != magnitude).astype(np.uint64)
+    odd = np.ldexp(kept.astype(np.float64), dropped.astype(np.int32))  # exact: at most 24 bits
+    return np.where(negative, -odd, odd).astype(np.float32)

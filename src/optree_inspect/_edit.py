@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
-from ._compat import is_nnx_variable_type, variable_value, variable_with_value, weakly_typed_like
+from ._compat import host_array, is_nnx_variable_type, variable_value, variable_with_value, weakly_typed_like
 from ._errors import (
     ConstantHyperparameterError,
     DeletedArrayError,
@@ -422,10 +422,10 @@ def coerce_leaf(old: Any, new: Any, path: KeyPath = ()) -> Any:
         return _coerced_on_device(old, new, weak, path)
     _check_range(np.dtype(dtype), new, path)
     if isinstance(old, np.ndarray):
-        return np.broadcast_to(np.asarray(new, dtype=dtype), old.shape).copy()
+        return np.broadcast_to(host_array(new, dtype), old.shape).copy()
     if isinstance(old, np.generic):
-        return np.asarray(new, dtype=dtype)[()]
-    host = np.broadcast_to(np.asarray(new, dtype=dtype), old.shape)
+        return host_array(new, dtype)[()]
+    host = np.broadcast_to(host_array(new, dtype), old.shape)
     return _placed_like(old, host, weak, path)
 
 
