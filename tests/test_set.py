@@ -474,3 +474,21 @@ def test_a_deleted_array_as_the_value_is_a_deleted_array_error() -> None:
     value.delete()
     with pytest.raises(oi.DeletedArrayError, match=r"\['x'\]"):
         oi.set({"x": jnp.zeros(2)}, "x", value)
+
+
+@pytest.mark.parametrize("value", [2**64 - 1, 2**70, -(2**70), 1e39])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.int32, jnp.float32])
+def test_concrete_values_out_of_range_are_refused_under_jit_too(value: Any, dtype: Any) -> None:
+    tree = {"x": jnp.zeros(2, dtype)}
+    limit = float(jnp.finfo(dtype).max) if dtype != jnp.int32 else float(jnp.iinfo(dtype).max)
+    fits = abs(value) <= limit
+    if isinstance(value, float) and dtype == jnp.int32:
+        expected: Any = oi.LeafTypeError  # float into int: another kind
+    else:
+        expected = None if fits else oi.StructureError
+    for run in (lambda t: oi.set(t, "x", value), jax.jit(lambda t: oi.set(t, "x", value))):
+        if expected is None:
+            assert run(tree)["x"].dtype == dtype
+        else:
+            with pytest.raises(expected):
+                run(tree)

@@ -416,7 +416,11 @@ def coerce_leaf(old: Any, new: Any, path: KeyPath = ()) -> Any:
     _check_shape(old.shape, _shape_of(new, path), path)
     weak = bool(getattr(_aval(old), "weak_type", False))
     if isinstance(old, jax.core.Tracer) or isinstance(new, jax.core.Tracer):
-        result = jnp.broadcast_to(jax.lax.convert_element_type(jnp.asarray(new), dtype), old.shape)
+        value = new
+        if not isinstance(new, jax.core.Tracer | jax.Array):  # a host value: checked and cast as outside jit
+            _check_range(np.dtype(dtype), new, path)
+            value = host_array(new, dtype)
+        result = jnp.broadcast_to(jax.lax.convert_element_type(jnp.asarray(value), dtype), old.shape)
         return weakly_typed_like(old, result) if weak else result
     if _on_devices(old, new):
         return _coerced_on_device(old, new, weak, path)
