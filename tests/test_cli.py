@@ -36,10 +36,10 @@ NAN_STATE = {
         {"w": jnp.ones((2, 3))}
     ),
     "x": np.array([np.nan, 1.0, np.inf]),
-    "y": np.float32(np.nan),
+    "y": np.array(np.nan, np.float32),  # orbax 0.11.13 saves no NumPy scalar
     "z": np.array([-np.inf, 2.0], np.float32),
 }
-OTHER_STATE = jax.tree.map(lambda leaf: np.asarray(leaf) + 1, NAN_STATE)
+OTHER_STATE = jax.tree.map(lambda leaf: np.asarray(np.asarray(leaf) + 1), NAN_STATE)
 
 
 def _save(path: pathlib.Path, state: Any, checkpointer: Any = None) -> pathlib.Path:
@@ -52,7 +52,7 @@ def _save(path: pathlib.Path, state: Any, checkpointer: Any = None) -> pathlib.P
 
 
 def _step_state(step: int) -> dict[str, Any]:
-    return {"count": np.int32(step), "w": np.full(3, step, np.float32)}
+    return {"count": np.array(step, np.int32), "w": np.full(3, step, np.float32)}
 
 
 def _manager(path: pathlib.Path, steps: tuple[int, ...], **options: Any) -> list[int]:
