@@ -356,11 +356,10 @@ def _leaf_findings(
                 "its values cannot be compared. Use the state the jitted call returned."
             )
     findings: list[tuple[str, str, str]] = []
-    before, after = _short(a), _short(b)
     if np.shape(a) != np.shape(b):
-        return [("shape", before, after)], None
-    if dtype_a != dtype_b:
-        findings.append(("dtype", before, after))
+        return [("shape", _short(a), _short(b))], None
+    if dtype_a != dtype_b:  # the short texts only where a row needs them: most leaves have none
+        findings.append(("dtype", _short(a), _short(b)))
     sharding_a, sharding_b = _sharding(a), _sharding(b)
     if sharding_a is not None and sharding_b is not None and not _same_placement(a, b):
         findings.append(("sharding", sharding_a or "one device", sharding_b or "one device"))
@@ -395,7 +394,7 @@ def _dtype(leaf: Any) -> Any:
         weak = getattr(jax.typeof(leaf), "weak_type", False) if not isinstance(leaf, np.ndarray) else False
     except Exception:
         weak = False
-    return (str(dtype), weak)
+    return (dtype, weak)
 
 
 def _sharding(leaf: Any) -> str | None:
