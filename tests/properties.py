@@ -54,11 +54,11 @@ def _value(node: Any) -> Any:
     return variable_value(node) if is_nnx_variable_type(type(node)) else node
 
 
-# Property 2: a slow reference matcher, straight from the README's Queries section --------------------------
+# Property 2: a slow reference matcher, straight from docs/queries.md ----------------------------------------
 
 
 def _edge_text(key: Any) -> str:
-    """The README's "a dict key as text, a field name, a sequence index in decimal", derived from
+    """docs/queries.md's "a dict key as text, a field name, a sequence index in decimal", derived from
     JAX's own keystr of the key rather than from the key types the package branches on."""
     text = keystr((key,))
     if text.startswith("."):
@@ -72,7 +72,7 @@ def _component_matches(component: tuple[str, Any], key: Any, node: Any) -> bool:
     kind, value = component
     type_name = type(node).__name__
     if kind == "item":
-        # README: "[0] is the key 0 (or np.int64(0)), never False or 0.0"; "['a']" is a str key.
+        # docs/queries.md: "[0] is the key 0 (or np.int64(0)), never False or 0.0"; "['a']" is a str key.
         if isinstance(key, DictKey):
             same_kind = (isinstance(key.key, bool), isinstance(key.key, str), isinstance(key.key, float)) == (
                 isinstance(value, bool),
@@ -245,7 +245,7 @@ def describe_round_trips(state: Any) -> None:
     leaves = len(jax.tree.leaves(state))
     first = text.splitlines()[0]
     assert first.startswith(f"{type(state).__name__}: {leaves:,} lea"), first  # the root: its type, leaves
-    assert len(text.splitlines()) <= oi._describe.MAX_LINES + 8  # and the optimizer's lines
+    assert len(text.splitlines()) <= oi._layout.MAX_LINES + 8  # and the optimizer's lines
     for row in description:
         assert oi.get(state, row.query) is oi.get(state, row.path), row
     for row in description:

@@ -6,6 +6,8 @@ The checkpoints are saved once for the module; each damaged form is a copy with 
 
 from __future__ import annotations
 
+import argparse
+import ast
 import json
 import math
 import os
@@ -93,6 +95,31 @@ def _refused(args: list[str], status: int, capsys: pytest.CaptureFixture[str]) -
     assert (code, out) == (status, ""), err
     assert err.startswith("optree-inspect: ") and err.count("\n") == 1 and "Traceback" not in err
     return err
+
+
+# The command line on the public API ---------------------------------------------------------
+
+
+def test_the_command_line_uses_only_the_public_api_and_one_handler_a_subcommand() -> None:
+    source = pathlib.Path(_cli.__file__).read_text()
+    tree = ast.parse(source)
+    imported = {
+        alias.name if isinstance(node, ast.Import) else f"{'.' * node.level}{node.module}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert not {name for name in imported if name.startswith(".") or name.startswith("optree_inspect.")}
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "oi"
+    }
+    assert used <= set(oi.__all__), used - set(oi.__all__)
+    subcommands = next(
+        action for action in _cli._parser()._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    assert set(subcommands.choices) == set(_cli._HANDLERS)
 
 
 # Damaged checkpoints ----------------------------------------------------------------------------
@@ -441,7 +468,7 @@ def test_an_unexpected_error_or_an_interrupt_is_one_line(
     def fails(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("a defect\nover two lines")
 
-    monkeypatch.setattr(_cli, "describe", fails)
+    monkeypatch.setattr(oi, "describe", fails)
     assert "unexpected RuntimeError: a defect over two lines" in _refused(
         ["describe", str(root / "run")], 3, capsys
     )
@@ -449,7 +476,7 @@ def test_an_unexpected_error_or_an_interrupt_is_one_line(
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_cli, "describe", interrupted)
+    monkeypatch.setattr(oi, "describe", interrupted)
     assert "interrupted" in _refused(["describe", str(root / "run")], 130, capsys)
 
 

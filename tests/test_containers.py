@@ -157,4 +157,4 @@ def test_a_label_s_moments_name_the_parameters_they_hold() -> None:
 )
 def test_numbers_show_at_the_precision_of_their_dtype(value: float, dtype: Any, shown: str) -> None:
     leaf = jnp.asarray(value, dtype) if dtype != jnp.float64 else __import__("numpy").float64(value)
-    assert f"x: {oi._describe._dtype_name(leaf.dtype)}[] = {shown}" in str(oi.describe({"x": leaf}))
+    assert f"x: {oi._leaf.dtype_name(leaf.dtype)}[] = {shown}" in str(oi.describe({"x": leaf}))

@@ -1,4 +1,4 @@
-"""describe and hyperparams (README: The verbs)."""
+"""describe and hyperparams (docs/reading.md)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,14 @@ import jax.numpy as jnp
 import optax
 import pytest
 from flax.training import train_state
+from jax.tree_util import SequenceKey
 
 import optree_inspect as oi
 from helpers import LABELS, PARAMS, layered_params, nnx_optimizer, seed_optimizer, trained, wrapped_state
+from optree_inspect._leaf import short_text
+from optree_inspect._listing import Listing
+from optree_inspect._render import leaf_text
+from optree_inspect._rows import Held, LeafSummary, Leaves, Scheduled, leaf_summary
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 
@@ -195,6 +200,129 @@ def test_describe_is_safe_on_sharded_arrays() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "learning_rate: f32[] = 0.001 @ replicated(8)" in result.stdout
     assert "w: f32[16,4] @ P('data',)" in result.stdout
+
+
+# Rows as data ----------------------------------------------------------------------------------
+
+
+def _rows_by_keystr(description: oi.Description) -> dict[str, oi.Row]:
+    return {jax.tree_util.keystr(row.path): row for row in description}
+
+
+def test_rows_hold_what_their_summary_says_as_data() -> None:
+    rows = _rows_by_keystr(oi.describe(trained(seed_optimizer())))
+    root = rows[""]
+    assert root.kind == "node" and root.leaves is not None
+    assert (root.leaves.total, root.leaves.dtypes, root.leaves.nbytes) == (15, ("f32", "i32"), 260)
+    rate = rows["[1].hyperparams['learning_rate']"]
+    assert (rate.kind, rate.role, rate.scheduled) == ("leaf", "hyperparameter", Scheduled(2))
+    assert rate.leaf == LeafSummary("ArrayImpl", "f32", (), False, "0.0001")
+    count = rows["[1].count"]
+    assert count.role == "counter" and count.leaf == LeafSummary("ArrayImpl", "i32", (), False, "2")
+    nu = rows["[1].inner_state[0].nu"]
+    assert (nu.kind, nu.like, nu.arity, nu.first_keys) == (
+        "like",
+        rows["[1].inner_state[0].mu"].path,
+        2,
+        ("dense1", "head"),
+    )
+    assert nu.leaves == Leaves(3, ("f32",), 112)
+    assert rows["[0]"].kind == "node" and rows["[0]"].leaf is None and rows["[0]"].leaves is None
+
+
+def test_the_first_nine_fields_unpack_as_before() -> None:
+    row = next(iter(oi.describe({"a": jnp.ones(2)}, stats=True)))
+    path, query, depth, label, type_name, summary, folded, like, stats = row[:9]
+    assert (path, query, depth, label, type_name, folded, like) == ((), "", 0, "", "dict", False, None)
+    assert summary == "dict: 1 leaf, f32, 8 B" and stats is not None and stats["min"] == 1.0
+    assert oi.Row(*row[:8]).kind == "node"  # the new fields have defaults
+
+
+def test_runs_more_and_folded_rows_as_data() -> None:
+    runs = list(oi.describe(tuple(optax.EmptyState() for _ in range(100))))
+    assert (runs[-1].kind, runs[-1].siblings, runs[-1].arity, runs[-1].like) == (
+        "run",
+        99,
+        0,
+        (SequenceKey(0),),
+    )
+    wide = list(oi.describe(tuple(optax.EmptyState() if i % 2 else optax.MaskedNode() for i in range(100))))
+    assert (wide[-1].kind, wide[-1].siblings, wide[-1].label) == ("more", 76, "")
+    folded = _rows_by_keystr(oi.describe(seed_optimizer().init(layered_params(100))))["[1].inner_state[0].mu"]
+    assert (folded.kind, folded.arity, folded.leaves) == ("fold", 100, Leaves(200, ("f32",), 100 * 20 * 4))
+    assert (
+        folded.first_keys[:4] == ("layer0", "layer1", "layer10", "layer11") and len(folded.first_keys) == 12
+    )
+
+
+def test_values_and_optimizer_rows_as_data() -> None:
+    poisoned = oi.set(
+        trained(seed_optimizer()), "mu.dense1.w", jnp.full((4, 4), jnp.nan).at[0, 0].set(jnp.inf)
+    )
+    rows = _rows_by_keystr(oi.describe(poisoned, stats=True))
+    assert rows[""].nonfinite == (1, 1)
+    assert (rows["[1].inner_state[0].mu['dense1']['w']"].stats or {}).get("nan") == 15
+    tx = optax.adamw(optax.linear_schedule(0.0, 1.0, 10), weight_decay=0.05)
+    held = {row.label: row for row in oi.describe(tx.init(PARAMS), optimizer=tx) if row.kind == "optimizer"}
+    assert held["weight_decay"].held == Held("0.05", False, None)
+    assert held["learning_rate"].held == Held("0", True, 0)
+
+
+@pytest.mark.parametrize(
+    "leaf",
+    [
+        jnp.zeros((2, 3)),
+        jnp.asarray(1.0),
+        jnp.float32(0.5),
+        jnp.ones(2, jnp.bfloat16),
+        jnp.asarray(True),
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((3,), jnp.float32),
+        3,
+        2.5,
+        True,
+        None,
+        "text",
+        __import__("numpy").float64(2.5),
+    ],
+)
+def test_a_leaf_s_parts_render_as_the_leaf_layer_writes_it(leaf: Any) -> None:
+    assert leaf_text(leaf_summary(leaf)) == short_text(leaf)
+
+
+def test_a_deleted_leaf_s_parts_render_as_the_leaf_layer_writes_it() -> None:
+    leaf = jnp.ones(3) + 1
+    leaf.delete()
+    assert (
+        leaf_summary(leaf).deleted and leaf_text(leaf_summary(leaf)) == short_text(leaf) == "f32[3] (deleted)"
+    )
+
+
+def test_the_notebook_view_reads_marks_from_data_not_from_names() -> None:
+    params = {"scheduled": jnp.ones(2), "b": jnp.ones(2), "z": jnp.ones(3)}
+    labels = {"scheduled": "a", "b": "b", "z": "a"}
+    state = optax.partition({"a": optax.adam(1e-3), "b": optax.sgd(1e-2, momentum=0.9)}, labels).init(params)
+    description = oi.describe(state)
+    assert "2 leaves (scheduled, z), 1 masked" in str(description)
+    assert 'class="oi-tag"' not in description._repr_html_()  # a key named `scheduled` is no mark
+
+
+def test_description_report_and_diff_share_one_listing() -> None:
+    description = oi.describe({"a": jnp.ones(2)})
+    report = oi.check({"a": jnp.array([jnp.nan])})
+    difference = oi.diff({"a": 1}, {"a": 2})
+    for listing in (description, report, difference):
+        assert isinstance(listing, Listing) and len(listing) == len(list(listing)) and listing
+        assert IPython.lib.pretty.pretty(listing) == repr(listing)
+    assert repr(report) == "Report(1 finding)\nnonfinite: a: 1 NaN in 1 element (f32[1])"
+    assert report._repr_html_() is None  # a notebook shows a report's plain repr
+    assert (
+        repr(oi.check({"a": jnp.ones(1)})) == "Report(0 findings)" and str(oi.diff(1, 1)) == "No differences."
+    )
+    assert difference._repr_html_() == (
+        '<div class="optree-inspect" style="font-family: monospace">'
+        "<div>[&#x27;a&#x27;]: value: int = 1 -&gt; int = 2</div></div>"
+    )
 
 
 # hyperparams -----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from jax.tree_util import keystr
 
 import optree_inspect as oi
 from helpers import compilations
-from optree_inspect import _diff
+from optree_inspect import _compare, _engine
 from test_restored import _restore_raw
 
 JAX_DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.uint8, np.uint16, np.uint32,
@@ -174,8 +174,8 @@ def test_jax_leaves_compare_exactly_in_every_dtype(pair: tuple[np.ndarray, np.nd
 @given(pairs([np.int32, np.uint32, np.float32, np.float16, np.bool_]))
 def test_leaves_compared_on_the_device_compare_exactly(pair: tuple[np.ndarray, np.ndarray]) -> None:
     with pytest.MonkeyPatch.context() as patch:  # every jax array on the device, as large ones are
-        patch.setattr(_diff, "_SMALL", 0)
-        patch.setattr(_diff, "_DEVICE_GROUP", 0)
+        patch.setattr(_engine, "SMALL", 0)
+        patch.setattr(_compare, "_DEVICE_GROUP", 0)
         _check_against_reference(jnp.asarray(pair[0]), jnp.asarray(pair[1]))
 
 
@@ -201,8 +201,8 @@ def test_differences_beyond_float32_are_rows_with_their_size(
     if where == "device":
         if not (isinstance(a, jax.Array) and isinstance(b, jax.Array)):
             pytest.skip("NumPy leaves are compared on the host")
-        monkeypatch.setattr(_diff, "_SMALL", 0)
-        monkeypatch.setattr(_diff, "_DEVICE_GROUP", 0)
+        monkeypatch.setattr(_engine, "SMALL", 0)
+        monkeypatch.setattr(_compare, "_DEVICE_GROUP", 0)
     [row] = [row for row in checked({"x": a}, {"x": b}) if row.kind == "value"]
     assert "1 of 1 elements differ" in row.summary
     assert text in row.summary + ",", row.summary
@@ -213,8 +213,8 @@ def test_sixty_four_bit_values_on_the_device_compare_exactly() -> None:
         """
         import jax, jax.numpy as jnp, numpy as np
         import optree_inspect as oi
-        from optree_inspect import _diff
-        _diff._SMALL = _diff._DEVICE_GROUP = 0
+        from optree_inspect import _compare, _engine
+        _engine.SMALL = _compare._DEVICE_GROUP = 0
         cases = [(jnp.array([2**62 + 1]), jnp.array([2**62])), (jnp.array([1.0]), jnp.array([1 + 2**-40])),
                  (jnp.array([2**64 - 1], jnp.uint64), jnp.array([2**64 - 2], jnp.uint64)),
                  (jnp.array([2**53 + 1]), jnp.array([2.0**53])), (jnp.array([1.0]), jnp.array([jnp.nan]))]
@@ -459,8 +459,8 @@ def test_distinct_shapes_cost_no_compilation(shapes: int) -> None:
 
 
 def test_large_leaves_compile_once_per_shape_that_holds_enough_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_diff, "_SMALL", 8)
-    monkeypatch.setattr(_diff, "_DEVICE_GROUP", 64)
+    monkeypatch.setattr(_engine, "SMALL", 8)
+    monkeypatch.setattr(_compare, "_DEVICE_GROUP", 64)
     distinct = {f"d{i}": jnp.ones(8 + i) for i in range(30)}  # each below 64 elements: on the host
     shared = {f"s{i}": jnp.ones((4, 5)) for i in range(6)}  # 120 elements of one shape: one compilation
     a = {**distinct, **shared, "big": jnp.ones(100)}

@@ -1,4 +1,4 @@
-"""Hyperparameters that were never injected, read from the optimizer itself (see the README).
+"""Hyperparameters that were never injected, read from the optimizer itself (see docs/optimizer.md).
 
 What is read from closures depends on optax's closure layout; the tests that pin it say so when a
 new optax changes it (see test_closure_layout_of_this_optax).

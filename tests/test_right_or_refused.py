@@ -209,7 +209,7 @@ def test_set_find_and_describe_at_any_depth_jax_can_flatten(depth: int) -> None:
     assert oi.get(oi.set(tree, path, 2.0), path) == 2.0
     assert oi.set(tree, path[: -5 * 10], _nested(10, 3.0)) is not tree
     assert len(oi.find(tree, "a")) == depth
-    assert len(str(oi.describe(tree)).splitlines()) <= oi._describe.MAX_LINES
+    assert len(str(oi.describe(tree)).splitlines()) <= oi._layout.MAX_LINES
 
 
 @pytest.mark.parametrize("depth", [100, 750, 5000])
@@ -222,7 +222,7 @@ def test_siblings_of_one_deep_structure_at_any_depth(depth: int) -> None:
         pytest.skip(f"JAX cannot flatten {depth} levels here")
     for tree in ([_nested(depth), _nested(depth)], {"x": _nested(depth), "y": _nested(depth)}):
         assert len(oi.find(tree, "a")) == 2 * depth
-        assert len(str(oi.describe(tree)).splitlines()) <= oi._describe.MAX_LINES
+        assert len(str(oi.describe(tree)).splitlines()) <= oi._layout.MAX_LINES
 
 
 def test_past_jaxs_depth_limit_a_documented_error() -> None:

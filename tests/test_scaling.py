@@ -17,7 +17,7 @@ from flax import nnx
 
 import optree_inspect as oi
 from helpers import layered_params, seed_optimizer
-from optree_inspect import _tree
+from optree_inspect import _cache
 
 
 def _count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
@@ -78,7 +78,7 @@ def test_exact_paths_never_walk_the_tree(layers: int) -> None:
 def test_a_cached_structure_is_walked_once(monkeypatch: pytest.MonkeyPatch) -> None:
     state = seed_optimizer().init(layered_params(50))
     oi.get(state, "learning_rate")
-    builds = _count_calls(monkeypatch, _tree, "build_index")
+    builds = _count_calls(monkeypatch, _cache, "build_index")
     other = seed_optimizer().init(layered_params(50))  # another tree of the same structure
     for _ in range(3):
         oi.get(other, "learning_rate")
@@ -234,7 +234,7 @@ SCREEN_CASES = {
 def test_describe_fits_one_screen_for_every_state(name: str) -> None:
     tree = SCREEN_CASES[name]()
     description = oi.describe(tree)
-    assert len(str(description).splitlines()) <= oi._describe.MAX_LINES
+    assert len(str(description).splitlines()) <= oi._layout.MAX_LINES
     assert len(description._repr_html_()) < 60_000
     for row in list(description)[:: max(1, len(description) // 20)]:
         if row.query:
@@ -271,7 +271,7 @@ def _rows_work(tree: Any, monkeypatch: pytest.MonkeyPatch) -> float:
     description = oi.describe(tree)
     description.to_dict()
     monkeypatch.undo()
-    return (seen[0] + len(description)) / len(oi._tree.structure_index(tree))
+    return (seen[0] + len(description)) / len(oi._cache.structure_index(tree))
 
 
 @pytest.mark.parametrize(

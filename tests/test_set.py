@@ -1,4 +1,4 @@
-"""set: functional, jit-safe, schedule-aware edits (README: The verbs)."""
+"""set: functional, jit-safe, schedule-aware edits (docs/editing.md)."""
 
 from __future__ import annotations
 

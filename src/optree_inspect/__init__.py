@@ -2,6 +2,8 @@
 
 from jax.tree_util import keystr as keystr
 
+from . import _optax as _optax  # first: registers optax's state rules before any index is built
+from ._cache import clear_caches as clear_caches
 from ._check import Finding as Finding
 from ._check import Report as Report
 from ._check import check as check
@@ -38,7 +40,6 @@ from ._resolve import Match as Match
 from ._resolve import find as find
 from ._resolve import get as get
 from ._restore import restore_like as restore_like
-from ._tree import clear_caches as clear_caches
 
 __all__ = [
     "AmbiguousMatchError",

@@ -11,30 +11,28 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from ._compat import is_nnx_variable_type, partition_spec_text, variable_value
-from ._describe import _dtype_name, layout_of, line_entries
+from ._cache import index_and_leaves
+from ._compat import is_nnx_variable_type, partition_spec_text
 from ._errors import bounded, raised_here
+from ._index import StructureIndex
 from ._keys import KeyPath
+from ._layout import layout_of, line_entries
+from ._leaf import dtype_name, is_deleted, is_placed, unwrap
+from ._listing import Listing
 from ._naming import shortest_query
 from ._optax.closures import Optimizer, read_optimizer
+from ._optax.names import DECAY_RATES, EPSILONS
 from ._optax.states import hyperparameter_nodes, is_counter
 from ._query import Query, parse_query
 from ._resolve import resolve_one
-from ._tree import StructureIndex, index_and_leaves
 from ._values import leaf_table, summarise
 
-DECAY_RATES = frozenset({"b1", "b2", "b3", "decay", "momentum", "adam_b1", "adam_b2", "ema_decay"})
-"""Injected hyperparameters that must stay below 1: at 1, Adam's bias correction divides by
-`1 - b**t = 0` and a moment or a trace stops forgetting."""
-EPSILONS = frozenset({"eps", "adam_eps", "epsilon"})
-"""Injected hyperparameters that must stay above 0 (`eps_root`, 0 by default, is not one)."""
 KINDS = ("nonfinite", "rounded_hyperparameter", "replicated_moment")
 """The kinds of finding, most serious first."""
 _SHOWN = 40
@@ -51,36 +49,32 @@ class Finding(NamedTuple):
     message: str
 
 
-class Report:
+class Report(Listing[Finding]):
     """What `check` found, most serious first: iterate it, take its `len`, print it (one line a
     finding); it is truthy when anything was found."""
 
+    shown = _SHOWN
+    empty = "No findings."
+    more = "... {count:,} more findings (iterate the report for all)"
+
     def __init__(self, findings: list[Finding]) -> None:
-        self.findings = tuple(sorted(findings, key=lambda f: KINDS.index(f.kind)))
+        super().__init__(sorted(findings, key=lambda f: KINDS.index(f.kind)))
 
-    def __iter__(self) -> Iterator[Finding]:
-        return iter(self.findings)
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        """Every finding, most serious first."""
+        return self._items
 
-    def __len__(self) -> int:
-        return len(self.findings)
+    def _line(self, item: Finding) -> str:
+        return f"{item.kind}: {item.query}: {item.message}"
 
-    def __bool__(self) -> bool:
-        return bool(self.findings)
+    def _header(self) -> str:
+        count = len(self)
+        return f"Report({count} finding{'s' * (count != 1)})"
 
-    def __str__(self) -> str:
-        if not self.findings:
-            return "No findings."
-        lines = [f"{f.kind}: {f.query}: {f.message}" for f in self.findings[:_SHOWN]]
-        if len(self.findings) > _SHOWN:
-            lines.append(f"... {len(self.findings) - _SHOWN:,} more findings (iterate the report for all)")
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        count = len(self.findings)
-        return f"Report({count} finding{'s' * (count != 1)})" + ("\n" + str(self) if count else "")
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        printer.text(repr(self))
+    def _repr_html_(self) -> None:
+        """None: a notebook shows the report's plain repr."""
+        return None
 
 
 @raised_here
@@ -157,7 +151,7 @@ def check(tree: PyTree, /, *, optimizer: Optimizer | None = None, params: PyTree
     index, leaves = index_and_leaves(tree)
     if optimizer is not None:
         read_optimizer(optimizer, tree)  # a mismatch is an error, as for every verb
-    values = [variable_value(leaf) if is_nnx_variable_type(type(leaf)) else leaf for leaf in leaves]
+    values = list(map(unwrap, leaves))
     findings: list[Finding] = []
     if not any(isinstance(v, jax.core.Tracer) for v in values):  # abstract and deleted leaves: no values
         findings.extend(_nonfinite(index, values))
@@ -181,7 +175,7 @@ def _nonfinite(index: StructureIndex, values: list[Any]) -> list[Finding]:
         size = int(np.size(leaf))
         dtype = getattr(leaf, "dtype", None)
         shape = ",".join(map(str, np.shape(leaf)))
-        kind = f"{_dtype_name(dtype)}[{shape}]" if dtype is not None else type(leaf).__name__
+        kind = f"{dtype_name(dtype)}[{shape}]" if dtype is not None else type(leaf).__name__
         message = f"{what} in {size:,} element{'s' * (size != 1)} ({kind})"
         node = nodes[position]
         findings.append(Finding("nonfinite", index.path(node), shortest_query(index, node), message))
@@ -203,7 +197,7 @@ def _rounded(index: StructureIndex, values: list[Any]) -> list[Finding]:
         wrong = value == 1.0 if name in DECAY_RATES else value == 0.0
         if not wrong.any():
             continue
-        short = _dtype_name(dtype)
+        short = dtype_name(dtype)
         low_precision = jax.numpy.finfo(dtype).bits < 32
         where = _members(wrong)
         if name in DECAY_RATES:
@@ -234,7 +228,7 @@ def _host_floats(value: Any) -> np.ndarray | None:
         return None
     if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
         return None
-    if isinstance(value, jax.Array) and (value.is_deleted() or not value.is_fully_addressable):
+    if isinstance(value, jax.Array) and (is_deleted(value) or not value.is_fully_addressable):
         return None
     return np.asarray(value)
 
@@ -295,7 +289,7 @@ def _params_by_name(
     field (a flax `TrainState`, a dict) or `model` (an `nnx.Optimizer`)."""
     if params is not None:
         params_index, params_leaves = index_and_leaves(params)
-        values = [variable_value(v) if is_nnx_variable_type(type(v)) else v for v in params_leaves]
+        values = list(map(unwrap, params_leaves))
         root, index = 0, params_index
     else:
         candidates = [c for c in index.children(0) if index.texts[c] in ("params", "model")]
@@ -312,7 +306,7 @@ def _params_by_name(
 def _less_sharded(moment: Any, param: Any) -> str | None:
     """Why `moment` takes more memory per device than `param`, or None: concrete arrays, or abstract
     ones (`jax.ShapeDtypeStruct`, as `jax.eval_shape` gives) that carry a sharding."""
-    if not (_placed(moment) and _placed(param)) or moment.shape != param.shape:
+    if not (is_placed(moment) and is_placed(param)) or moment.shape != param.shape:
         return None
     mine = math.prod(moment.sharding.shard_shape(moment.shape))
     theirs = math.prod(param.sharding.shard_shape(param.shape))
@@ -323,12 +317,6 @@ def _less_sharded(moment: Any, param: Any) -> str | None:
         f"{theirs:,} ({_placement(param)}). Place it like the parameter: jax.device_put(moment, "
         "param.sharding) (`jax.jit(tx.init)` alone does not place zeros like the params)."
     )
-
-
-def _placed(leaf: Any) -> bool:
-    if isinstance(leaf, jax.ShapeDtypeStruct):
-        return getattr(leaf, "sharding", None) is not None
-    return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
 
 
 def _placement(leaf: Any) -> str:

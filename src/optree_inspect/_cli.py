@@ -6,6 +6,9 @@ checkpoint (or a damaged or unreadable one), a step it does not have, or orbax-c
 3 on an unexpected error (a defect); 130 when interrupted. Errors are one line on stderr, and a
 successful run writes nothing there. A closed stdout (`| head`) ends the output quietly and keeps
 the command's own status.
+
+Each subcommand is one handler in `_HANDLERS`, written on the public API (`optree_inspect as oi`)
+as a user's script would be.
 """
 
 from __future__ import annotations
@@ -19,20 +22,13 @@ import os
 import shlex
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import jax
 import numpy as np
-from jax.tree_util import keystr
 
-from ._check import check
-from ._checkpoint import load
-from ._describe import _leaf_summary, describe
-from ._diff import _short, diff
-from ._errors import AmbiguousMatchError, Error, NoMatchError, QueryError, QuerySyntaxError
-from ._optax.hyperparams import hyperparams
-from ._resolve import find, get
+import optree_inspect as oi
 
 
 class _Usage(Exception):
@@ -77,16 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # stderr holds only the error line
             arguments = _parser().parse_args(argv)
-            return _run(arguments)
+            return _HANDLERS[arguments.command](arguments)
     except _Usage as error:
         _error(f"{error} (see optree-inspect --help)")
         return 2
-    except AmbiguousMatchError as error:
+    except oi.AmbiguousMatchError as error:
         _error(_ambiguous(error))
         return 1
-    except Error as error:
+    except oi.Error as error:
         _error(_one_line(error))
-        no_match = isinstance(error, QueryError) and not isinstance(error, QuerySyntaxError)
+        no_match = isinstance(error, oi.QueryError) and not isinstance(error, oi.QuerySyntaxError)
         return 1 if no_match else 2
     except KeyboardInterrupt:
         _error("interrupted")
@@ -100,7 +96,7 @@ _SUGGESTED = 1500
 """At most this many characters of suggested queries in an ambiguous `get`'s line."""
 
 
-def _ambiguous(error: AmbiguousMatchError) -> str:
+def _ambiguous(error: oi.AmbiguousMatchError) -> str:
     """The line of an ambiguous `get`: each candidate whole, with its query as a shell takes it,
     as many as fit in `_SUGGESTED` characters, then how many more."""
     first = str(error.args[0]).splitlines()[0].rstrip(":")
@@ -138,49 +134,95 @@ def _one_line(error: BaseException) -> str:
     return " ".join(text.split())[:500]
 
 
-def _run(arguments: argparse.Namespace) -> int:
-    emit_json = arguments.json
-    if arguments.command == "diff":
-        before = load(arguments.path_a, step=arguments.step, arrays=True)
-        result = diff(before, load(arguments.path_b, step=arguments.step, arrays=True))
-        rows = [row._replace(path=keystr(row.path))._asdict() for row in result]  # type: ignore[arg-type]
-        _emit(emit_json, {"rows": rows}, str(result))
-        return 1 if result else 0
-    values = arguments.command == "check" or getattr(arguments, "stats", False)  # reads the arrays
-    tree = load(arguments.path, step=arguments.step, arrays=values)
-    if arguments.command == "describe":
-        description = describe(tree, stats=arguments.stats)
-        rows = [
-            {"path": keystr(row.path), "query": row.query, "depth": row.depth, "summary": row.summary,
-             "stats": None if row.stats is None else {k: _json(v) for k, v in row.stats.items()}}
-            for row in description
-        ]  # fmt: skip
-        _emit(emit_json, {"rows": rows}, str(description))
-        return 0
-    if arguments.command == "get":
-        value = get(tree, arguments.query)
-        shown = _leaf_summary(value) if jax.tree_util.all_leaves([value]) else str(describe(value))
-        _emit(emit_json, {"query": arguments.query, "value": _json(value)}, shown)
-        return 0
-    if arguments.command == "find":
-        matches = find(tree, arguments.query)
-        if not matches:
-            raise NoMatchError(f"No node matches {arguments.query!r}.")
-        lines = [f"{keystr(m.path) or '<root>'}: {_short(m.value)}" for m in matches]
-        entries = [{"path": keystr(m.path), "value": _json(m.value)} for m in matches]
-        _emit(emit_json, {"matches": entries}, "\n".join(lines))
-        return 0
-    if arguments.command == "hyperparams":
-        values = hyperparams(tree, counters=arguments.counters)
-        text = "\n".join(f"{query}: {_leaf_summary(value)}" for query, value in values.items())
-        _emit(emit_json, {query: _json(value) for query, value in values.items()}, text)
-        return 0
-    report = check(tree)
+def _describe(arguments: argparse.Namespace) -> int:
+    tree = oi.load(arguments.path, step=arguments.step, arrays=arguments.stats)
+    description = oi.describe(tree, stats=arguments.stats)
+    rows = [
+        {"path": oi.keystr(row.path), "query": row.query, "depth": row.depth, "summary": row.summary,
+         "stats": None if row.stats is None else {k: _json(v) for k, v in row.stats.items()}}
+        for row in description
+    ]  # fmt: skip
+    _emit(arguments.json, {"rows": rows}, str(description))
+    return 0
+
+
+def _get(arguments: argparse.Namespace) -> int:
+    value = oi.get(oi.load(arguments.path, step=arguments.step), arguments.query)
+    shown = _leaf_text(value) if _is_leaf(value) else str(oi.describe(value))
+    _emit(arguments.json, {"query": arguments.query, "value": _json(value)}, shown)
+    return 0
+
+
+def _find(arguments: argparse.Namespace) -> int:
+    matches = oi.find(oi.load(arguments.path, step=arguments.step), arguments.query)
+    if not matches:
+        raise oi.NoMatchError(f"No node matches {arguments.query!r}.")
+    lines = [f"{oi.keystr(m.path) or '<root>'}: {_node_text(m.value)}" for m in matches]
+    entries = [{"path": oi.keystr(m.path), "value": _json(m.value)} for m in matches]
+    _emit(arguments.json, {"matches": entries}, "\n".join(lines))
+    return 0
+
+
+def _hyperparams(arguments: argparse.Namespace) -> int:
+    tree = oi.load(arguments.path, step=arguments.step)
+    values = oi.hyperparams(tree, counters=arguments.counters)
+    text = "\n".join(f"{query}: {_leaf_text(value)}" for query, value in values.items())
+    _emit(arguments.json, {query: _json(value) for query, value in values.items()}, text)
+    return 0
+
+
+def _check(arguments: argparse.Namespace) -> int:
+    report = oi.check(oi.load(arguments.path, step=arguments.step, arrays=True))
     findings = [
-        {"kind": f.kind, "path": keystr(f.path), "query": f.query, "message": f.message} for f in report
+        {"kind": f.kind, "path": oi.keystr(f.path), "query": f.query, "message": f.message} for f in report
     ]
-    _emit(emit_json, {"findings": findings}, str(report))
+    _emit(arguments.json, {"findings": findings}, str(report))
     return 1 if report else 0
+
+
+def _diff(arguments: argparse.Namespace) -> int:
+    before = oi.load(arguments.path_a, step=arguments.step, arrays=True)
+    result = oi.diff(before, oi.load(arguments.path_b, step=arguments.step, arrays=True))
+    rows = [row._replace(path=oi.keystr(row.path))._asdict() for row in result]  # type: ignore[arg-type]
+    _emit(arguments.json, {"rows": rows}, str(result))
+    return 1 if result else 0
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "describe": _describe,
+    "get": _get,
+    "find": _find,
+    "hyperparams": _hyperparams,
+    "check": _check,
+    "diff": _diff,
+}
+"""Each subcommand's handler: it reads its arguments, prints its output and returns the status."""
+
+
+def _is_leaf(value: Any) -> bool:
+    return jax.tree_util.all_leaves([value])
+
+
+def _leaf_text(leaf: Any) -> str:
+    """A leaf as `describe` shows it under its parent: `f32[] = 0.5`, `f32[4,3]`, `int = 3`.
+
+    >>> _leaf_text(np.float32(0.5)), _leaf_text(None)
+    ('f32[] = 0.5', 'None')
+    """
+    return oi.describe([leaf]).rows[1].summary
+
+
+def _node_text(node: Any) -> str:
+    """A node in a few characters: a leaf as `describe` shows it, a subtree by type and leaves.
+
+    >>> _node_text(np.int32(2)), _node_text({"a": np.zeros(3), "b": None}), _node_text(None)
+    ('i32[] = 2', 'dict, 1 leaf', 'None, 0 leaves')
+    """
+    if _is_leaf(node):
+        return _leaf_text(node)
+    count = len(jax.tree.leaves(node))
+    kind = "None" if node is None else type(node).__name__
+    return f"{kind}, {count:,} lea{'ves' if count != 1 else 'f'}"
 
 
 def _json(value: Any) -> Any:
@@ -196,7 +238,7 @@ def _json(value: Any) -> Any:
             return number if isinstance(number, bool | int | float) else str(number)
         return {"shape": list(np.shape(value)), "dtype": str(value.dtype)}
     if not jax.tree_util.all_leaves([value]):
-        return {keystr(path): _json(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]}
+        return {oi.keystr(path): _json(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]}
     return str(value)
 
 
@@ -233,16 +275,30 @@ def _to_devnull(stream: Any) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
-def entry_point() -> None:
+def entry_point() -> NoReturn:
     """The `optree-inspect` script (and `python -m optree_inspect ARGS`)."""
-    # after a failed read, orbax's callbacks report "Event loop is closed" from other threads, and
-    # asyncio logs the futures whose errors orbax never retrieved: the error line said it already
+    _quiet_late_reports()
+    _exit(main())
+
+
+def _quiet_late_reports() -> None:
+    """Hide what orbax reports after a failed read, from its other threads, that the error line
+    has said already: its callbacks' "Event loop is closed" (unraisable exceptions) and asyncio's
+    log of the futures whose errors orbax never retrieved."""
     sys.unraisablehook = lambda _: None
     logging.getLogger("asyncio").disabled = True
-    status = main()
+
+
+def _exit(status: int) -> NoReturn:
+    """Flush the output and end the process with `status` now, without the interpreter's teardown.
+
+    The teardown of JAX, orbax and tensorstore after a command that read a checkpoint takes about
+    a second, as long as a small command itself, and prints nothing the user needs; anything
+    orbax's threads report during it is not printed either. The output is complete here.
+    """
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except BrokenPipeError:
             _to_devnull(stream)
-    os._exit(status)  # the output is complete: nothing more is printed at exit
+    os._exit(status)

@@ -1,7 +1,11 @@
 """What differs between the JAX and flax versions this package supports (see
 `docs/compatibility.md`), and the one private JAX call it makes, each with its reason.
 
-Nothing else in the package branches on a version or imports from `jax._src`.
+No module tests a version number, and no other imports from `jax._src`. A few others handle a
+version's behaviour where they meet it, with a comment naming the version: `_registry` repairs
+jax 0.10.2's NamedTuple keys, the leaf and tree code unwraps an nnx Variable that flax before 0.11
+keeps as a leaf, `_optax` reads optax 0.2.8's closures and skips factories an older optax lacks,
+and `_checkpoint` falls back to orbax's own reading for another layout.
 """
 
 from __future__ import annotations

@@ -1,12 +1,11 @@
-"""Editing: `set`, and coercing new values to the leaves they replace (README: The verbs)."""
+"""Editing: `set`, and coercing new values to the nodes they replace (`cast_leaf` casts each leaf)."""
 
 from __future__ import annotations
 
-import copy
 import functools
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, overload
 
 import jax
@@ -14,20 +13,21 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
-from ._compat import host_array, is_nnx_variable_type, variable_value, variable_with_value, weakly_typed_like
+from ._cache import structure_index
+from ._cast import cast_leaf
+from ._compat import variable_with_value
 from ._errors import (
     ConstantHyperparameterError,
     DeletedArrayError,
     EditConflictError,
     InvalidArgumentError,
-    LeafTypeError,
     ScheduledHyperparameterError,
     StructureError,
     bounded,
     raised_here,
-    short_repr,
 )
 from ._keys import KeyEntry, KeyPath, path_text
+from ._leaf import is_deleted, is_variable, unwrap
 from ._optax.closures import ConstantHyperparameter, Optimizer, read_optimizer
 from ._optax.states import (
     ScheduledSlot,
@@ -37,12 +37,14 @@ from ._optax.states import (
     scheduled_slots_under,
     where_at,
 )
+from ._paths import _MISSING, child_at, value_at
 from ._query import Query, parse_query
-from ._registry import DICT_TYPES, children_with_keys, is_namedtuple
-from ._resolve import _UNSET, attached_matches, no_match_error, resolve_one
-from ._tree import _MISSING, child_at, structure_index, value_at
+from ._registry import children_with_keys
+from ._resolve import attached_matches, no_match_error, resolve_one
+from ._treekit import Built, Expanded, build, rebuild
 
-_PYTHON_SCALARS = (bool, int, float, complex)
+_UNSET: Any = object()
+"""`set`'s value when none is given (a mapping of edits takes none)."""
 
 
 @overload
@@ -131,7 +133,7 @@ def set(
         tree, {path: (targets[path][0], new) for path, new in called.items()}
     )
     new_values = {path: coerce(targets[path][0], new, path, call=False) for path, new in called.items()}
-    return _rebuild(tree, list(new_values.items()))
+    return rebuild(tree, new_values.items())
 
 
 _REGISTRY = jax.tree_util.default_registry
@@ -256,7 +258,7 @@ def _is_jitted(value: Any) -> bool:
 
 def call_on(function: Any, old: Any, path: KeyPath) -> Any:
     """`function(old)`, refusing a deleted array first (calling would fail without a path)."""
-    if isinstance(old, jax.Array) and not isinstance(old, jax.core.Tracer) and old.is_deleted():
+    if is_deleted(old):
         raise DeletedArrayError(
             f"The array at {path_text(path)} was deleted (donated to a jitted function?): a function "
             "cannot be called on it. Set a value instead, or use the state the jitted call returned."
@@ -264,53 +266,29 @@ def call_on(function: Any, old: Any, path: KeyPath) -> Any:
     return function(old)
 
 
-class _Frame:
-    """A node of the value being coerced: the old node, its path, its children done and to do."""
-
-    __slots__ = ("done", "old", "path", "pending")
-
-    def __init__(self, old: Any, path: KeyPath, pending: list[tuple[KeyEntry, Any, Any]]) -> None:
-        self.old, self.path, self.pending = old, path, pending
-        self.done: dict[KeyEntry, Any] = {}
-
-
 def coerce(old: Any, new: Any, path: KeyPath = (), *, call: bool = True) -> Any:
-    """`new` made to stand where `old` stands: same structure, and each leaf as `coerce_leaf` makes it.
+    """`new` made to stand where `old` stands: same structure, and each leaf as `cast_leaf` makes it.
 
     Functions in `new` (see `is_function`) are called on the old node they stand for. Iterative,
     so that any depth JAX can flatten is fine.
     """
-    stack: list[_Frame] = []
-    item: Any = _enter(old, new, path, call)
-    while True:
-        if isinstance(item, _Frame):
-            stack.append(item)
-        elif not stack:
-            return item.value
-        else:
-            top = stack[-1]
-            top.done[top.pending.pop()[0]] = item.value
-        top = stack[-1]
-        if top.pending:
-            key, old_child, new_child = top.pending[-1]
-            item = _enter(old_child, new_child, (*top.path, key), True)
-        else:
-            stack.pop()
-            item = _Replacement(_replace_children(top.old, top.done))
+    return build((old, new, path, call), _expand)
 
 
-def _enter(old: Any, new: Any, path: KeyPath, call: bool) -> _Frame | _Replacement:
+def _expand(item: tuple[Any, Any, KeyPath, bool]) -> Expanded:
+    """One node of a coercion: its cast leaf, or the old node with the children to coerce."""
+    old, new, path, call = item
     if call and is_function(new):
         new = call_on(new, old, path)
-    if is_nnx_variable_type(type(old)) and not is_nnx_variable_type(type(new)):
+    if is_variable(old) and not is_variable(new):
         children = children_with_keys(old)
         if children is None:  # flax before 0.11: a Variable is a leaf to JAX
-            return _Replacement(variable_with_value(old, coerce_leaf(variable_value(old), new, path)))
+            return Built(variable_with_value(old, cast_leaf(unwrap(old), new, path)))
         [(key, inner)] = children
-        return _Frame(old, path, [(key, inner, new)])
+        return old, [(key, (inner, new, (*path, key), True))]
     old_children = children_with_keys(old)
     if old_children is None:
-        return _Replacement(coerce_leaf(old, new, path))
+        return Built(cast_leaf(old, new, path))
     new_children = children_with_keys(new)
     problem = _one_level_difference(old, old_children, new, new_children)
     if problem:
@@ -318,8 +296,9 @@ def _enter(old: Any, new: Any, path: KeyPath, call: bool) -> _Frame | _Replaceme
             f"The value for {path_text(path)} must have the structure of the node it replaces; {problem}"
         )
     assert new_children is not None
-    pairs = [(key, o, n) for (key, o), (_, n) in zip(old_children, new_children, strict=True)]
-    return _Frame(old, path, pairs[::-1])
+    return old, [
+        (key, (o, n, (*path, key), True)) for (key, o), (_, n) in zip(old_children, new_children, strict=True)
+    ]
 
 
 def _one_level_difference(
@@ -341,354 +320,3 @@ def _one_level_difference(
     except Exception:  # aux data whose == raises or is not a bool
         same = False
     return "" if same else "the node's static data differs."
-
-
-def _is_array_like(value: Any) -> bool:
-    return hasattr(value, "dtype") and hasattr(value, "shape")
-
-
-def _dtype_of(value: Any, path: KeyPath) -> np.dtype:
-    if isinstance(value, _PYTHON_SCALARS):
-        return np.dtype(type(value))  # a Python scalar counts by its type alone, as weak types do
-    if _is_array_like(value):
-        try:
-            return np.dtype(value.dtype)
-        except TypeError:
-            pass
-    else:
-        try:
-            return np.dtype(jnp.asarray(value).dtype)
-        except Exception:  # JAX's message repeats the value, however large: say it briefly
-            pass
-    raise LeafTypeError(
-        f"The value for the array leaf at {path_text(path)} is not a number or an array: {short_repr(value)}."
-    )
-
-
-def coerce_leaf(old: Any, new: Any, path: KeyPath = ()) -> Any:
-    """`new` with the dtype, weak type, shape and sharding of the leaf `old`."""
-    if isinstance(new, jax.Array) and not isinstance(new, jax.core.Tracer) and new.is_deleted():
-        raise DeletedArrayError(
-            f"The value for the leaf at {path_text(path)} is a deleted (donated) array: it holds no "
-            "data to store. Pass the array the donating step returned."
-        )
-    if children_with_keys(new) is not None:
-        raise StructureError(
-            f"The node at {path_text(path)} is a leaf ({bounded(type(old).__name__, 60)}); the value is "
-            f"a {bounded(type(new).__name__, 60)}, a subtree. Select a node of that structure instead."
-        )
-    if isinstance(old, jax.ShapeDtypeStruct):
-        if isinstance(new, jax.ShapeDtypeStruct) and new.shape == old.shape and new.dtype == old.dtype:
-            return new
-        raise LeafTypeError(
-            f"The leaf at {path_text(path)} is abstract (a jax.ShapeDtypeStruct, as jax.eval_shape "
-            "makes): it holds no value to change. Set it on a concrete state, or give a "
-            "ShapeDtypeStruct of the same shape and dtype."
-        )
-    if isinstance(old, _PYTHON_SCALARS) and not isinstance(new, jax.core.Tracer):
-        old_dtype = np.dtype(type(old))
-        _check_kind(old_dtype, new, path)
-        _check_shape((), np.shape(new), path)
-        if type(old) is not int:  # a Python int has no range
-            _check_range(old_dtype, new, path)
-        try:
-            return type(old)(np.asarray(new).item())
-        except OverflowError:
-            raise _out_of_range(old_dtype, new, path) from None
-    if isinstance(old, _PYTHON_SCALARS):
-        old = jnp.asarray(old)
-    if not _is_array_like(old):
-        if type(new) is not type(old):
-            raise LeafTypeError(
-                f"The leaf at {path_text(path)} is a {bounded(type(old).__name__, 60)}, not an array; it "
-                f"takes only another of its type, got {bounded(type(new).__name__, 60)}."
-            )
-        return new
-    dtype = old.dtype
-    if jnp.issubdtype(dtype, jax.dtypes.extended):
-        new_dtype = getattr(new, "dtype", None)
-        if new_dtype != dtype or np.shape(new) != old.shape:
-            raise LeafTypeError(
-                f"The leaf at {path_text(path)} is a {dtype}{list(old.shape)} key; got {new_dtype}."
-            )
-        return new
-    _check_kind(np.dtype(dtype), new, path)
-    _check_shape(old.shape, _shape_of(new, path), path)
-    weak = bool(getattr(_aval(old), "weak_type", False))
-    if isinstance(old, jax.core.Tracer) or isinstance(new, jax.core.Tracer):
-        value = new
-        if not isinstance(new, jax.core.Tracer | jax.Array):  # a host value: checked and cast as outside jit
-            _check_range(np.dtype(dtype), new, path)
-            value = host_array(new, dtype)
-        result = jnp.broadcast_to(jax.lax.convert_element_type(jnp.asarray(value), dtype), old.shape)
-        return weakly_typed_like(old, result) if weak else result
-    if _on_devices(old, new):
-        return _coerced_on_device(old, new, weak, path)
-    _check_range(np.dtype(dtype), new, path)
-    if isinstance(old, np.ndarray):
-        return np.broadcast_to(host_array(new, dtype), old.shape).copy()
-    if isinstance(old, np.generic):
-        return host_array(new, dtype)[()]
-    host = np.broadcast_to(host_array(new, dtype), old.shape)
-    return _placed_like(old, host, weak, path)
-
-
-def _on_devices(old: Any, new: Any) -> bool:
-    """A JAX array value for a JAX array leaf, both on this process's devices: coerce it there."""
-    return (
-        isinstance(new, jax.Array)
-        and isinstance(old, jax.Array)
-        and new.is_fully_addressable
-        and old.is_fully_addressable
-    )
-
-
-def _coerced_on_device(old: jax.Array, new: jax.Array, weak: bool, path: KeyPath) -> jax.Array:
-    """`new` cast, broadcast and placed like `old` without a trip through host memory: no implicit
-    transfer (it works under `jax.transfer_guard("disallow")`) and no blocking of async dispatch,
-    but for the one boolean a narrowing cast's range check reads, fetched explicitly."""
-    _check_range_on_device(np.dtype(old.dtype), new, path)
-    result = jax.lax.convert_element_type(new, old.dtype)
-    if result.shape != old.shape:
-        result = jnp.broadcast_to(result, old.shape)
-    if weak:
-        result = weakly_typed_like(old, result)
-    if old.committed or result.sharding != old.sharding:
-        result = jax.device_put(result, old.sharding)
-    return result
-
-
-def _limits(dtype: np.dtype) -> tuple[float, float] | None:
-    if jnp.issubdtype(dtype, jnp.integer):
-        info = jnp.iinfo(dtype)
-        return int(info.min), int(info.max)
-    if jnp.issubdtype(dtype, jnp.floating):
-        largest = float(jnp.finfo(dtype).max)
-        return -largest, largest
-    if dtype == np.bool_:
-        return 0, 1
-    return None
-
-
-def _check_range_on_device(dtype: np.dtype, new: jax.Array, path: KeyPath) -> None:
-    """The range check of `_check_range`, computed where `new` lives; nothing is read when every
-    value of `new`'s dtype fits in `dtype` (the common case: a moment set with its own dtype)."""
-    source, target = _limits(np.dtype(new.dtype)), _limits(dtype)
-    if source is None or target is None or (source[0] >= target[0] and source[1] <= target[1]):
-        return
-    low = target[0] if source[0] < target[0] else None
-    high = target[1] if source[1] > target[1] else None
-    if bool(jax.device_get(_outside(new, low=low, high=high))):
-        raise _out_of_range(
-            dtype, None, path, _shown_limits(dtype, target), what=f"A {new.dtype} array value has values"
-        )
-
-
-@functools.partial(jax.jit, static_argnames=("low", "high"))
-def _outside(values: jax.Array, low: float | None, high: float | None) -> jax.Array:
-    """Whether any finite value is below `low` or above `high`: compiled with the bounds as
-    constants, so that nothing is sent to the device."""
-    if jnp.issubdtype(values.dtype, jnp.floating):
-        # compared in at least float32: a bound such as float16's 65504 rounds to 65536 in bfloat16
-        values = values.astype(jnp.promote_types(values.dtype, jnp.float32))
-        values = jnp.where(jnp.isfinite(values), values, jnp.zeros_like(values))  # inf and nan as given
-    outside = jnp.zeros(values.shape, bool)
-    if low is not None:
-        outside = outside | (values < low)
-    if high is not None:
-        outside = outside | (values > high)
-    return jnp.any(outside)
-
-
-def _shown_limits(dtype: np.dtype, limits: tuple[float, float]) -> tuple[Any, Any]:
-    if jnp.issubdtype(dtype, jnp.integer):
-        return int(limits[0]), int(limits[1])
-    return f"{limits[0]:.6g}", f"{limits[1]:.6g}"
-
-
-def _aval(leaf: Any) -> Any:
-    try:
-        return jax.typeof(leaf)
-    except Exception:  # not a JAX type (a NumPy array is never weak)
-        return None
-
-
-def _shape_of(value: Any, path: KeyPath) -> tuple[int, ...]:
-    try:
-        return tuple(np.shape(value))
-    except Exception:  # a ragged nested list, say
-        raise LeafTypeError(
-            f"The value for the array leaf at {path_text(path)} has no array shape: {short_repr(value)}."
-        ) from None
-
-
-def _host_values(value: Any) -> np.ndarray | None:
-    """The value as a NumPy array wide enough to compare with any dtype's range, or None where it
-    cannot be read here (another process's shards)."""
-    if isinstance(value, jax.Array) and not value.is_fully_addressable:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return np.asarray(value, dtype=object)
-    try:
-        array = np.asarray(value)
-    except Exception:  # no array reading: the kind check has already refused what cannot be stored
-        return None
-    if array.dtype.kind in "biuf" and array.dtype.itemsize <= 8:
-        return array
-    if array.dtype.kind in "biuf":
-        return array.astype(np.float64)
-    return array
-
-
-def _check_range(dtype: np.dtype, new: Any, path: KeyPath) -> None:
-    """Refuse a concrete value that `dtype` cannot hold: it would wrap (integers) or become inf."""
-    if jnp.issubdtype(dtype, jnp.complexfloating):
-        values = _host_values(new)
-        if values is not None and values.size:
-            real = np.dtype(jnp.finfo(dtype).dtype)
-            _check_range(real, np.real(values), path)
-            _check_range(real, np.imag(values), path)
-        return
-    limits = _limits(dtype)
-    values = _host_values(new)
-    if limits is None or dtype == np.bool_ or values is None or values.size == 0 or values.dtype.kind == "c":
-        return
-    if jnp.issubdtype(dtype, jnp.integer):
-        low, high = int(values.min()), int(values.max())  # Python ints: no NumPy promotion rules
-        if low < limits[0] or high > limits[1]:
-            raise _out_of_range(dtype, low if low < limits[0] else high, path, _shown_limits(dtype, limits))
-        return
-    try:
-        finite = values.astype(np.float64)
-    except OverflowError:  # a Python int beyond any float
-        raise _out_of_range(dtype, new, path) from None
-    finite = finite[np.isfinite(finite)]
-    if finite.size and float(np.abs(finite).max()) > limits[1]:
-        raise _out_of_range(dtype, float(np.abs(finite).max()), path, _shown_limits(dtype, limits))
-
-
-def _out_of_range(
-    dtype: np.dtype, value: Any, path: KeyPath, bounds: tuple[Any, Any] | None = None, what: str = ""
-) -> StructureError:
-    limits = ""
-    if bounds and isinstance(bounds[0], int):
-        limits = f" (it holds {bounds[0]:,} to {bounds[1]:,})"
-    elif bounds:
-        limits = f" (it holds {bounds[0]} to {bounds[1]})"
-    what = what or f"The value {short_repr(value, 40)} is"
-    return StructureError(
-        f"{what} out of range for the {dtype} leaf at {path_text(path)}{limits}: it would wrap or "
-        "become inf. Clip it first if that is what you mean."
-    )
-
-
-def _kind_rank(dtype: Any) -> int:
-    """bool < integer < floating < complex: a same-kind cast never moves up this order."""
-    for rank, kind in enumerate((jnp.bool_, jnp.integer, jnp.floating, jnp.complexfloating)):
-        if jnp.issubdtype(dtype, kind):
-            return rank
-    return 9
-
-
-def _check_kind(dtype: np.dtype, new: Any, path: KeyPath) -> None:
-    new_dtype = _dtype_of(new, path)
-    if _kind_rank(new_dtype) > _kind_rank(dtype):
-        name = type(new).__name__ if isinstance(new, _PYTHON_SCALARS) else str(new_dtype)
-        raise LeafTypeError(
-            f"Cannot store a {name} value in the {dtype} leaf at {path_text(path)}: that would "
-            "change its kind. Cast the value first if that is what you mean."
-        )
-
-
-def _check_shape(shape: tuple[int, ...], new_shape: tuple[int, ...], path: KeyPath) -> None:
-    if new_shape not in ((), shape):
-        raise StructureError(
-            f"The leaf at {path_text(path)} has shape {shape}; a value of shape "
-            f"{bounded(str(new_shape), 60)} would change it (only scalars broadcast)."
-        )
-
-
-def _placed_like(old: jax.Array, host: np.ndarray, weak: bool, path: KeyPath) -> jax.Array:
-    """`host` as a jax.Array placed as `old` is: same sharding and commitment."""
-    sharding = old.sharding
-    if not sharding.is_fully_addressable:
-        # Multi-process: each process builds only its own shards, reading no remote data.
-        global_array = jax.make_array_from_callback(old.shape, sharding, lambda index: host[index])
-        return weakly_typed_like(old, global_array) if weak else global_array
-    result: jax.Array = jnp.asarray(host)
-    if weak:
-        result = weakly_typed_like(old, result)
-    if old.committed:
-        result = jax.device_put(result, sharding)
-    return result
-
-
-# Rebuilding ------------------------------------------------------------------------------------
-
-
-def _rebuild(tree: Any, edits: list[tuple[KeyPath, Any]]) -> Any:
-    """`tree` with each edit applied; only the spine from the root to each edited node is new.
-
-    Iterative, so that any depth JAX can flatten is fine.
-    """
-    for path, value in edits:
-        if not path:
-            return value
-    spine: dict[KeyEntry, Any] = {}  # key -> nested dict of the spine below, or a _Replacement
-    for path, value in edits:
-        level = spine
-        for key in path[:-1]:
-            level = level.setdefault(key, {})
-        level[path[-1]] = _Replacement(value)
-    # Each frame: the node, its part of the spine, the children rebuilt so far, the keys left.
-    stack: list[tuple[Any, dict[KeyEntry, Any], dict[KeyEntry, Any], list[KeyEntry]]] = [
-        (tree, spine, {}, list(spine))
-    ]
-    while True:
-        node, level, done, pending = stack[-1]
-        if pending:
-            key = pending[-1]
-            entry = level[key]
-            if isinstance(entry, _Replacement):
-                done[key] = entry.value
-                pending.pop()
-            else:
-                stack.append((child_at(node, key), entry, {}, list(entry)))
-            continue
-        rebuilt = _replace_children(node, done)
-        stack.pop()
-        if not stack:
-            return rebuilt
-        _, _, parent_done, parent_pending = stack[-1]
-        parent_done[parent_pending.pop()] = rebuilt
-
-
-class _Replacement:
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-def _replace_children(node: Any, replacements: Mapping[KeyEntry, Any]) -> Any:
-    """A copy of `node` with some children replaced, rebuilt as JAX's registry rebuilds it."""
-    kind = type(node)
-    if kind in DICT_TYPES:
-        new_dict = copy.copy(node)
-        for key, child in replacements.items():
-            new_dict[key.key] = child
-        return new_dict
-    if kind is tuple or kind is list:
-        items = list(node)
-        for key, child in replacements.items():
-            items[key.idx] = child
-        return kind(items)
-    if is_namedtuple(node):
-        return node._replace(**{key.name: child for key, child in replacements.items()})
-    children = [replacements.get(key, child) for key, child in children_with_keys(node) or ()]
-    one_level: Any = jax.tree_util.tree_structure(node, is_leaf=_is_not(node))
-    return one_level.unflatten(children)
-
-
-def _is_not(node: Any) -> Callable[[Any], bool]:
-    return lambda candidate: candidate is not node

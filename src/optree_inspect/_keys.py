@@ -1,7 +1,9 @@
 """Key entries: JAX's edges (`DictKey`, `SequenceKey`, `GetAttrKey`, `FlattenedIndexKey`) and the
 steps of a query that name them (`.name`, `[literal]`, `[<flat index N>]`, a pattern name).
 
-Everything in the package that branches on the type of a key entry is here.
+The rules that read a key entry by its type are here: its text for a pattern, its label on a line,
+the field it names, which literal or step names it. Code that takes a key entry apart to rebuild a
+node (a dict's key, a sequence's index, an attribute) still tests its type where it does so.
 """
 
 from __future__ import annotations
@@ -69,6 +71,19 @@ def edge_text(key: KeyEntry | None) -> str:
     if isinstance(key, FlattenedIndexKey):
         return str(key.key)
     return ""
+
+
+def field_name(key: KeyEntry | None) -> str | None:
+    """The field a key names: an attribute, or a `str` key of a dict (a state restored as a dict).
+
+    >>> field_name(GetAttrKey("count")), field_name(DictKey("mu")), field_name(SequenceKey(0))
+    ('count', 'mu', None)
+    """
+    if isinstance(key, GetAttrKey):
+        return key.name
+    if isinstance(key, DictKey) and type(key.key) is str:
+        return key.key
+    return None
 
 
 def edge_label(key: KeyEntry | None) -> str:

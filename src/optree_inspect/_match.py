@@ -15,13 +15,13 @@ import fnmatch
 import re
 from collections.abc import Sequence
 
+from ._index import StructureIndex
 from ._keys import Component, Item, item_matches
-from ._tree import StructureIndex
 
 
 def component_matches(component: Component, index: StructureIndex, node: int) -> bool:
     """Whether `component` matches the edge into `node` (its key, or its type's name; for a
-    restored optax state, the name of a state type it stands for)."""
+    restored state, the name of a state type it stands for)."""
     if isinstance(component, Item):
         return node > 0 and item_matches(component, index.keys[node])
     type_names = (index.types[node].__name__, *index.restored_names.get(node, ()))
@@ -130,13 +130,14 @@ def _strictly_below(index: StructureIndex, above: list[int], nodes: list[int]) -
 def match(
     index: StructureIndex,
     components: Sequence[Component],
-    enters_bookkeeping: bool,
+    enters_hidden: bool,
     direct: Sequence[bool] = (),
 ) -> list[int]:
     """The nodes that the pattern `components` selects, in pre-order; a component marked `direct`
     matches only children of the previous component's nodes.
 
-    Outside schedule bookkeeping unless `enters_bookkeeping` (a component names it).
+    Outside hidden regions (optax's schedule bookkeeping) unless `enters_hidden` (a component
+    names a hidden field, `StateRules.hidden_fields`).
     """
     if len(components) > index.max_depth + 1:
         return []  # each component needs an edge of its own on the path
@@ -150,6 +151,6 @@ def match(
             selected = [n for n in candidates(index, component) if index.parents[n] in above]
         else:
             selected = _strictly_below(index, selected, candidates(index, component))
-    if enters_bookkeeping or not index.has_bookkeeping:
+    if enters_hidden or not index.has_hidden:
         return selected
-    return [n for n in selected if not index.in_bookkeeping[n]]
+    return [n for n in selected if not index.hidden[n]]

@@ -9,12 +9,12 @@ from typing import Any
 
 from jax.tree_util import DictKey, keystr
 
+from ._index import StructureIndex
 from ._keys import Component, Item, Name
 from ._match import match
-from ._optax.fields import STATE_FIELDS
-from ._optax.names import SCHEDULE_BOOKKEEPING
 from ._query import Attached, PatternQuery
-from ._tree import CONTAINER_TYPE_NAMES, StructureIndex
+from ._registry import CONTAINER_TYPE_NAMES
+from ._state_rules import active
 
 _MAX_COMPONENTS = 4
 
@@ -61,6 +61,7 @@ def _search_shortest(index: StructureIndex, node: int) -> str | None:
     if node == 0:
         return None
     ancestor_options = [opt for a in index.ancestors(node) for opt in _options(index, a)]
+    hidden_fields = active().hidden_fields
     for size in range(_MAX_COMPONENTS):
         found = []
         for last_text, last in _options(index, node):
@@ -69,8 +70,8 @@ def _search_shortest(index: StructureIndex, node: int) -> str | None:
                 if parts[0].startswith("["):
                     continue
                 components = [*(c for _, c in prefix), last]
-                enters = SCHEDULE_BOOKKEEPING in parts
-                if index.in_bookkeeping[node] and not enters:
+                enters = not hidden_fields.isdisjoint(parts)
+                if index.hidden[node] and not enters:
                     continue
                 if match(index, components, enters) == [node]:
                     found.append(_join(parts))
@@ -100,27 +101,29 @@ def _search_stable(index: StructureIndex, node: int) -> str | None:
     if node == 0:
         return None
     ancestor_options = [(a, *opt) for a in index.ancestors(node) for opt in _options(index, a)]
-    enters_needed = index.in_bookkeeping[node]
+    enters_needed = index.hidden[node]
+    rules = active()
     best: tuple[int, int, int, int, str] | None = None
     for size in range(_MAX_COMPONENTS):
         for last_text, last in _options(index, node):
             for prefix in itertools.combinations(ancestor_options, size):
                 chosen = [*prefix, (node, last_text, last)]
                 texts = [text for _, text, _ in chosen]
-                if texts[0].startswith("[") or (enters_needed and SCHEDULE_BOOKKEEPING not in texts):
+                enters = not rules.hidden_fields.isdisjoint(texts)
+                if texts[0].startswith("[") or (enters_needed and not enters):
                     continue
                 components = [component for _, _, component in chosen]
                 adjacent = [
                     i > 0 and index.parents[chosen[i][0]] == chosen[i - 1][0] for i in range(len(chosen))
                 ]
                 for direct in itertools.product(*[(False, True) if a else (False,) for a in adjacent]):
-                    if match(index, components, SCHEDULE_BOOKKEEPING in texts, direct) != [node]:
+                    if match(index, components, enters, direct) != [node]:
                         continue
                     text = "".join(
                         t if i == 0 or (t.startswith("[") and not d) else (">" if d else ".") + t
                         for i, (t, d) in enumerate(zip(texts, direct, strict=True))
                     )
-                    wrapper_fields = sum(t in STATE_FIELDS for t in texts)
+                    wrapper_fields = sum(t in rules.wrapper_fields for t in texts)
                     rank = (sum(_positional(c) for c in components), size, wrapper_fields, len(text), text)
                     best = rank if best is None or rank < best else best
         if best is not None and best[0] == 0:

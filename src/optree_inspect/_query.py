@@ -20,7 +20,9 @@ from typing import Any, Protocol, TypeAlias
 
 from jax.tree_util import GetAttrKey, keystr
 
+from ._cache import structure_index
 from ._errors import InvalidArgumentError, QuerySyntaxError, bounded, listing
+from ._index import StructureIndex
 from ._keys import (
     KEY_TYPES,
     Attr,
@@ -36,18 +38,9 @@ from ._keys import (
     step_text,
 )
 from ._match import match, prefix_matches
-from ._optax.names import SCHEDULE_BOOKKEEPING
-from ._tree import (
-    CONTAINER_TYPE_NAMES,
-    StructureIndex,
-    child_at,
-    children_with_keys,
-    exact_key,
-    structure_index,
-    value_at,
-    walk_exact,
-    walk_with_paths,
-)
+from ._paths import child_at, exact_key, value_at, walk_exact, walk_with_paths
+from ._registry import CONTAINER_TYPE_NAMES, children_with_keys
+from ._state_rules import active
 
 _GLOB_CHARS = frozenset("*?")
 _NAME_STOP = frozenset(".[]>")
@@ -134,14 +127,16 @@ class PatternQuery:
         return repr(bounded(self.text))
 
     @property
-    def enters_schedule_bookkeeping(self) -> bool:
-        return any(isinstance(c, Name) and c.text == SCHEDULE_BOOKKEEPING for c in self.components)
+    def enters_hidden(self) -> bool:
+        """Whether a component names a field that starts a hidden region (`match`)."""
+        hidden_fields = active().hidden_fields
+        return any(isinstance(c, Name) and c.text in hidden_fields for c in self.components)
 
     def nodes(self, index: StructureIndex) -> tuple[int, ...]:
         """The numbers of the nodes of `index` it selects, memoised on the index."""
         found = index.memo.results.get(self)
         if found is None:
-            found = tuple(match(index, self.components, self.enters_schedule_bookkeeping, self.direct))
+            found = tuple(match(index, self.components, self.enters_hidden, self.direct))
             index.memo.results[self] = found
         return found
 

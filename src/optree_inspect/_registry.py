@@ -1,5 +1,5 @@
 """What JAX's registry says about one node: its keyed children and aux data, and whether its keys and
-aux data let an index of it be cached under its treedef (see `_tree.index_and_leaves`)."""
+aux data let an index of it be cached under its treedef (see `_cache.index_and_leaves`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from ._keys import KeyEntry
 
 REGISTRY = jax.tree_util.default_registry
 DICT_TYPES = (dict, collections.OrderedDict, collections.defaultdict)
+CONTAINER_TYPE_NAMES = frozenset({"tuple", "list", "dict", "OrderedDict", "defaultdict", "NoneType"})
+"""JAX's own pytree containers: their type names say nothing a query could use."""
 
 
 def is_namedtuple(node: object) -> bool:
@@ -86,7 +88,7 @@ def keys_follow_structure(kind: type, keys: list[KeyEntry], aux: Any) -> bool:
 
 def cacheable_node(kind: type, keys: list[KeyEntry], aux: Any) -> bool:
     """Whether an index holding a node of type `kind`, with `keys` and `aux` data, may be cached
-    under its treedef (see `_tree.index_and_leaves`)."""
+    under its treedef (see `_cache.index_and_leaves`)."""
     if not keys_follow_structure(kind, keys, aux):
         return False
     if any(isinstance(k, DictKey) and type(k.key) is not str for k in keys):

@@ -9,6 +9,7 @@ import jax
 from jax.tree_util import keystr
 from jaxtyping import PyTree
 
+from ._cache import structure_index
 from ._compat import is_nnx_variable_type, variable_value
 from ._errors import (
     MAX_LISTED,
@@ -25,7 +26,6 @@ from ._optax.closures import ConstantHyperparameter, Optimizer, read_optimizer
 from ._optax.names import optax_names
 from ._optax.states import bookkeeping_hint, missing_hyperparameter_hint
 from ._query import Found, Name, ParsedQuery, PatternQuery, Query, parse_query
-from ._tree import structure_index
 
 _UNSET: Any = object()
 _SUGGESTED_LENGTH = 1000

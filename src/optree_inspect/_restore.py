@@ -13,18 +13,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 from jaxtyping import PyTree
 
-from ._compat import is_nnx_variable_type, weakly_typed_like
-from ._edit import coerce_leaf
+from ._cast import cast_leaf
 from ._errors import InvalidArgumentError, LeafTypeError, RestoreMismatchError, bounded, listing, raised_here
-from ._keys import KeyEntry, KeyPath, path_text
-from ._registry import children_with_keys
+from ._keys import KeyPath, path_text
+from ._paths import flatten
 from ._resolve import Match
-from ._tree import flatten
+from ._treekit import Children, Matched, OneSided, leaves_with_paths, walk, zip_by_name
 
 _FOUND, _MISSING, _CONFLICT = "found", "missing", "conflict"
 
@@ -64,15 +60,15 @@ def restore_like(raw: PyTree, /, like: PyTree, *, missing: Literal["error", "ini
     _refuse_abstract_values(walk.pairs)
     leaves = walk.leaves
     for position, path, old, value in walk.pairs:
-        leaves[position] = _cast(old, value, path)
+        leaves[position] = cast_leaf(old, value, path, fill=True)
     state = jax.tree_util.tree_unflatten(treedef, leaves)
     return (state, walk.kept) if missing == "init" else state
 
 
 class _Walk:
-    """`like` walked in flatten order beside `raw`: `like`'s leaves (to be replaced where `raw`
-    has a value), the `(position, path, like's leaf, raw's leaf)` pairs to cast, what was kept
-    from `like` and each structural difference."""
+    """`like` zipped by name with `raw`, in `like`'s flatten order: `like`'s leaves (to be replaced
+    where `raw` has a value), the `(position, path, like's leaf, raw's leaf)` pairs to cast, what
+    was kept from `like` and each structural difference."""
 
     def __init__(self, raw: Any, like: Any, keep: bool) -> None:
         self.leaves: list[Any] = []
@@ -80,41 +76,30 @@ class _Walk:
         self.kept: list[Match] = []
         self.problems: list[str] = []
         self.used: set[KeyPath] = set()  # raw paths of leaves (or, in a conflict, subtrees) taken
-        stack: list[tuple[Any, str, Any, KeyPath, KeyPath]] = [(like, _FOUND, raw, (), ())]
-        while stack:
-            old, state, value, path, raw_path = stack.pop()
-            if state == _FOUND:
-                old, value, path, raw_path = _unwrap_variables(old, value, path, raw_path)
-                state = self.compare(old, value, path, raw_path)
-            children = children_with_keys(old)
-            if children is None:
-                self.leaf(old, state, value, path, raw_path, keep)
-                continue
-            by_name = _children_by_name(value) if state == _FOUND else {}
-            names = {_name(key) for key, _ in children}
-            for key, child in reversed(children):
-                found = _raw_child(by_name, _name(key), names) if state == _FOUND else None
-                if found is None:
-                    stack.append((child, _MISSING if state == _FOUND else state, None, (*path, key), ()))
-                else:
-                    stack.append((child, _FOUND, found[1], (*path, key), (*raw_path, found[0])))
+        for item in zip_by_name(like, raw, enter=_enter, spelled="b"):
+            if isinstance(item, OneSided):
+                if item.side == "a":  # only in like; what only the checkpoint has is found below
+                    for path, leaf in leaves_with_paths(item.node, item.path):
+                        self.leaf(leaf, _MISSING, None, path, (), keep)
+            elif not item.entered:
+                self.unentered(item, keep)
         self.problems.extend(
             f"{path_text(p)}: only in the checkpoint" for p in _unused_leaves(raw, self.used)
         )
 
-    def compare(self, old: Any, value: Any, path: KeyPath, raw_path: KeyPath) -> str:
-        """Whether the raw node `value` is missing, stands for `old`, or conflicts with it."""
-        children, raw_children = children_with_keys(old), children_with_keys(value)
-        if children is None and (value is None or raw_children == []):
-            return _MISSING  # None or an empty container: nothing saved here
-        if children is None and raw_children is not None:
-            self.problems.append(f"{path_text(path)}: a {_kind(value)} in the checkpoint, a leaf in like")
-        elif children is not None and raw_children is None and value is not None and flatten(old)[0]:
-            self.problems.append(f"{path_text(path)}: a leaf in the checkpoint, a {_kind(old)} in like")
+    def unentered(self, item: Matched, keep: bool) -> None:
+        """A leaf of `like` with what `raw` holds for it, or a node of `like` that conflicts."""
+        old, value, path, raw_path = item.a, item.b, item.path_a, item.path_b
+        state = _state(old, value, item.children_a, item.children_b)
+        if state == _CONFLICT:
+            self.used.add(raw_path)
+            if item.children_a is None:
+                self.problems.append(f"{path_text(path)}: a {_kind(value)} in the checkpoint, a leaf in like")
+            else:
+                self.problems.append(f"{path_text(path)}: a leaf in the checkpoint, a {_kind(old)} in like")
+            self.leaves.extend(leaf for _, leaf in leaves_with_paths(old))
         else:
-            return _FOUND
-        self.used.add(raw_path)
-        return _CONFLICT
+            self.leaf(old, state, value, path, raw_path, keep)
 
     def leaf(self, old: Any, state: str, value: Any, path: KeyPath, raw_path: KeyPath, keep: bool) -> None:
         self.leaves.append(old)
@@ -133,72 +118,34 @@ class _Walk:
                 self.pairs.append((len(self.leaves) - 1, path, old, value))
 
 
-def _unwrap_variables(
-    old: Any, value: Any, path: KeyPath, raw_path: KeyPath
-) -> tuple[Any, Any, KeyPath, KeyPath]:
-    """An nnx Variable on one side only stands for its value: the other side is matched with it."""
-    old_is_variable, raw_is_variable = is_nnx_variable_type(type(old)), is_nnx_variable_type(type(value))
-    if raw_is_variable and not old_is_variable:
-        inner = children_with_keys(value) or []  # a leaf before flax 0.11: nothing to unwrap
-        if len(inner) == 1:
-            [(key, value)] = inner
-            raw_path = (*raw_path, key)
-    elif old_is_variable and not raw_is_variable and not children_with_keys(value):
-        inner = children_with_keys(old) or []
-        if len(inner) == 1:
-            [(key, old)] = inner
-            path = (*path, key)
-    return old, value, path, raw_path
+def _state(old: Any, value: Any, children: Children | None, raw_children: Children | None) -> str:
+    """Whether the raw node `value` is missing (None or an empty container: nothing saved there),
+    stands for `old`, or conflicts with it."""
+    if children is None and (value is None or raw_children == []):
+        return _MISSING
+    if children is None and raw_children is not None:
+        return _CONFLICT
+    if children is not None and raw_children is None and value is not None and flatten(old)[0]:
+        return _CONFLICT
+    return _FOUND
 
 
-def _name(key: KeyEntry) -> Any:
-    """What a key names, whatever its kind: a field by name, an item by its key or position."""
-    if isinstance(key, GetAttrKey):
-        return key.name
-    if isinstance(key, DictKey | FlattenedIndexKey):
-        return key.key
-    if isinstance(key, SequenceKey):
-        return key.idx
-    return str(key)
+def _enter(old: Any, value: Any, children: Children | None, raw_children: Children | None) -> bool:
+    """Match the children of a node of `like` where the raw node stands for it."""
+    return children is not None and _state(old, value, children, raw_children) == _FOUND
 
 
 def _kind(node: Any) -> str:
     return bounded(type(node).__name__, 60)
 
 
-def _children_by_name(raw: Any) -> dict[Any, tuple[KeyEntry, Any]]:
-    """The children of the raw node `raw`, by what their keys name; none for a leaf."""
-    return {_name(key): (key, child) for key, child in children_with_keys(raw) or ()}
-
-
-def _raw_child(
-    raw_children: dict[Any, tuple[KeyEntry, Any]], name: Any, like_names: set[Any]
-) -> tuple[KeyEntry, Any] | None:
-    """The raw child that `like`'s key `name` names: the same key, or the `str` orbax saved a
-    non-`str` key as, when `like`'s node has no such `str` key of its own."""
-    try:
-        found = raw_children.get(name)
-    except TypeError:  # an unhashable key name
-        found = None
-    if found is None and not isinstance(name, str) and str(name) not in like_names:
-        found = raw_children.get(str(name))
-    return found
-
-
 def _unused_leaves(raw: Any, used: set[KeyPath]) -> list[KeyPath]:
     """The paths of `raw`'s leaves that no leaf of `like` took, in flatten order."""
-    unused: list[KeyPath] = []
-    stack: list[tuple[KeyPath, Any]] = [((), raw)]
-    while stack:
-        path, node = stack.pop()
-        if path in used:
-            continue
-        children = children_with_keys(node)
-        if children is None:
-            unused.append(path)
-        for key, child in reversed(children or ()):
-            stack.append(((*path, key), child))
-    return unused
+    return [
+        path
+        for path, _, children in walk(raw, enter=lambda path, _: path not in used)
+        if children is None and path not in used
+    ]
 
 
 def _shape(leaf: Any) -> tuple[int, ...] | None:
@@ -221,28 +168,3 @@ def _refuse_abstract_values(pairs: list[tuple[int, KeyPath, Any, Any]]) -> None:
             f"where like holds values: {len(abstract):,}, the first at {path_text(abstract[0])}. They "
             "hold no values to restore: load the arrays with load(path, arrays=True)."
         )
-
-
-def _cast(old: Any, value: Any, path: KeyPath) -> Any:
-    """`value` cast to the leaf `old` as `set` casts it; `old` abstract gives an array placed as it
-    says, or `old` itself for an abstract `value`."""
-    if not isinstance(old, jax.ShapeDtypeStruct):
-        return coerce_leaf(old, value, path)
-    if jax.dtypes.issubdtype(old.dtype, jax.dtypes.extended):
-        if getattr(value, "dtype", None) != old.dtype:
-            raise LeafTypeError(
-                f"The leaf at {path_text(path)} is a {old.dtype} key; the checkpoint holds "
-                f"{bounded(str(getattr(value, 'dtype', type(value).__name__)), 60)}."
-            )
-        if isinstance(value, jax.ShapeDtypeStruct):
-            return old
-        array = jnp.asarray(value)
-    else:
-        zero = np.zeros((), old.dtype)
-        if isinstance(value, jax.ShapeDtypeStruct):
-            coerce_leaf(zero, np.zeros((), value.dtype), path)  # the dtype rule only: no values to check
-            return old
-        array = jnp.asarray(coerce_leaf(np.broadcast_to(zero, old.shape), value, path))
-        if old.weak_type:
-            array = weakly_typed_like(old, array)
-    return jax.device_put(array, old.sharding) if hasattr(old.sharding, "device_set") else array

@@ -9,11 +9,11 @@ The records of a node (key, text, type, arity, signature) follow from its type a
 a column of nodes with one type and one list of keys gives every member the same records. For
 JAX's own containers (`dict`s with `str` keys, `list`s, `tuple`s, `None`) and leaves the checks
 on a column run in C (`map`, `set`, `jax.tree_util.all_leaves`); other registered nodes (Modules,
-dataclasses, nnx States and Variables) are flattened once a member through JAX's registry. An
-optax state, a dict that could be a restored one, or keys that differ make `template_of` answer
-None, and the index walks those nodes one by one.
+dataclasses, nnx States and Variables) are flattened once a member through JAX's registry. A
+state (by the registered `StateRules`), a dict that could be a restored one, or keys that differ
+make `template_of` answer None, and the index walks those nodes one by one.
 
->>> template_of([{"w": 1, "b": 2}, {"w": 3, "b": 4}], NOWHERE, False, {}).texts
+>>> template_of([{"w": 1, "b": 2}, {"w": 3, "b": 4}], DATA, False, {}, StateRules()).texts
 ['', 'b', 'w']
 """
 
@@ -31,8 +31,8 @@ from jax.tree_util import DictKey, SequenceKey
 
 from ._errors import TreeError
 from ._keys import KeyEntry, edge_text
-from ._optax.fields import NOWHERE, is_masked_node_type, state_field_sets, typed_state_name
 from ._registry import REGISTRY, cacheable_node, flatten_one_level, is_namedtuple_type, keys_follow_structure
+from ._state_rules import DATA, StateRules
 
 LEAF_TYPE = object
 """The type a template records for a leaf: the index reads each leaf's own type from the leaves."""
@@ -58,7 +58,7 @@ class Template:
     depths: list[int]
     signatures: list[int]
     holes: list[int]
-    """Positions of masked holes (`MaskedNode`s, `None`s in a restored state's params-shaped
+    """Positions of masked holes (nodes of a hole type, `None`s in a restored state's data
     field)."""
     cacheable: bool = True
     """Whether every node's keys and aux data let the index be cached (`_registry.cacheable_node`)."""
@@ -106,12 +106,12 @@ MAX_DEPTH = 64
 
 
 def template_of(
-    column: list[Any], where: int, in_data: bool, interned: Signatures, depth: int = 0
+    column: list[Any], place: int, in_data: bool, interned: Signatures, rules: StateRules, depth: int = 0
 ) -> Template | None:
     """One template for every node of `column`, or None where their structures differ or are not
-    JAX's plain containers. `where` and `in_data` say where the nodes are, as the index's walk does.
-    Outside a params-shaped field (`where` is not `NOWHERE`) a dict with the fields of an optax
-    state may be a restored state and is refused; no other node there depends on `where`."""
+    JAX's plain containers. `place` and `in_data` say where the nodes are, as the index's walk does.
+    Outside a data field (`place` is not `DATA`) a dict with the keys of a state (`rules`) may be
+    a restored state and is refused; no other node there depends on `place`."""
     if jax.tree_util.all_leaves(column):
         return _single(LEAF_TYPE, True, interned)
     kinds = set(map(type, column))
@@ -121,7 +121,7 @@ def template_of(
     keys: list[KeyEntry]
     if kind is type(None):
         return _single(kind, False, interned, hole=in_data)
-    if is_masked_node_type(kind):
+    if rules.is_hole_type(kind):
         return _single(kind, False, interned, hole=True)
     cacheable = True
     if kind is dict:
@@ -129,7 +129,7 @@ def template_of(
         key_types = set(map(type, itertools.chain.from_iterable(column)))  # every member's keys
         if set(map(len, column)) != {len(names)} or not key_types <= {str}:
             return None
-        if where != NOWHERE and frozenset(names) in state_field_sets():
+        if place != DATA and rules.may_be_restored(frozenset(names)):
             return None
         names.sort()
         try:  # one length and every key of the first: one set of keys
@@ -145,28 +145,30 @@ def template_of(
         keys = [SequenceKey(i) for i in range(length)]
         columns = [list(map(operator.itemgetter(i), column)) for i in range(length)]
     else:
-        found = _registered_columns(kind, column)
+        found = _registered_columns(kind, column, rules)
         if found is None:
             return None
         keys, columns, cacheable = found
     children = []
     for child_column in columns:
-        child = template_of(child_column, where, in_data, interned, depth + 1)
+        child = template_of(child_column, place, in_data, interned, rules, depth + 1)
         if child is None:
             return None
         children.append(child)
     return _joined(kind, keys, children, interned, cacheable)
 
 
-def _registered_columns(kind: type, column: list[Any]) -> tuple[list[KeyEntry], list[list[Any]], bool] | None:
+def _registered_columns(
+    kind: type, column: list[Any], rules: StateRules
+) -> tuple[list[KeyEntry], list[list[Any]], bool] | None:
     """The keys, the columns of children and the cacheability of nodes of a registered type other
     than JAX's containers (a Module, a dataclass, a NamedTuple, an nnx State or Variable), or None
     where the members' keys differ. Each member is flattened once through JAX's registry, as
     `jax.tree.flatten` does; its keys are read too unless they follow from its type and aux data
     (`_registry.keys_follow_structure`: the rule that lets an index be cached under a treedef)
-    and its aux data is made of the first member's objects. An optax state is left to the walk,
-    which reads its fields."""
-    if typed_state_name(kind) is not None:
+    and its aux data is made of the first member's objects. A state is left to the walk, which
+    reads its fields."""
+    if rules.state_name(kind) is not None:
         return None
     try:
         first = flatten_one_level(column[0])

@@ -6,19 +6,17 @@ host, a power of two near it on a device), and the sum and the sum of squares of
 elements divided by `scale`, so that neither overflows whatever the values. Rows combine
 (`_merge`); a leaf without values has a neutral row.
 
-Where the numbers are computed:
+The rows are computed on the device engine (`_engine`), which places each leaf:
 
-- NumPy and Python leaves, and arrays of fewer than `_LARGE` elements that this process holds
-  whole: on the host, in float64 (a wider dtype in its own), the arrays fetched in one
-  `jax.device_get` and reduced by a few vectorised NumPy calls per dtype. Nothing is compiled, so
-  the number of compilations does not grow with the number of distinct shapes. Except: `_STACKED`
-  or more small float arrays of one shape, dtype and device (the layers of a moment) are stacked
-  and reduced on that device, a chunk at a time, and only their rows come back.
+- NumPy and Python leaves, and small arrays this process holds whole: on the host, in float64 (a
+  wider dtype in its own), by a few vectorised NumPy calls per dtype (`_host_rows`). Nothing is
+  compiled. Except: many small float arrays of one shape, dtype and device (the layers of a
+  moment) are stacked and reduced on that device (`_reduce_stack`), and only their rows come back.
 - Larger arrays, and arrays this process does not hold whole: on their devices, one compiled
-  function per shape, dtype and placement; XLA reduces each shard and combines the partial
-  results, never gathering the array.
-- Under `jit`: in the trace (small leaves of one shape and dtype stacked), in JAX's default float
-  and int dtypes.
+  function per shape, dtype and placement (`_reduce_one`), in slices of at most `_COUNTED`
+  elements; XLA reduces each shard and combines the partial results, never gathering the array.
+- Under `jit`: in the trace (leaves of one shape and dtype stacked), in JAX's default float and
+  int dtypes.
 
 >>> table = leaf_table([jnp.array([1.0, jnp.nan, 3.0])])
 >>> int(summarise(table, [0])["nan"]), float(summarise(table, [0])["max"])
@@ -27,7 +25,6 @@ Where the numbers are computed:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,19 +32,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, Int, Shaped
 
-from ._compat import is_nnx_variable_type, variable_value
+from ._engine import Kernel, run
+from ._leaf import host_number, is_numeric, unwrap
 
-_LARGE = 1 << 16
-"""Arrays with at least this many elements are reduced where they live."""
-_CHUNK = 256
-_STACKED = 64
-"""Small float arrays of one shape, dtype and device, this many or more, are reduced on it
-together: fewer transfers than one a leaf, and at most one compilation per `_STACKED` leaves."""
 _COUNTED = (1 << 31) - 1
 """At most this many elements are reduced on a device at once (its counts are int32)."""
-_BATCH = 1 << 22
-"""At most this many elements are concatenated for one vectorised host reduction."""
 COUNTS = ("nan", "inf", "finite", "zeros")
 SUMS = ("min", "max", "scale", "sum", "sumsq")
 _NEUTRAL = (np.inf, -np.inf, 0.0, 0.0, 0.0)
@@ -64,42 +55,6 @@ class LeafTable:
     counts: Any
     sums: Any
     numeric: np.ndarray
-
-
-def _value(leaf: Any) -> Any:
-    return variable_value(leaf) if is_nnx_variable_type(type(leaf)) else leaf
-
-
-def _host(leaf: Any) -> np.ndarray | None:
-    """A host leaf as a NumPy array, or None for a Python int beyond float64's range."""
-    array = np.asarray(leaf)
-    if array.dtype != object:
-        return array
-    try:  # a Python int beyond 64 bits
-        return np.asarray(float(leaf))
-    except OverflowError:
-        return None
-
-
-def is_numeric(leaf: Any) -> bool:
-    """A leaf with numbers to summarise: a numeric or bool array or scalar, concrete or traced,
-    not deleted."""
-    leaf = _value(leaf)
-    if isinstance(leaf, jax.ShapeDtypeStruct) or leaf is None or isinstance(leaf, str | bytes):
-        return False
-    dtype = getattr(leaf, "dtype", None)
-    if dtype is None:
-        return isinstance(leaf, bool | int | float | complex) and _host(leaf) is not None
-    if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted():
-        return False
-    return _numeric_dtype(dtype)
-
-
-@functools.cache
-def _numeric_dtype(dtype: Any) -> bool:
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        return False
-    return bool(jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_))
 
 
 def _host_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +91,9 @@ def _host_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return counts, sums.astype(np.float64)
 
 
-def _device_rows(x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
+def _device_rows(
+    x: Shaped[Array, "*shape"], axes: tuple[int, ...]
+) -> tuple[Int[Array, "*rows counts=4"], Float[Array, "*rows sums=5"]]:
     """Counts and sums (`COUNTS`, `SUMS`) of `x` over `axes`, in JAX, but for the scale column: its
     binary exponent `e`, the sums being of the elements times `2**(2 - e)` (below 4 in
     magnitude; a power of two never subnormal, which a device would flush to zero). A complex
@@ -177,7 +134,7 @@ def _with_scale(xp: Any, sums: Any, halved: bool = False) -> Any:
     return xp.concatenate([extremes, divisor[..., None], sums[..., 3:]], axis=-1)
 
 
-def _finite_rows(x: Any) -> tuple[Any, Any]:
+def _finite_rows(x: Float[Array, "*shape"]) -> tuple[Int[Array, "counts=4"], Float[Array, "sums=5"]]:
     """`_device_rows` of a float array all of whose elements are finite, in fewer passes: no masks,
     and its largest magnitude from its min and max."""
     wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -192,7 +149,9 @@ def _finite_rows(x: Any) -> tuple[Any, Any]:
 
 
 @jax.jit
-def _reduce_one(leaf: Any) -> tuple[Any, Any, Any]:
+def _reduce_one(
+    leaf: Shaped[Array, "*shape"],
+) -> tuple[Int[Array, "counts=4"], Float[Array, "sums=5"], Shaped[Array, "min_max=2"] | None]:
     """One array's counts and sums, where it lives; an integer array's min and max also in its own
     dtype (exact). A float array whose sum is finite (no NaN, no Inf: the usual case) takes the
     unmasked reductions of `_finite_rows`; `lax.cond` runs one branch."""
@@ -207,104 +166,79 @@ def _reduce_one(leaf: Any) -> tuple[Any, Any, Any]:
     return counts, sums, extremes
 
 
-def leaf_table(leaves: Sequence[Any]) -> LeafTable:
-    """The statistics of every leaf (see `LeafTable`)."""
-    values = [_value(leaf) for leaf in leaves]
-    numeric = np.fromiter(map(is_numeric, values), dtype=bool, count=len(values))
-    host: list[tuple[int, Any]] = []
-    fetched: list[tuple[int, jax.Array]] = []
-    alone: list[int] = []
-    traced: dict[tuple[Any, ...], list[int]] = {}
-    fetched_groups: dict[tuple[Any, ...], list[int]] = {}
-    stacked: list[tuple[list[int], Any]] = []
-    everything_here = jax.process_count() == 1
-    for position in np.flatnonzero(numeric).tolist():
-        value = values[position]
-        if isinstance(value, jax.core.Tracer):
-            if value.size:
-                key = (value.shape, value.dtype, position if value.size >= _LARGE else None)
-                traced.setdefault(key, []).append(position)
-        elif isinstance(value, jax.Array):
-            size = value.size
-            if 0 < size < _LARGE and (everything_here or value.is_fully_addressable):
-                fetched_groups.setdefault((value.shape, value.dtype, value.sharding), []).append(position)
-            elif size:
-                alone.append(position)
-        else:
-            array = _host(value)
-            if array is not None and array.size:
-                host.append((position, array))
-    for (_, dtype, sharding), members in fetched_groups.items():
-        if len(members) >= _STACKED and jnp.issubdtype(dtype, jnp.floating) and len(sharding.device_set) == 1:
-            stacked.extend(_stacked_rows([values[p] for p in members], members))
-        else:
-            fetched.extend((p, values[p]) for p in members)
-    host.extend(zip((p for p, _ in fetched), jax.device_get([v for _, v in fetched]), strict=True))
-    counts = np.zeros((len(values), len(COUNTS)), np.int64)
-    sums = np.tile(np.asarray(_NEUTRAL), (len(values), 1))
-    for chunk, (chunk_counts, chunk_sums) in zip(
-        (c for c, _ in stacked), jax.device_get([rows for _, rows in stacked]), strict=True
-    ):
-        counts[chunk] = np.asarray(chunk_counts[: len(chunk)], np.int64)
-        sums[chunk] = _with_scale(np, np.asarray(chunk_sums[: len(chunk)], np.float64))
-    _fill_from_host(host, counts, sums)
-    _fill_alone([(p, values[p]) for p in alone], counts, sums)
-    if not traced:
-        return LeafTable(counts, sums, numeric)
-    return _with_traced(values, traced, counts, sums, numeric)
-
-
 @jax.jit
-def _reduce_stack(*leaves: Any) -> tuple[Any, Any]:
+def _reduce_stack(
+    *leaves: Shaped[Array, "*shape"],
+) -> tuple[Int[Array, "leaves counts=4"], Float[Array, "leaves sums=5"]]:
+    """The rows of leaves of one shape and dtype, stacked: `_device_rows` over all but the first
+    axis."""
     return _device_rows(jnp.stack(leaves), tuple(range(1, leaves[0].ndim + 1)))
 
 
-def _stacked_rows(arrays: list[jax.Array], positions: list[int]) -> list[tuple[list[int], Any]]:
-    """The rows of many small float arrays of one shape, dtype and device, stacked and reduced on
-    it by chunks of `_CHUNK` (the last padded to a power of two, at least `_STACKED`): one
-    compilation per shape serves at least `_STACKED` leaves, and the results are a few arrays."""
-    pieces = []
-    for start in range(0, len(arrays), _CHUNK):
-        chunk = arrays[start : start + _CHUNK]
-        size = min(_CHUNK, max(_STACKED, 1 << (len(chunk) - 1).bit_length()))
-        padded = chunk + [chunk[0]] * (size - len(chunk))
-        pieces.append((positions[start : start + len(chunk)], _reduce_stack(*padded)))
-    return pieces
+def _host_kernel(leaves: list[Any], arrays: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    return _host_rows([array for (array,) in arrays])
 
 
-def _fill_from_host(host: list[tuple[int, np.ndarray]], counts: np.ndarray, sums: np.ndarray) -> None:
-    """The rows of host arrays, reduced a dtype at a time in batches of about `_BATCH` elements."""
-    by_dtype: dict[Any, list[tuple[int, np.ndarray]]] = {}
-    for position, array in host:
-        by_dtype.setdefault(array.dtype, []).append((position, array))
-    batches: list[list[tuple[int, np.ndarray]]] = []
-    for members in by_dtype.values():
-        size = _BATCH
-        for member in members:
-            if size + member[1].size > _BATCH:
-                batches.append([])
-                size = 0
-            batches[-1].append(member)
-            size += member[1].size
-    for batch in batches:
-        index = [position for position, _ in batch]
-        counts[index], sums[index] = _host_rows([array for _, array in batch])
+def _device_kernel(leaf: jax.Array) -> list[tuple[Any, Any, Any]]:
+    return [_reduce_one(piece) for piece in _pieces(leaf)]
 
 
-def _fill_alone(arrays: list[tuple[int, jax.Array]], counts: np.ndarray, sums: np.ndarray) -> None:
-    """The rows of arrays reduced where they live, piece by piece (`_pieces`), in one transfer."""
-    pieces = [(position, piece) for position, array in arrays for piece in _pieces(array)]
-    with jax.ensure_compile_time_eval():  # concrete arrays closed over by a traced function too
-        results = jax.device_get([_reduce_one(piece) for _, piece in pieces])
-    rows: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for (position, piece), (piece_counts, piece_sums, extremes) in zip(pieces, results, strict=True):
-        piece_sums = _with_scale(np, np.asarray(piece_sums, np.float64), jnp.iscomplexobj(piece))
+_STATISTICS: Kernel[Any] = Kernel(
+    host=_host_kernel,
+    device=_device_kernel,
+    stack=lambda leaves: _reduce_stack(*leaves),
+    stackable=lambda leaf: bool(jnp.issubdtype(leaf.dtype, jnp.floating)),
+)
+"""The statistics on the engine: host rows in float64 (`_host_rows`); a large leaf's where it
+lives, piece by piece (`_reduce_one`); small float leaves stacked (`_reduce_stack`)."""
+
+
+def leaf_table(leaves: Sequence[Any]) -> LeafTable:
+    """The statistics of every leaf (see `LeafTable`)."""
+    values = [unwrap(leaf) for leaf in leaves]
+    numeric = np.fromiter(map(is_numeric, values), dtype=bool, count=len(values))
+    positions: list[int] = []
+    items: list[Any] = []
+    for position in np.flatnonzero(numeric).tolist():
+        value = values[position]
+        if not isinstance(value, jax.Array):
+            value = host_number(value)
+        if value is not None:
+            positions.append(position)
+            items.append(value)
+    counts = np.zeros((len(values), len(COUNTS)), np.int64)
+    sums = np.tile(np.asarray(_NEUTRAL), (len(values), 1))
+    rows_of = np.asarray(positions, dtype=np.int64)
+    traced: list[tuple[np.ndarray, Any, bool]] = []
+    for piece in run(items, _STATISTICS):
+        rows = rows_of[piece.items]
+        if piece.where == "host":
+            counts[rows], sums[rows] = piece.output
+        elif piece.where == "stacked":
+            counts[rows] = np.asarray(piece.output[0], np.int64)
+            sums[rows] = _with_scale(np, np.asarray(piece.output[1], np.float64))
+        elif piece.where == "device":
+            [item] = piece.items
+            complex_ = bool(jnp.issubdtype(items[item].dtype, jnp.complexfloating))
+            counts[rows[0]], sums[rows[0]] = _merged_pieces(piece.output, complex_)
+        else:
+            complex_ = bool(jnp.issubdtype(items[piece.items[0]].dtype, jnp.complexfloating))
+            traced.append((rows, piece.output, complex_))
+    if not traced:
+        return LeafTable(counts, sums, numeric)
+    return _with_traced(traced, counts, sums, numeric)
+
+
+def _merged_pieces(results: list[tuple[Any, Any, Any]], complex_: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A large leaf's row from the fetched rows of its pieces (`_pieces`)."""
+    parts = []
+    for piece_counts, piece_sums, extremes in results:
+        piece_sums = _with_scale(np, np.asarray(piece_sums, np.float64), complex_)
         if extremes is not None:  # an integer array's, exact
             piece_sums[:2] = np.asarray(extremes).astype(np.float64)
-        rows.setdefault(position, []).append((np.asarray(piece_counts, np.int64), piece_sums))
-    for position, parts in rows.items():
-        merged = _merge(np, np.stack([c for c, _ in parts]), np.stack([s for _, s in parts]))
-        counts[position], sums[position] = merged[:4], merged[4:]
+        parts.append((np.asarray(piece_counts, np.int64), piece_sums))
+    merged = _merge(np, np.stack([c for c, _ in parts]), np.stack([s for _, s in parts]))
+    return np.asarray(merged[:4]), np.asarray(merged[4:])
 
 
 def _pieces(array: jax.Array) -> list[jax.Array]:
@@ -332,24 +266,15 @@ def _merge(xp: Any, counts: Any, sums: Any) -> list[Any]:
 
 
 def _with_traced(
-    values: list[Any], traced: dict[tuple[Any, ...], list[int]], counts: Any, sums: Any, numeric: np.ndarray
+    traced: list[tuple[np.ndarray, Any, bool]], counts: np.ndarray, sums: np.ndarray, numeric: np.ndarray
 ) -> LeafTable:
-    """The table under `jit`: the host rows, then the traced leaves' rows, reduced in the trace."""
+    """The table under `jit`: the host rows, then the traced leaves' rows (of the leaves `rows`,
+    complex or not), reduced in the trace."""
     integer, floating = jax.dtypes.canonicalize_dtype(np.int64), jax.dtypes.canonicalize_dtype(np.float64)
-    positions: list[int] = []
-    parts: list[tuple[Any, Any]] = []
-    for (shape, dtype, _), members in traced.items():
-        for start in range(0, len(members), _CHUNK):
-            chunk = members[start : start + _CHUNK]
-            stack = jnp.stack([values[p] for p in chunk])
-            rows_counts, rows_sums = _device_rows(stack, tuple(range(1, len(shape) + 1)))
-            parts.append(
-                (rows_counts, _with_scale(jnp, rows_sums, jnp.issubdtype(dtype, jnp.complexfloating)))
-            )
-            positions.extend(chunk)
-    index = np.asarray(positions)
-    all_counts = jnp.concatenate([c.astype(integer) for c, _ in parts])
-    all_sums = jnp.concatenate([s.astype(floating) for _, s in parts])
+    scaled = [_with_scale(jnp, s, complex_) for _, (_, s), complex_ in traced]
+    index = np.concatenate([rows for rows, _, _ in traced])
+    all_counts = jnp.concatenate([c.astype(integer) for _, (c, _), _ in traced])
+    all_sums = jnp.concatenate([s.astype(floating) for s in scaled])
     with np.errstate(over="ignore"):  # a host value beyond float32 (without x64) reads as inf
         host_sums = np.asarray(sums).astype(floating)
     table_counts = jnp.asarray(counts, integer).at[index].set(all_counts)

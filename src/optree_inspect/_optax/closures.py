@@ -30,11 +30,12 @@ import numpy as np
 import optax
 from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
+from .._cache import structure_index
 from .._compat import is_nnx_variable_type, variable_value
 from .._errors import DeletedArrayError, InvalidArgumentError, OptimizerMismatchError, bounded
 from .._keys import KeyPath, path_text
+from .._paths import _MISSING, child_at, value_at
 from .._registry import is_namedtuple
-from .._tree import _MISSING, child_at, structure_index, value_at
 from .fields import field_key, field_of
 
 Optimizer: TypeAlias = optax.GradientTransformation | optax.MultiSteps

@@ -10,6 +10,9 @@ A restored dict is read as a state only where a state can be: outside every stat
 state's field that holds inner states (`STATE_FIELDS`); never inside a moment such as `mu`, whose
 keys are the user's parameter names (see `restored_state_name` for the rest of the rule).
 
+`OPTAX_RULES` says all this to the core (`_state_rules.StateRules`); `_optax/__init__.py` registers
+it, so that the structure index knows optax's states.
+
 >>> state_name({"count": 0, "mu": {}, "nu": {}}, OUTSIDE)
 'ScaleByAdamState'
 """
@@ -23,6 +26,8 @@ from typing import Any
 import jax
 from jax.tree_util import DictKey, GetAttrKey
 
+from .._keys import KeyEntry, field_name
+from .._state_rules import DATA, NESTED, TOP, StateRules, child_places
 from .names import COUNTER_NAMES, INJECT_STATE_NAMES, SCHEDULE_BOOKKEEPING, is_optax_state_type
 
 STATE_FIELDS = frozenset(
@@ -95,14 +100,14 @@ def _is_leaf(value: Any) -> bool:
     return jax.tree_util.all_leaves([value])
 
 
-NOWHERE, OUTSIDE, INSIDE = 0, 1, 2
+NOWHERE, OUTSIDE, INSIDE = DATA, TOP, NESTED
 """Where a node is, for recognising restored states: inside a state's field that holds no state
 (`mu`), outside every state, or inside a state's field that holds inner states (`inner_state`)."""
 
 
 def restored_state_name(node: Any, where: int) -> str | None:
     """The optax state type a plain dict stands for, by its keys, or None; the first by name
-    where several types have those fields (`restored_state_names` gives them all).
+    where several types have those fields (`restored_names_at` gives them all).
 
     The keys must be exactly one state type's fields, and a counter among them a leaf. Outside
     every state, a type of one field (`{"count": ...}` of `ScaleByScheduleState`) is too weak a
@@ -110,16 +115,23 @@ def restored_state_name(node: Any, where: int) -> str | None:
     chain). Only the structure decides (never a dtype or a value), so that an index cached under
     the treedef and leaf types holds for every tree of that structure.
     """
-    if where == NOWHERE or type(node) is not dict or not node or not all(type(k) is str for k in node):
+    names = restored_names_at(node, where)
+    return None if names is None else names[0]
+
+
+def restored_names_at(node: dict[str, Any], place: int) -> tuple[str, ...] | None:
+    """Every optax state type the plain dict `node` stands for, at `place` (`where`), first by name; None
+    where it stands for none (`restored_state_name`)."""
+    if place == NOWHERE or type(node) is not dict or not node or not all(type(k) is str for k in node):
         return None
     names = state_field_sets().get(frozenset(node))
     if names is None:
         return None
-    if where == OUTSIDE and len(node) < 2 and not _wraps_state(node):
+    if place == OUTSIDE and len(node) < 2 and not _wraps_state(node):
         return None
     if any(key in COUNTER_NAMES and not _is_leaf(value) for key, value in node.items()):
         return None
-    return names[0]
+    return names
 
 
 def restored_state_names(node: dict[str, Any]) -> tuple[str, ...]:
@@ -137,11 +149,7 @@ def state_name(node: Any, where: int) -> str | None:
 
 def children_where(name: str | None, where: int, pairs: list[tuple[Any, Any]]) -> list[int]:
     """Where each child of a node (the state `name`, or not a state) is, given the node's `where`."""
-    if name is not None:
-        return [INSIDE if field_name(key) in STATE_FIELDS else NOWHERE for key, _ in pairs]
-    if where == OUTSIDE and any(_beside_state(child) for _, child in pairs):
-        return [INSIDE] * len(pairs)
-    return [where] * len(pairs)
+    return child_places(OPTAX_RULES, name, where, pairs)
 
 
 def child_where(node: Any, name: str | None, where: int, key: Any) -> int:
@@ -172,16 +180,7 @@ def _wraps_state(node: dict[str, Any], depth: int = 0) -> bool:
 
 def _beside_state(child: Any) -> bool:
     """A child that makes its container a chain of states: a state of several fields, or `None`."""
-    return child is None or is_state_type(type(child)) or restored_state_name(child, OUTSIDE) is not None
-
-
-def field_name(key: Any) -> str | None:
-    """The field a key names: an attribute of a typed state, a str key of a restored one."""
-    if isinstance(key, GetAttrKey):
-        return key.name
-    if isinstance(key, DictKey) and type(key.key) is str:
-        return key.key
-    return None
+    return child is None or is_state_type(type(child)) or restored_names_at(child, OUTSIDE) is not None
 
 
 def field_key(node: Any, name: str) -> DictKey | GetAttrKey:
@@ -198,3 +197,26 @@ def field_of(node: Any, name: str, default: Any = None) -> Any:
 
 def is_inject_state_name(name: str | None) -> bool:
     return name in INJECT_STATE_NAMES
+
+
+class OptaxRules(StateRules):
+    """optax's states, as the core asks about them (`_state_rules.StateRules`)."""
+
+    hidden_fields = frozenset({SCHEDULE_BOOKKEEPING})
+    wrapper_fields = STATE_FIELDS
+    # the functions themselves, not methods that call them: the index asks for every node it visits
+    state_name = staticmethod(typed_state_name)
+    is_hole_type = staticmethod(is_masked_node_type)
+    restored_names = staticmethod(restored_names_at)
+
+    def may_be_restored(self, keys: frozenset[str]) -> bool:
+        return keys in state_field_sets()
+
+    def is_chain(self, pairs: list[tuple[KeyEntry, Any]]) -> bool:
+        return any(_beside_state(child) for _, child in pairs)
+
+    def hides(self, name: str, key: KeyEntry) -> bool:
+        return is_inject_state_name(name) and field_name(key) == SCHEDULE_BOOKKEEPING
+
+
+OPTAX_RULES = OptaxRules()

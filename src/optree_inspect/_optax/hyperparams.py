@@ -6,10 +6,11 @@ from typing import Any
 
 from jaxtyping import PyTree
 
+from .._cache import structure_index
 from .._compat import is_nnx_variable_type, variable_value
 from .._errors import raised_here
 from .._naming import attached_query, stable_query
-from .._tree import structure_index, value_at
+from .._paths import value_at
 from .closures import Optimizer, read_optimizer
 from .states import hyperparameter_nodes, is_counter
 

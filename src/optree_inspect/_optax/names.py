@@ -1,7 +1,7 @@
 """What optax calls its things: the names and types the rest of the package recognises in a state.
 
-Data only, so that the structure index and the pattern matcher can use it without importing the
-rest of the optax rules.
+Data only: the optax layer's rules (`fields`, `states`) and the verbs (`check`'s limits, the
+inject hints) read it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,13 @@ COUNTER_NAMES = frozenset(
     {"count", "step", "gradient_step", "mini_step", "step_count", "t", "steps_since_sync"}
 )
 """Field names of optax states that count steps."""
+
+DECAY_RATES = frozenset({"b1", "b2", "b3", "decay", "momentum", "adam_b1", "adam_b2", "ema_decay"})
+"""Injected hyperparameters that must stay below 1: at 1, Adam's bias correction divides by
+`1 - b**t = 0` and a moment or a trace stops forgetting."""
+
+EPSILONS = frozenset({"eps", "adam_eps", "epsilon"})
+"""Injected hyperparameters that must stay above 0 (`eps_root`, 0 by default, is not one)."""
 
 HYPERPARAMETER_FACTORIES: dict[str, str] = {
     "learning_rate": "adamw",

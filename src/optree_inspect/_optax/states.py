@@ -10,12 +10,13 @@ import optax.contrib
 from jax.tree_util import DictKey, GetAttrKey
 
 from .._errors import QuerySyntaxError
+from .._index import StructureIndex
 from .._keys import KeyPath
 from .._match import match
 from .._naming import shortest_query
+from .._paths import child_at
 from .._query import PatternQuery, parse_query
 from .._registry import children_with_keys
-from .._tree import StructureIndex, child_at
 from .fields import (
     OUTSIDE,
     child_where,
@@ -75,15 +76,15 @@ def is_counter(index: StructureIndex, node: int) -> bool:
         node > 0
         and field_name(index.keys[node]) in COUNTER_NAMES
         and index.state_names[index.parents[node]] is not None
-        and not index.in_bookkeeping[node]
+        and not index.hidden[node]
     )
 
 
 def bookkeeping_hint(index: StructureIndex, query: PatternQuery) -> str | None:
     """For a pattern that misses: the node it would select inside schedule bookkeeping, if any."""
-    if not index.has_bookkeeping or query.enters_schedule_bookkeeping:
+    if not index.has_hidden or query.enters_hidden:
         return None
-    inside = [n for n in match(index, query.components, True) if index.in_bookkeeping[n]]
+    inside = [n for n in match(index, query.components, True) if index.hidden[n]]
     if not inside:
         return None
     return (

@@ -20,21 +20,10 @@ from jax.tree_util import DictKey
 
 import optree_inspect as oi
 from helpers import LABELS, MASK, layered_params, nnx_optimizer, seed_optimizer
-from optree_inspect import _tree
-from optree_inspect._keys import edge_text
-from optree_inspect._optax.fields import (
-    NOWHERE,
-    OUTSIDE,
-    children_where,
-    field_name,
-    is_inject_state_name,
-    is_masked_node_type,
-    restored_state_name,
-    restored_state_names,
-    typed_state_name,
-)
-from optree_inspect._optax.names import SCHEDULE_BOOKKEEPING
+from optree_inspect import _build
+from optree_inspect._keys import edge_text, field_name
 from optree_inspect._registry import cacheable_node, flatten_one_level
+from optree_inspect._state_rules import DATA, TOP, active, child_places
 
 
 def node_by_node(tree: Any) -> dict[str, Any]:
@@ -43,22 +32,25 @@ def node_by_node(tree: Any) -> dict[str, Any]:
         name: []
         for name in [
             *("keys", "texts", "types", "parents", "is_leaf", "leaf_counts", "sizes", "arities", "depths"),
-            *("in_bookkeeping", "state_names"),
+            *("hidden", "state_names"),
         ]
     }
+    rules = active()
     holes, restored, by_state, cacheable = [], {}, {}, True
-    stack: list[tuple[Any, ...]] = [(tree, None, -1, 0, False, OUTSIDE, False)]
+    stack: list[tuple[Any, ...]] = [(tree, None, -1, 0, False, TOP, False)]
     while stack:
-        node, key, parent, depth, bookkeeping, where, in_data = stack.pop()
+        node, key, parent, depth, hidden, where, in_data = stack.pop()
         number = len(records["keys"])
         flat = flatten_one_level(node)
         pairs = None if flat is None else flat[0]
         if flat is not None:
             cacheable = cacheable and cacheable_node(type(node), [key for key, _ in flat[0]], flat[1])
         kind = type(node)
-        name = typed_state_name(kind)
-        if name is None and kind is dict and where != NOWHERE:
-            name = restored_state_name(node, where)
+        name = rules.state_name(kind)
+        aliases = None
+        if name is None and kind is dict and where != DATA:
+            aliases = rules.restored_names(node, where)
+            name = None if aliases is None else aliases[0]
         for field, value in (
             ("keys", key),
             ("texts", edge_text(key)),
@@ -69,26 +61,26 @@ def node_by_node(tree: Any) -> dict[str, Any]:
             ("sizes", 1),
             ("arities", len(pairs or ())),
             ("depths", depth),
-            ("in_bookkeeping", bookkeeping),
+            ("hidden", hidden),
             ("state_names", name),
         ):
             records[field].append(value)
-        if (node is None and in_data) or is_masked_node_type(kind):
+        if (node is None and in_data) or rules.is_hole_type(kind):
             holes.append(number)
         if pairs is None:
             continue
         if name is not None:
-            aliases = restored_state_names(node) if kind is dict else (name,)
-            if kind is dict:
+            if aliases is not None:
                 restored[number] = aliases
-            for alias in aliases:
+            for alias in aliases or (name,):
                 by_state.setdefault(alias, []).append(number)
-        wheres = children_where(name, where, pairs)
+        wheres = child_places(rules, name, where, pairs)
         for (child_key, child), child_where in zip(reversed(pairs), reversed(wheres), strict=True):
-            enters = is_inject_state_name(name) and field_name(child_key) == SCHEDULE_BOOKKEEPING
-            child_in_data = in_data if name is None else kind is dict and child_where == NOWHERE
-            child_bookkeeping = bookkeeping or enters
-            stack.append((child, child_key, number, depth + 1, child_bookkeeping, child_where, child_in_data))
+            enters = name is not None and field_name(child_key) in rules.hidden_fields
+            enters = enters and rules.hides(name, child_key)
+            child_in_data = in_data if name is None else aliases is not None and child_where == DATA
+            child_hidden = hidden or enters
+            stack.append((child, child_key, number, depth + 1, child_hidden, child_where, child_in_data))
     for number in range(len(records["keys"]) - 1, 0, -1):
         parent = records["parents"][number]
         records["leaf_counts"][parent] += records["leaf_counts"][number]
@@ -117,7 +109,7 @@ def _signatures(records: dict[str, Any], holes: set[int]) -> list[int]:
 
 def assert_same_index(tree: Any) -> None:
     leaves = jax.tree.leaves(tree)
-    index = _tree.build_index(tree, leaves)
+    index = _build.build_index(tree, leaves)
     expected = node_by_node(tree)
     for name, value in expected.items():
         if name != "signatures":
@@ -303,13 +295,13 @@ def test_nodes_walked_alone_do_not_grow_with_the_params(monkeypatch: pytest.Monk
     """Only the optax states and the roots of the moments are visited one by one; the layers of a
     moment are one run, whether there are 10 or 2,000."""
     visits: list[int] = []
-    visit = _tree._Walk.visit
+    visit = _build._Walk.visit
 
     def counted(self: Any, *args: Any) -> None:
         visits.append(1)
         visit(self, *args)
 
-    monkeypatch.setattr(_tree._Walk, "visit", counted)
+    monkeypatch.setattr(_build._Walk, "visit", counted)
     counts = []
     for layers in (10, 2000):
         state = seed_optimizer().init(layered_params(layers))

@@ -314,6 +314,6 @@ def test_inert_aux_data_is_still_cached() -> None:
 
     model = eqx.nn.MLP(2, 2, 4, 2, key=jax.random.key(0))
     tree = {"model": model, "d": collections.defaultdict(list, a=jnp.ones(1)), "m": Meta(1.0, ("x", 2))}
-    index = oi._tree.structure_index(tree)
+    index = oi._cache.structure_index(tree)
     assert index.cacheable
-    assert oi._tree.structure_index(tree) is index
+    assert oi._cache.structure_index(tree) is index

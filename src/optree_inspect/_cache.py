@@ -1,0 +1,98 @@
+"""The cache of structure indexes, keyed on a tree's `PyTreeDef` and the types of its leaves.
+
+`index_and_leaves` says why a cached index can never describe another tree than the one it is used
+for. The cache forgets everything when the registered state rules change (`_state_rules.register`).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+import jax
+
+from ._build import build_index
+from ._index import StructureIndex
+from ._keycheck import keys_are_str
+from ._paths import flatten
+from ._state_rules import active, on_change
+
+_CACHE: collections.OrderedDict[Any, StructureIndex] = collections.OrderedDict()
+_CACHE_SIZE = 32
+_LOCK = threading.Lock()
+_last: tuple[Any, tuple[type, ...], StructureIndex] | None = None
+"""The treedef, leaf types and index of the last lookup: a training loop asks about one structure
+every step."""
+
+
+def clear_caches() -> None:
+    """Forget every cached structure index (for tests and long sessions)."""
+    global _last
+    with _LOCK:
+        _CACHE.clear()
+        _last = None
+
+
+def structure_index(tree: Any) -> StructureIndex:
+    """The structure index of `tree`, from the cache when a tree of the same structure was seen."""
+    return index_and_leaves(tree)[0]
+
+
+def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
+    """The structure index of `tree` and its leaves, from one structural pass.
+
+    The cache is keyed on the tree's `PyTreeDef` and the types of its leaves. Two trees with equal
+    treedefs have the same node types, aux data and children counts, so the same pre-order and leaf
+    ranges; equal leaf types make the types of every node equal. An index is stored only when the
+    keys of every node are fixed by the treedef (`_registry.keys_follow_structure`) and every dict key is a
+    `str`: treedef equality compares dict keys with `==`, under which `0`, `0.0` and `False` are
+    one key, but no other built-in type equals a `str`. So a cached index always describes exactly
+    the tree it is used for. It is also stored only when the aux data of every node is inert
+    (`_registry.aux_is_inert`), so that the cache never keeps a user's object alive.
+
+    The last treedef used is tried first with `flatten_up_to`, which raises on any difference of
+    node type, arity, dict keys or aux data and returns, in place of each treedef leaf, whatever
+    the tree has there; `all_leaves` then rules out a subtree standing where the treedef has a
+    leaf, and the leaf types are compared. Together that is the cache key's equality, checked in
+    one pass instead of building a treedef and comparing it (about half the cost).
+    """
+    global _last
+    last = _last
+    if last is not None:
+        treedef, leaf_types, index = last
+        try:
+            leaves = treedef.flatten_up_to(tree)
+        except Exception:  # any difference; JAX's message may repr a leaf, which can raise anything
+            pass
+        else:
+            if (
+                tuple(map(type, leaves)) == leaf_types
+                and jax.tree_util.all_leaves(leaves)
+                and keys_are_str(tree, index.key_check)
+            ):
+                return index, leaves
+    leaves, treedef = flatten(tree)
+    leaf_types = tuple(map(type, leaves))
+    key = (treedef, leaf_types)
+    try:
+        with _LOCK:
+            index = _CACHE.get(key)  # type: ignore[assignment]
+    except TypeError:  # unhashable aux data
+        return build_index(tree, leaves), leaves
+    if index is not None and not keys_are_str(tree, index.key_check):
+        return build_index(tree, leaves), leaves  # `str` subclass keys: not the cached tree's
+    if index is None:
+        rules = active()
+        index = build_index(tree, leaves)
+        if not index.cacheable or active() is not rules:  # rules registered during the build
+            return index, leaves
+        with _LOCK:
+            _CACHE[key] = index
+            while len(_CACHE) > _CACHE_SIZE:  # first in, first out: a hit costs one lookup
+                _CACHE.popitem(last=False)
+    _last = (treedef, leaf_types, index)
+    return index, leaves
+
+
+on_change(clear_caches)

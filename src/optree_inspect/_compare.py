@@ -1,0 +1,327 @@
+"""The values of leaf pairs compared, exactly, on the device engine (`_engine`): `diff`'s kernels.
+
+Numbers are compared in their own dtypes (`_elementwise`: integers of 64 bits and floats beyond
+float32 exactly, NaN equal to NaN, a difference of finite floats that overflows by its half),
+with NumPy on the host or with `jax.numpy` where a pair lives; text, dates and objects with `==`.
+
+>>> import jax.numpy as jnp
+>>> [c.changed for c in compare_values([Pair(jnp.zeros(3), jnp.array([0.0, 1, 2]), 1, True)], 0.0, 0.0)]
+[2]
+"""
+
+from __future__ import annotations
+
+import functools
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, Shaped
+
+from ._engine import Kernel, run
+
+_DEVICE_GROUP = 1 << 22
+"""Large leaves are compared where they live, by one compiled function per shape, dtypes and
+placement, when the leaves of that key hold at least this many elements together: so that each
+compilation is paid for by as much data, and many distinct shapes cost no compilation."""
+_COUNTS = 6
+
+
+class Pair(NamedTuple):
+    """Two concrete leaves of one shape whose values are compared: `words` values make one element
+    (a PRNG key's key data), and `numeric` tells numbers (compared exactly, with tolerances) from
+    text and objects (compared with `==`)."""
+
+    a: Any
+    b: Any
+    words: int
+    numeric: bool
+
+
+class Compared(NamedTuple):
+    """One pair's comparison: elements that differ, of how many; of those, how many became NaN,
+    Inf or -Inf in `b` and how many were NaN or Inf in `a`; how many have a finite difference, the
+    largest of these and the largest relative one (over a nonzero `|b|`)."""
+
+    changed: int
+    size: int
+    nan: int
+    inf: int
+    neginf: int
+    unfinite: int
+    measured: int
+    largest: int | float | Decimal
+    relative: float
+
+
+_NOTHING = Compared(0, 0, 0, 0, 0, 0, 0, 0, 0.0)
+"""The comparison of leaves without elements."""
+
+
+def compare_values(pairs: list[Pair], rtol: float, atol: float) -> list[Compared]:
+    """Each pair compared (see `Compared`): small pairs, and larger ones whose shape the others do
+    not share enough (`_DEVICE_GROUP`), on the host; the rest where they live, without gathering
+    them; all results in one transfer."""
+    kernel: Kernel[Pair] = Kernel(
+        arrays=lambda pair: (pair.a, pair.b),
+        host=lambda items, arrays: _host_compare(items, arrays, rtol, atol),
+        device=lambda pair: _device_compare_pair(pair, rtol, atol),
+        key=lambda pair: pair.words,
+        together=_DEVICE_GROUP,
+    )
+    results = [_NOTHING] * len(pairs)
+    for piece in run(pairs, kernel):
+        if piece.where == "device":
+            [i] = piece.items
+            results[i] = _compared(pairs[i], *piece.output)
+        else:
+            for i, found in zip(piece.items, piece.output, strict=True):
+                results[i] = found
+    return results
+
+
+def _device_compare_pair(pair: Pair, rtol: float, atol: float) -> Any:
+    a, b = pair.a, pair.b
+    if a.sharding.device_set != b.sharding.device_set:
+        b = jax.device_put(b, a.sharding)  # a compiled function takes arrays on one set of devices
+    return _device_compare(a, b, rtol, atol, rtol > 0 or atol > 0, pair.words)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _device_compare(
+    a: Shaped[Array, "*shape"], b: Shaped[Array, "*shape"], rtol: Any, atol: Any, tolerant: bool, words: int
+) -> tuple[Int[Array, "partials counts=6"], Shaped[Array, ""], Float[Array, ""], Float[Array, ""]]:
+    """One pair compared where it lives (`_elementwise`): its partial counts (`_count`), largest
+    difference, largest half difference and largest relative difference."""
+    parts = _elementwise(jnp, a.reshape(-1), b.reshape(-1), rtol, atol, tolerant, _wide(jnp))
+    counts, gap, half, rel = _units(jnp, parts, words)
+    largest = gap.max(initial=0)
+    return (
+        jnp.stack([_count(mask) for mask in counts], axis=-1),
+        largest,
+        half.max(initial=0),
+        rel.max(initial=0),
+    )
+
+
+def _count(mask: Any) -> Any:
+    """Partial counts of `mask`, each below 2**31 (int32 without x64), to add up on the host."""
+    flat = mask.reshape(-1)
+    if flat.size < 1 << 31:
+        return flat.sum(dtype=jnp.int32)[None]
+    rows = -(-flat.size // (1 << 30))
+    return jnp.pad(flat, (0, rows * (1 << 30) - flat.size)).reshape(rows, 1 << 30).sum(1, dtype=jnp.int32)
+
+
+def _compared(pair: Pair, counts: Any, largest: Any, half: Any, rel: Any) -> Compared:
+    changed, nan, inf, neginf, unfinite, measured = map(
+        int, np.asarray(counts, dtype=np.int64).reshape(-1, _COUNTS).sum(0)
+    )
+    size = int(np.size(pair.a)) // pair.words
+    return Compared(changed, size, nan, inf, neginf, unfinite, measured, _largest(largest, half), float(rel))
+
+
+def _largest(largest: Any, half: Any) -> int | float | Decimal:
+    """The largest difference: `2 * half` where a difference of finite floats overflowed."""
+    if float(half) > 0:
+        return Decimal(float(half)) * 2
+    value = np.asarray(largest)
+    return int(value) if np.issubdtype(value.dtype, np.integer) else float(value)
+
+
+def _host_compare(
+    pairs: list[Pair], fetched: list[tuple[np.ndarray, ...]], rtol: float, atol: float
+) -> list[Compared]:
+    """The pairs compared with NumPy, those of one pair of dtypes together, flattened end to end
+    and reduced per leaf (`reduceat`)."""
+    results: list[Compared | None] = [None] * len(pairs)
+    groups: dict[Any, list[int]] = {}
+    for i, (pair, (a, b)) in enumerate(zip(pairs, fetched, strict=True)):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.size == 0:
+            results[i] = _NOTHING
+        elif not pair.numeric:
+            count = int(np.count_nonzero(~_same_objects(a.reshape(-1), b.reshape(-1))))
+            results[i] = Compared(count, a.size, 0, 0, 0, 0, 0, 0, 0.0)
+        else:
+            groups.setdefault((a.dtype, b.dtype, pair.words), []).append(i)
+    for (_, _, words), members in groups.items():
+        flat_a = np.concatenate([np.asarray(fetched[i][0]).reshape(-1) for i in members])
+        flat_b = np.concatenate([np.asarray(fetched[i][1]).reshape(-1) for i in members])
+        with np.errstate(all="ignore"):
+            parts = _elementwise(np, flat_a, flat_b, rtol, atol, rtol > 0 or atol > 0, np.dtype(np.float64))
+            counts, gap, half, rel = _units(np, parts, words)
+        units = [int(np.size(fetched[i][0])) // words for i in members]
+        starts = np.cumsum([0, *units[:-1]])
+        per_leaf = np.stack([np.add.reduceat(mask, starts, dtype=np.int64) for mask in counts], axis=-1)
+        largest, halves, rels = (np.maximum.reduceat(x, starts) for x in (gap, half, rel))
+        for row, i in enumerate(members):
+            results[i] = _compared(pairs[i], per_leaf[row], largest[row], halves[row], rels[row])
+    return results  # type: ignore[return-value]
+
+
+def _same_objects(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element by element `==` of text, dates or objects; NaT equals NaT, and NaN NaN."""
+    if a.dtype.kind in "mM":
+        return (a == b) | (np.isnat(a) & np.isnat(b))
+    if a.dtype.kind == "O" or b.dtype.kind == "O":
+        return np.array(
+            [equal_objects(x, y) for x, y in zip(a.tolist(), b.tolist(), strict=True)], dtype=bool
+        )
+    try:
+        return np.asarray(a == b, dtype=bool).reshape(a.shape)
+    except Exception:
+        return np.array(
+            [equal_objects(x, y) for x, y in zip(a.tolist(), b.tolist(), strict=True)], dtype=bool
+        )
+
+
+def equal_objects(a: Any, b: Any) -> bool:
+    """`a == b` for Python values, where a float or complex NaN equals NaN."""
+    if isinstance(a, float | complex) and isinstance(b, float | complex) and a != a and b != b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+def _wide(xp: Any) -> Any:
+    """The float that holds integers for tolerances and reporting: float64 (float32 on a device
+    without x64)."""
+    return np.dtype(np.float64) if xp is np else jax.dtypes.canonicalize_dtype(np.float64)
+
+
+def _units(xp: Any, parts: tuple[Any, ...], words: int) -> tuple[list[Any], Any, Any, Any]:
+    """The per-element results, per element of `words` values (a PRNG key: changed when any of its
+    words is; its data has no magnitude)."""
+    if words == 1:
+        return list(parts[:_COUNTS]), *parts[_COUNTS:]
+    changed = parts[0].reshape(-1, words).any(1)
+    nothing = xp.zeros_like(changed)
+    zeros = xp.zeros(changed.shape, xp.float32)
+    return [changed, *[nothing] * (_COUNTS - 1)], zeros, zeros, zeros
+
+
+def _bitcast(xp: Any, x: Any, dtype: Any) -> Any:
+    return x.view(dtype) if xp is np else jax.lax.bitcast_convert_type(x, dtype)
+
+
+def _float_type(xp: Any, *dtypes: Any) -> Any:
+    """A float (complex if one is) that holds every value of these inexact dtypes exactly."""
+    complex_ = any(jnp.issubdtype(d, jnp.complexfloating) for d in dtypes)
+    width = max(np.dtype(d).itemsize // (2 if jnp.issubdtype(d, jnp.complexfloating) else 1) for d in dtypes)
+    real = np.longdouble if width > 8 else np.float64 if width == 8 else np.float32
+    found = np.result_type(real, np.complex64) if complex_ else np.dtype(real)
+    return found if xp is np else jax.dtypes.canonicalize_dtype(found)
+
+
+def _elementwise(xp: Any, a: Any, b: Any, rtol: Any, atol: Any, tolerant: bool, wide: Any) -> tuple[Any, ...]:
+    """Per element of the flat arrays `a` and `b` (NumPy or jax.numpy, by `xp`): whether it
+    changed (not equal as exact values, NaN equal to NaN, and, if `tolerant`, beyond
+    `atol + rtol * |b|`); of those, whether it became NaN, Inf, -Inf, whether it was NaN or Inf,
+    whether both are finite; the difference of those (exact for integers of one signedness), the
+    half difference where that of two finite floats overflows, and the relative difference."""
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8)
+    if b.dtype == np.bool_:
+        b = b.astype(np.uint8)
+    inexact_a, inexact_b = (bool(jnp.issubdtype(x.dtype, jnp.inexact)) for x in (a, b))
+    if inexact_a and inexact_b:
+        return _floats(xp, a, b, rtol, atol, tolerant)
+    if not inexact_a and not inexact_b:
+        return _integers(xp, a, b, rtol, atol, tolerant, wide)
+    return _integer_and_float(xp, a, b, rtol, atol, tolerant, wide)
+
+
+def _floats(xp: Any, a: Any, b: Any, rtol: Any, atol: Any, tolerant: bool) -> tuple[Any, ...]:
+    common = _float_type(xp, a.dtype, b.dtype)
+    a, b = a.astype(common), b.astype(common)
+    nan_a, nan_b = xp.isnan(a), xp.isnan(b)
+    finite_a, finite_b = xp.isfinite(a), xp.isfinite(b)
+    finite = finite_a & finite_b
+    gap, scale = xp.abs(a - b), xp.abs(b)
+    changed = ~((a == b) | (nan_a & nan_b))
+    if tolerant:
+        changed = changed & ~(gap <= atol + rtol * scale)
+    overflow = finite & xp.isinf(gap)
+    measured = changed & finite
+    if xp.iscomplexobj(b):
+        inf, neginf = changed & ~finite_b & ~nan_b, xp.zeros_like(changed)
+    else:
+        inf, neginf = changed & (b == xp.inf), changed & (b == -xp.inf)
+    half = xp.where(measured & overflow, xp.abs(a * 0.5 - b * 0.5), 0)
+    gap = xp.where(measured & ~overflow, gap, 0)
+    rel = xp.where(scale > 0, gap / xp.where(scale > 0, scale, 1), 0)
+    return changed, changed & nan_b, inf, neginf, changed & ~finite_a & finite_b, measured, gap, half, rel
+
+
+def _integers(xp: Any, a: Any, b: Any, rtol: Any, atol: Any, tolerant: bool, wide: Any) -> tuple[Any, ...]:
+    signed_a, signed_b = (bool(jnp.issubdtype(x.dtype, jnp.signedinteger)) for x in (a, b))
+    if signed_a != signed_b:
+        signed, unsigned = (a, b) if signed_a else (b, a)
+        if signed.dtype.itemsize > unsigned.dtype.itemsize:  # the signed type holds every value
+            a, b = a.astype(signed.dtype), b.astype(signed.dtype)
+            signed_a = signed_b = True
+    size = max(a.dtype.itemsize, b.dtype.itemsize)
+    unsigned_type = np.dtype(f"uint{8 * size}")
+    if signed_a == signed_b:
+        common = np.promote_types(a.dtype, b.dtype)
+        a, b = a.astype(common), b.astype(common)
+        changed = a != b
+        gap = _bitcast(xp, xp.maximum(a, b) - xp.minimum(a, b), unsigned_type)  # wraps into the exact gap
+        gap_float = gap.astype(wide)
+    else:
+        negative = signed < 0
+        positive = xp.where(negative, 0, signed).astype(unsigned_type)
+        other = unsigned.astype(unsigned_type)
+        changed = negative | (positive != other)
+        gap_float = xp.where(
+            negative,
+            other.astype(wide) - signed.astype(wide),
+            (xp.maximum(positive, other) - xp.minimum(positive, other)).astype(wide),
+        )
+        gap = gap_float
+    scale = xp.abs(b.astype(wide))
+    if tolerant:
+        changed = changed & ~(gap_float <= atol + rtol * scale)
+    nothing = xp.zeros_like(changed)
+    gap = xp.where(changed, gap, 0)
+    rel = xp.where(changed & (scale > 0), gap_float / xp.where(scale > 0, scale, 1), 0)
+    return changed, nothing, nothing, nothing, nothing, changed, gap, xp.zeros(changed.shape, wide), rel
+
+
+def _integer_and_float(
+    xp: Any, a: Any, b: Any, rtol: Any, atol: Any, tolerant: bool, wide: Any
+) -> tuple[Any, ...]:
+    float_is_b = bool(jnp.issubdtype(b.dtype, jnp.inexact))
+    integer, number = (a, b) if float_is_b else (b, a)
+    real = xp.real(number).astype(_float_type(xp, xp.real(number).dtype, np.float32))
+    info = np.iinfo(integer.dtype)
+    whole = xp.isfinite(real) & (xp.floor(real) == real)
+    if xp.iscomplexobj(number):
+        whole = whole & (xp.imag(number) == 0)
+    fits = whole & (real >= float(info.min)) & (real < float(info.max) + 1)  # bounds: powers of two
+    changed = ~(fits & (xp.where(fits, real, 0).astype(integer.dtype) == integer))
+    finite = xp.isfinite(number)
+    wide_number = number.astype(np.result_type(wide, np.complex64) if xp.iscomplexobj(number) else wide)
+    gap = xp.abs(integer.astype(wide) - wide_number)
+    scale = xp.abs(wide_number if float_is_b else integer.astype(wide))
+    if tolerant:
+        changed = changed & ~(gap <= atol + rtol * scale)
+    measured = changed & finite
+    nothing = xp.zeros_like(changed)
+    if float_is_b:
+        nan = changed & xp.isnan(number)
+        if xp.iscomplexobj(number):
+            inf, neginf = changed & ~finite & ~xp.isnan(number), nothing
+        else:
+            inf, neginf = changed & (number == xp.inf), changed & (number == -xp.inf)
+        unfinite = nothing
+    else:
+        nan, inf, neginf, unfinite = nothing, nothing, nothing, changed & ~finite
+    gap = xp.where(measured, xp.where(whole, xp.maximum(gap, 1), gap), 0)  # unequal integers: 1 apart
+    rel = xp.where(scale > 0, gap / xp.where(scale > 0, scale, 1), 0)
+    return changed, nan, inf, neginf, unfinite, measured, gap, xp.zeros(changed.shape, gap.dtype), rel

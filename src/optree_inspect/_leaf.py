@@ -1,0 +1,225 @@
+"""What a leaf is: its array value behind an nnx Variable, whether it is deleted, abstract or
+concrete, its dtype (weak or not), whether it holds numbers, and its short text.
+
+Every verb asks these questions of leaves through this module, so that a deleted (donated) array,
+a tracer, a `jax.ShapeDtypeStruct` and an nnx Variable get one answer everywhere.
+
+>>> import jax.numpy as jnp
+>>> short_text(jnp.zeros((2, 3))), short_text(jnp.float32(0.5)), short_text(None)
+('f32[2,3]', 'f32[] = 0.5', 'None')
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._compat import is_nnx_variable_type, partition_spec_text, variable_value
+from ._errors import bounded
+
+_DTYPE_NAMES = {"float": "f", "bfloat": "bf", "int": "i", "uint": "u", "complex": "c"}
+PYTHON_SCALARS = (bool, int, float, complex)
+
+
+def unwrap(leaf: Any) -> Any:
+    """The array an nnx Variable holds (flax before 0.11 makes Variables leaves), else `leaf`."""
+    return variable_value(leaf) if is_nnx_variable_type(type(leaf)) else leaf
+
+
+def is_variable(node: Any) -> bool:
+    """Whether `node` is an nnx Variable."""
+    return is_nnx_variable_type(type(node))
+
+
+def is_concrete_array_type(kind: type) -> bool:
+    """A `jax.Array` type that holds data (not a tracer)."""
+    return issubclass(kind, jax.Array) and not issubclass(kind, jax.core.Tracer)
+
+
+def is_deleted(leaf: Any) -> bool:
+    """A concrete `jax.Array` whose buffers were deleted (donated to a jitted step)."""
+    return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted()
+
+
+def is_abstract(leaf: Any) -> bool:
+    """A tracer or a `jax.ShapeDtypeStruct`: a shape and dtype without values here."""
+    return isinstance(leaf, jax.core.Tracer | jax.ShapeDtypeStruct)
+
+
+def is_concrete(leaf: Any) -> bool:
+    """An array with values here: a `jax.Array` (not a tracer), a NumPy array or scalar."""
+    return not is_abstract(leaf) and isinstance(leaf, jax.Array | np.ndarray | np.generic)
+
+
+def is_placed(leaf: Any) -> bool:
+    """A leaf with a sharding: a concrete `jax.Array`, or a `ShapeDtypeStruct` that carries one."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return getattr(leaf, "sharding", None) is not None
+    return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
+
+
+def aval(leaf: Any) -> Any:
+    """JAX's abstract value of `leaf` (a `ShapeDtypeStruct` is its own), or None for a non-JAX type."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return leaf
+    try:
+        return jax.typeof(leaf)
+    except Exception:  # not a JAX type
+        return None
+
+
+def is_weak(leaf: Any) -> bool:
+    """Whether `leaf` is weakly typed (a NumPy array never is)."""
+    if isinstance(leaf, np.ndarray | np.generic):
+        return False
+    return bool(getattr(aval(leaf), "weak_type", False))
+
+
+def dtype_and_weak(leaf: Any) -> tuple[Any, bool] | None:
+    """A leaf's dtype with its weak type (a weak f32 is not an f32), or None if not an array."""
+    dtype = getattr(leaf, "dtype", None)
+    return None if dtype is None else (dtype, is_weak(leaf))
+
+
+@functools.cache
+def is_numeric_dtype(dtype: Any) -> bool:
+    """A number or bool dtype (not a PRNG key, a string or an object)."""
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return False
+    return bool(jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_))
+
+
+def host_number(leaf: Any) -> np.ndarray | None:
+    """A host leaf as a NumPy array, or None for a Python int beyond float64's range."""
+    array = np.asarray(leaf)
+    if array.dtype != object:
+        return array
+    try:  # a Python int beyond 64 bits
+        return np.asarray(float(leaf))
+    except OverflowError:
+        return None
+
+
+def is_numeric(leaf: Any) -> bool:
+    """A leaf with numbers to summarise: a numeric or bool array or scalar, concrete or traced,
+    not deleted."""
+    leaf = unwrap(leaf)
+    if isinstance(leaf, jax.ShapeDtypeStruct) or leaf is None or isinstance(leaf, str | bytes):
+        return False
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+        return isinstance(leaf, PYTHON_SCALARS) and host_number(leaf) is not None
+    return not is_deleted(leaf) and is_numeric_dtype(dtype)
+
+
+def value_kind(dtype: Any) -> str:
+    """ "key" for PRNG keys, "number" for numbers and bools, else NumPy's kind letter."""
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return "key"
+    if jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_):
+        return "number"
+    return np.dtype(dtype).kind
+
+
+# Text ------------------------------------------------------------------------------------------
+
+
+def dtype_name(dtype: Any) -> str:
+    """The short name of a dtype: `f32`, `bf16`, `u8`, `c64`, `bool`."""
+    name = str(dtype)
+    if name == "bool":
+        return "bool"
+    for long, short in _DTYPE_NAMES.items():
+        if name.startswith(long) and name[len(long) :].isdigit():
+            return short + name[len(long) :]
+    return name
+
+
+def bytes_text(count: int) -> str:
+    """`12 B`, `1.5 KB`, `3.2 GB`."""
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
+        value /= 1024
+    return ""
+
+
+def short_text(leaf: Any) -> str:
+    """A leaf in a few characters, as `describe` shows it: `weak_f32[] = 0.9`, `f32[4,4] @ P('data',)`."""
+    if is_nnx_variable_type(type(leaf)):  # flax before 0.11: a Variable is a leaf to JAX
+        return f"{type(leaf).__name__} {short_text(variable_value(leaf))}"
+    if type(leaf) in PYTHON_SCALARS:
+        return bounded(f"{type(leaf).__name__} = {leaf}", 60)
+    if leaf is None:
+        return "None"
+    dtype, shape = getattr(leaf, "dtype", None), getattr(leaf, "shape", None)
+    if dtype is None or shape is None:
+        return bounded(type(leaf).__name__, 60)
+    if is_deleted(leaf):
+        return f"{dtype_name(dtype)}[{','.join(map(str, shape))}] (deleted)"
+    weak = "weak_" if getattr(aval(leaf), "weak_type", False) else ""
+    text = f"{weak}{dtype_name(dtype)}[{','.join(map(str, shape))}]"
+    value = scalar_text(leaf)
+    if value is not None:
+        text += f" = {value}"
+    sharding = sharding_text(leaf)
+    return f"{text} {sharding}" if sharding else text
+
+
+def scalar_text(leaf: Any) -> str | None:
+    """The value of a concrete 0-d number, read from this process's own copy only."""
+    if getattr(leaf, "ndim", None) != 0 or is_abstract(leaf) or is_deleted(leaf):
+        return None
+    if not jnp.issubdtype(leaf.dtype, jnp.number) and leaf.dtype != np.bool_:
+        return None
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        if not leaf.is_fully_replicated:
+            return None
+        leaf = leaf.addressable_data(0)
+    value = np.asarray(leaf).item()
+    return shortest(value, leaf.dtype) if isinstance(value, float) else str(value)
+
+
+def scalar_number(leaf: Any) -> float | None:
+    """The value of a concrete 0-d number as a float, or None."""
+    text = scalar_text(leaf)
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
+
+
+def shortest(value: float, dtype: Any) -> str:
+    """The value at the precision of its dtype, short: the fewest significant digits (at most the
+    dtype's decimal precision) that give it back in `dtype`, so a bf16 0.9 is `0.9`, not the
+    `0.898438` of its float64 expansion; past that precision, it is cut there."""
+    precision = jnp.finfo(dtype).precision if jnp.issubdtype(dtype, jnp.floating) else 15
+    for digits in range(1, precision + 1):
+        text = f"{value:.{digits}g}"
+        with np.errstate(over="ignore"):  # a rounded text can lie beyond the dtype's range
+            if np.asarray(float(text), dtype=dtype) == np.asarray(value, dtype=dtype):
+                return text
+    return f"{value:.{precision}g}"
+
+
+def sharding_text(leaf: Any) -> str:
+    """`@ P('data',)` or `@ replicated(8)` for a leaf on several devices, `""` otherwise."""
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is None or isinstance(leaf, jax.core.Tracer) or not hasattr(sharding, "device_set"):
+        return ""
+    if len(sharding.device_set) <= 1:
+        return ""
+    spec = getattr(sharding, "spec", None)
+    if spec is not None and any(axis is not None for axis in spec):
+        return f"@ {partition_spec_text(spec)}"
+    return f"@ replicated({len(sharding.device_set)})"
+
+
+def placement_text(leaf: Any) -> str | None:
+    """The placement text of a placed leaf (`""` on one device), or None where it has none."""
+    return sharding_text(leaf) if is_placed(leaf) else None
