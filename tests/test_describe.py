@@ -21,10 +21,9 @@ from jax.tree_util import SequenceKey
 
 import optree_inspect as oi
 from helpers import LABELS, PARAMS, layered_params, nnx_optimizer, seed_optimizer, trained, wrapped_state
-from optree_inspect._leaf import short_text
+from optree_inspect._leaf import LeafSummary
 from optree_inspect._listing import Listing
-from optree_inspect._render import leaf_text
-from optree_inspect._rows import Held, LeafSummary, Leaves, Scheduled, leaf_summary
+from optree_inspect._rows import Held, Leaves, Scheduled
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 
@@ -269,33 +268,37 @@ def test_values_and_optimizer_rows_as_data() -> None:
 
 
 @pytest.mark.parametrize(
-    "leaf",
+    ("leaf", "text"),
     [
-        jnp.zeros((2, 3)),
-        jnp.asarray(1.0),
-        jnp.float32(0.5),
-        jnp.ones(2, jnp.bfloat16),
-        jnp.asarray(True),
-        jax.random.key(0),
-        jax.ShapeDtypeStruct((3,), jnp.float32),
-        3,
-        2.5,
-        True,
-        None,
-        "text",
-        __import__("numpy").float64(2.5),
+        (jnp.zeros((2, 3)), "f32[2,3]"),
+        (jnp.asarray(1.0), "weak_f32[] = 1"),
+        (jnp.float32(0.5), "f32[] = 0.5"),
+        (jnp.ones(2, jnp.bfloat16), "bf16[2]"),
+        (jnp.asarray(True), "bool[] = True"),
+        (jax.random.key(0), "key<fry>[]"),
+        (jax.ShapeDtypeStruct((3,), jnp.float32), "f32[3]"),
+        (3, "int = 3"),
+        (2.5, "float = 2.5"),
+        (True, "bool = True"),
+        (None, "None"),
+        ("text", "str"),
+        (__import__("numpy").float64(2.5), "f64[] = 2.5"),
     ],
 )
-def test_a_leaf_s_parts_render_as_the_leaf_layer_writes_it(leaf: Any) -> None:
-    assert leaf_text(leaf_summary(leaf)) == short_text(leaf)
+def test_a_leaf_row_shows_the_leaf_s_short_text_and_its_parts(leaf: Any, text: str) -> None:
+    [row] = [row for row in oi.describe({"x": leaf}) if row.label == "x"]
+    assert row.summary == text and row.kind == "leaf"
+    assert row.leaf is not None and row.leaf.dtype == (
+        None if "[" not in text else text.split("[")[0].removeprefix("weak_")
+    )
+    assert row.leaf.weak == text.startswith("weak_")
 
 
-def test_a_deleted_leaf_s_parts_render_as_the_leaf_layer_writes_it() -> None:
+def test_a_deleted_leaf_row_says_so() -> None:
     leaf = jnp.ones(3) + 1
     leaf.delete()
-    assert (
-        leaf_summary(leaf).deleted and leaf_text(leaf_summary(leaf)) == short_text(leaf) == "f32[3] (deleted)"
-    )
+    [row] = [row for row in oi.describe({"x": leaf}) if row.label == "x"]
+    assert row.summary == "f32[3] (deleted)" and row.leaf is not None and row.leaf.deleted
 
 
 def test_the_notebook_view_reads_marks_from_data_not_from_names() -> None:

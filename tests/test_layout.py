@@ -63,6 +63,12 @@ CORE = [
     "_match",
     "_query",
     "_naming",
+    "_leaf",
+    "_treekit",
+    "_cast",
+    "_engine",
+    "_compare",
+    "_listing",
 ]
 """The generic core: it knows a library's states only through the rules registered with
 `_state_rules`, so that a new library's states never need an edit here."""

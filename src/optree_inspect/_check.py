@@ -78,7 +78,7 @@ class Report(Listing[Finding]):
 
 
 @raised_here
-def stats(tree: PyTree, query: Query | None = None) -> dict[str, dict[str, Array]]:
+def stats(tree: PyTree, query: Query | None = None) -> dict[str, dict[str, np.number | Array]]:
     """The values of `tree` by the rows `describe` shows, keyed by a query that selects the
     entry's node: every leaf or nnx Variable row, every folded or `like` row, each member of a
     run row and each child a "... N more children" row leaves out, so that every leaf is in
@@ -126,7 +126,7 @@ def _row_node(index: StructureIndex, leaf: int) -> int:
 
 @raised_here
 def check(tree: PyTree, /, *, optimizer: Optimizer | None = None, params: PyTree | None = None) -> Report:
-    """Findings in `tree`, most serious first (see `KINDS` and the README):
+    """Findings in `tree`, most serious first (see `KINDS` and docs/health.md):
 
     - `nonfinite`: a leaf holding NaN or Inf, with the counts;
     - `rounded_hyperparameter`: an injected decay rate (`b1`, `b2`, `decay`, `momentum`) equal to

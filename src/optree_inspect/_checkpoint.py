@@ -1,5 +1,5 @@
-"""Checkpoints: `load` a saved tree from its metadata or its arrays (README: Checkpoints from the
-shell). orbax-checkpoint is imported only here, on use."""
+"""Checkpoints: `load` a saved tree from its metadata or its arrays (docs/checkpoints.md,
+docs/cli.md). orbax-checkpoint is imported only here, on use."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The command line: `optree-inspect SUBCOMMAND PATH ...` (README: Checkpoints from the shell).
+"""The command line: `optree-inspect SUBCOMMAND PATH ...` (docs/cli.md).
 
 Exit status: 0 on success; 1 when a query matches nothing (or, for `get`, several nodes), when
 `check` finds anything, or when `diff` finds a difference; 2 on bad usage, a path that is no

@@ -12,7 +12,7 @@ a tracer, a `jax.ShapeDtypeStruct` and an nnx Variable get one answer everywhere
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -149,26 +149,59 @@ def bytes_text(count: int) -> str:
     return ""
 
 
+class LeafSummary(NamedTuple):
+    """A leaf as a row shows it (`weak_f32[] = 0.9 @ replicated(8)`, `int = 3`, `None`): its
+    Python type's name, and for an array its short dtype name, shape, weak type, value (a
+    concrete scalar's; a Python number's too), sharding text (`@ P('data',)`, or `""`), whether
+    it was deleted (donated), and the type of the nnx Variable that holds it, if any."""
+
+    type: str
+    dtype: str | None = None
+    shape: tuple[int, ...] | None = None
+    weak: bool = False
+    value: str | None = None
+    sharding: str = ""
+    deleted: bool = False
+    variable: str = ""
+
+
+def leaf_summary(leaf: Any) -> LeafSummary:
+    """What a row shows of `leaf` (the parts of `_leaf.short_text`), reading no array data but a
+    concrete scalar's value."""
+    if is_variable(leaf):  # flax before 0.11: a Variable is a leaf to JAX
+        return leaf_summary(unwrap(leaf))._replace(variable=type(leaf).__name__)
+    name = type(leaf).__name__
+    if type(leaf) in PYTHON_SCALARS:
+        return LeafSummary(name, value=f"{leaf}")
+    dtype, shape = getattr(leaf, "dtype", None), getattr(leaf, "shape", None)
+    if leaf is None or dtype is None or shape is None:
+        return LeafSummary(name)
+    if is_deleted(leaf):
+        return LeafSummary(name, dtype_name(dtype), tuple(shape), deleted=True)
+    weak = bool(getattr(aval(leaf), "weak_type", False))
+    return LeafSummary(name, dtype_name(dtype), tuple(shape), weak, scalar_text(leaf), sharding_text(leaf))
+
+
+def leaf_text(leaf: LeafSummary) -> str:
+    """A leaf in a few characters: `weak_f32[] = 0.9`, `f32[4,4] @ P('data',)`, `int = 3`."""
+    if leaf.variable:
+        return f"{leaf.variable} {leaf_text(leaf._replace(variable=''))}"
+    if leaf.dtype is None or leaf.shape is None:
+        if leaf.value is not None:
+            return bounded(f"{leaf.type} = {leaf.value}", 60)
+        return "None" if leaf.type == "NoneType" else bounded(leaf.type, 60)
+    shape = f"{leaf.dtype}[{','.join(map(str, leaf.shape))}]"
+    if leaf.deleted:
+        return f"{shape} (deleted)"
+    text = ("weak_" if leaf.weak else "") + shape
+    if leaf.value is not None:
+        text += f" = {leaf.value}"
+    return f"{text} {leaf.sharding}" if leaf.sharding else text
+
+
 def short_text(leaf: Any) -> str:
     """A leaf in a few characters, as `describe` shows it: `weak_f32[] = 0.9`, `f32[4,4] @ P('data',)`."""
-    if is_nnx_variable_type(type(leaf)):  # flax before 0.11: a Variable is a leaf to JAX
-        return f"{type(leaf).__name__} {short_text(variable_value(leaf))}"
-    if type(leaf) in PYTHON_SCALARS:
-        return bounded(f"{type(leaf).__name__} = {leaf}", 60)
-    if leaf is None:
-        return "None"
-    dtype, shape = getattr(leaf, "dtype", None), getattr(leaf, "shape", None)
-    if dtype is None or shape is None:
-        return bounded(type(leaf).__name__, 60)
-    if is_deleted(leaf):
-        return f"{dtype_name(dtype)}[{','.join(map(str, shape))}] (deleted)"
-    weak = "weak_" if getattr(aval(leaf), "weak_type", False) else ""
-    text = f"{weak}{dtype_name(dtype)}[{','.join(map(str, shape))}]"
-    value = scalar_text(leaf)
-    if value is not None:
-        text += f" = {value}"
-    sharding = sharding_text(leaf)
-    return f"{text} {sharding}" if sharding else text
+    return leaf_text(leaf_summary(leaf))
 
 
 def scalar_text(leaf: Any) -> str | None:

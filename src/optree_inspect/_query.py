@@ -1,5 +1,5 @@
 """The `query` argument of `find`, `get` and `set`: parsed into one of five query forms, each of
-which selects nodes, selects attached values, and explains a miss (README: Queries).
+which selects nodes, selects attached values, and explains a miss (docs/queries.md).
 
 Five forms: a key path (a tuple of JAX key entries), a keystr (a string that starts with `.` or `[`,
 or is empty), a pattern (any other string), a type, and a predicate. Strings are read by a small

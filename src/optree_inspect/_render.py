@@ -1,7 +1,8 @@
 """A description's renderers: its text (what `print(oi.describe(tree))` shows) and its notebook
 view (nested `<details>`), both read from the rows' fields (`_rows`), never from a summary's text.
 
->>> from optree_inspect._rows import Row, LeafSummary
+>>> from optree_inspect._leaf import LeafSummary
+>>> from optree_inspect._rows import Row
 >>> row = Row((), "", 1, "b1", "ArrayImpl", "", False, None, kind="leaf",
 ...           leaf=LeafSummary("ArrayImpl", "f32", (), value="0.9"))
 >>> text_line(row)
@@ -19,8 +20,8 @@ from jax.tree_util import keystr
 
 from ._errors import bounded
 from ._keys import KeyPath
-from ._leaf import bytes_text
-from ._rows import Held, LeafSummary, Leaves, Range, Row, Scheduled
+from ._leaf import bytes_text, leaf_text
+from ._rows import Held, Leaves, Range, Row, Scheduled
 
 # Text ------------------------------------------------------------------------------------------
 
@@ -43,23 +44,6 @@ def summary_text(row: Row) -> str:
     bad, rest = _note_parts(row)
     note = "; ".join(filter(None, [bad, *rest]))
     return f"{text}  [{note}]" if note else text
-
-
-def leaf_text(leaf: LeafSummary) -> str:
-    """A leaf in a few characters: `weak_f32[] = 0.9`, `f32[4,4] @ P('data',)`, `int = 3`."""
-    if leaf.variable:
-        return f"{leaf.variable} {leaf_text(leaf._replace(variable=''))}"
-    if leaf.dtype is None or leaf.shape is None:
-        if leaf.value is not None:
-            return bounded(f"{leaf.type} = {leaf.value}", 60)
-        return "None" if leaf.type == "NoneType" else bounded(leaf.type, 60)
-    shape = f"{leaf.dtype}[{','.join(map(str, leaf.shape))}]"
-    if leaf.deleted:
-        return f"{shape} (deleted)"
-    text = ("weak_" if leaf.weak else "") + shape
-    if leaf.value is not None:
-        text += f" = {leaf.value}"
-    return f"{text} {leaf.sharding}" if leaf.sharding else text
 
 
 def leaves_text(leaves: Leaves) -> str:

@@ -1,5 +1,5 @@
 """Resolving a query against a tree: `find` and `get`, and the errors that explain a miss or an
-ambiguity (README: The verbs)."""
+ambiguity (docs/reading.md)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def find(tree: PyTree, query: Query, /, *, optimizer: Optimizer | None = None) -
 
     **Arguments:**
     - `tree`: any JAX pytree, such as an optax optimizer state.
-    - `query`: a key path, a keystr, a pattern, a type or a predicate (see the README).
+    - `query`: a key path, a keystr, a pattern, a type or a predicate (see docs/queries.md).
     - `optimizer`: the optax optimizer of the state, to also see the hyperparameters it keeps in
       its closures (read-only), as fields of the state node of their transformation.
 

@@ -1,5 +1,5 @@
 """`restore_like`: a checkpoint restored without its types put back into the types of a live state
-(README: Checkpoints from the shell).
+(docs/checkpoints.md).
 
 >>> import jax.numpy as jnp, optax, optree_inspect as oi
 >>> like = optax.adam(1e-3).init({"w": jnp.zeros(2)})

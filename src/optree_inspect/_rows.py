@@ -5,6 +5,7 @@ read from the leaves' metadata and the few scalars shown, never from other array
 The rows' text is `_render`'s: it reads these fields and never parses a summary.
 
 >>> import jax.numpy as jnp
+>>> from optree_inspect._leaf import leaf_summary
 >>> leaf_summary(jnp.float32(0.5))[1:]
 ('f32', (), False, '0.5', '', False, '')
 """
@@ -24,16 +25,12 @@ from ._index import StructureIndex
 from ._keys import KeyPath, edge_label
 from ._layout import Line, run_members, run_reference
 from ._leaf import (
-    PYTHON_SCALARS,
-    aval,
+    LeafSummary,
     dtype_name,
     is_concrete_array_type,
-    is_deleted,
-    is_variable,
+    leaf_summary,
     scalar_number,
     scalar_text,
-    sharding_text,
-    unwrap,
 )
 from ._naming import shortest_query
 from ._optax.states import hyperparameter_nodes, is_counter, scheduled_slot_on
@@ -43,22 +40,6 @@ RowKind = Literal["node", "leaf", "fold", "like", "run", "more", "optimizer", "u
 Role = Literal["", "hyperparameter", "counter"]
 FIRST_KEYS = 12
 """A folded row keeps this many of its node's first keys (a notebook lists them)."""
-
-
-class LeafSummary(NamedTuple):
-    """A leaf as a row shows it (`weak_f32[] = 0.9 @ replicated(8)`, `int = 3`, `None`): its
-    Python type's name, and for an array its short dtype name, shape, weak type, value (a
-    concrete scalar's; a Python number's too), sharding text (`@ P('data',)`, or `""`), whether
-    it was deleted (donated), and the type of the nnx Variable that holds it, if any."""
-
-    type: str
-    dtype: str | None = None
-    shape: tuple[int, ...] | None = None
-    weak: bool = False
-    value: str | None = None
-    sharding: str = ""
-    deleted: bool = False
-    variable: str = ""
 
 
 class Leaves(NamedTuple):
@@ -143,23 +124,6 @@ class Row(NamedTuple):
     """An `unmatched` row's: what could not be matched."""
     nonfinite: tuple[int, int] | None = None
     """With `stats=True`, the root's: how many leaves hold NaN, and how many Inf."""
-
-
-def leaf_summary(leaf: Any) -> LeafSummary:
-    """What a row shows of `leaf` (the parts of `_leaf.short_text`), reading no array data but a
-    concrete scalar's value."""
-    if is_variable(leaf):  # flax before 0.11: a Variable is a leaf to JAX
-        return leaf_summary(unwrap(leaf))._replace(variable=type(leaf).__name__)
-    name = type(leaf).__name__
-    if type(leaf) in PYTHON_SCALARS:
-        return LeafSummary(name, value=f"{leaf}")
-    dtype, shape = getattr(leaf, "dtype", None), getattr(leaf, "shape", None)
-    if leaf is None or dtype is None or shape is None:
-        return LeafSummary(name)
-    if is_deleted(leaf):
-        return LeafSummary(name, dtype_name(dtype), tuple(shape), deleted=True)
-    weak = bool(getattr(aval(leaf), "weak_type", False))
-    return LeafSummary(name, dtype_name(dtype), tuple(shape), weak, scalar_text(leaf), sharding_text(leaf))
 
 
 def rows_of(index: StructureIndex, tree: Any, leaves: list[Any], lines: list[Line]) -> list[Row]:

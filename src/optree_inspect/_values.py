@@ -1,4 +1,4 @@
-"""Value statistics of a tree's leaves (README: What is wrong here).
+"""Value statistics of a tree's leaves (docs/health.md).
 
 Each numeric leaf gets a row of counts (NaN, Inf, finite elements, zeros) and a row of sums: the
 minimum and maximum of its finite elements, a divisor `scale` (their largest magnitude on the
