@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -150,3 +151,16 @@ def test_a_sharding_change_on_8_devices_is_one_row() -> None:
     first, second = result.stdout.splitlines()[-2:]
     assert first == "[('nu.w', 'sharding', \"@ P('data',)\", '@ replicated(8)')]", first
     assert second == "0"
+
+
+@pytest.mark.parametrize("keys", [(0, 1), ("0", "1")], ids=["int keys", "str keys"])
+@pytest.mark.parametrize("sequence", [list, tuple])
+def test_sequence_items_match_dict_keys_of_their_position(keys: tuple[Any, Any], sequence: type) -> None:
+    """`nnx.state` turns optax's tuples into dicts of int keys, and orbax restores those as str."""
+    x, y = jnp.zeros(3), jnp.ones(2)
+    same = oi.diff(sequence([x, y]), dict(zip(keys, [x, y], strict=True)))
+    assert [(row.kind, row.before, row.after) for row in same] == [("type", sequence.__name__, "dict")]
+    changed = oi.diff(sequence([x, y]), dict(zip(keys, [x, y + 1], strict=True)))
+    assert [(keystr(row.path), row.kind) for row in changed] == [("", "type"), (f"[{keys[1]!r}]", "value")]
+    missing = oi.diff(sequence([x, y]), {keys[0]: x})
+    assert [(row.kind, keystr(row.path)) for row in missing][1:] == [("removed", "[1]")]

@@ -81,10 +81,6 @@ def _stretches(children: list[Any], places: list[int]) -> list[tuple[int, int, i
 _Node = tuple[Any, KeyEntry | None, int, int, bool, int, bool]
 """A node to visit: the node, its key, parent and depth, whether it is in a hidden region, its
 place (`_state_rules.TOP` ...) and whether it is in a data field of a restored state."""
-_Run = tuple[Template, list[KeyEntry], list[str], int, int, bool]
-"""Siblings to record from a template: their keys and texts, parent, depth, whether hidden."""
-_Close = tuple[int, int, bool]
-"""A node whose subtree is complete: its number, the leaves before it, whether it is a hole."""
 
 
 class _Walk:

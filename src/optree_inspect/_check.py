@@ -111,7 +111,7 @@ def stats(tree: PyTree, query: Query | None = None) -> dict[str, dict[str, np.nu
             for leaf in range(node, node + index.sizes[node])
             if index.is_leaf[leaf]
         )
-    result: dict[str, dict[str, Array]] = {}
+    result: dict[str, dict[str, np.number | Array]] = {}
     for node, span in entries:
         if table.numeric[span].any():
             result[shortest_query(index, node) if node else ""] = summarise(table, span)

@@ -109,7 +109,6 @@ def tree_error(node: Any, error: Exception) -> TreeError:
     )
 
 
-_TYPING_MODULES = frozenset({"typing", "typing_extensions"})
 _INERT_SCALARS = (type(None), bool, int, float, complex, str, bytes)
 _FRAMEWORKS = frozenset({"equinox", "flax"})
 """Packages whose flatten functions put records of their own into aux data (equinox's flattened

@@ -63,13 +63,6 @@ def leaves_text(leaves: Leaves) -> str:
     return ", ".join(parts)
 
 
-def stats_text(values: dict[str, Any], range_shown: bool = True) -> str:
-    """A few characters for a row's values: `!! 3 NaN, 1 Inf` first when any, then the range,
-    RMS and share of zeros of the finite values."""
-    bad, rest = _stats_parts(values, range_shown)
-    return "; ".join(filter(None, [bad, *rest]))
-
-
 def _base_text(row: Row) -> str:
     """What the row shows of its node, before its mark and note."""
     kind = row.kind

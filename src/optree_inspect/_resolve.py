@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 from jax.tree_util import keystr
 from jaxtyping import PyTree
 
@@ -21,6 +20,7 @@ from ._errors import (
     raised_here,
 )
 from ._keys import KeyPath, path_text
+from ._leaf import is_deleted
 from ._naming import attached_query, shortest_query
 from ._optax.closures import ConstantHyperparameter, Optimizer, read_optimizer
 from ._optax.names import optax_names
@@ -93,7 +93,7 @@ def get(
     matches = _resolve(tree, parsed, optimizer)
     if len(matches) == 1:
         path, value = matches[0]
-        if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer) and value.is_deleted():
+        if is_deleted(value):
             raise DeletedArrayError(
                 f"The array at {path_text(path)} was deleted (donated to a jitted "
                 "function?): its data is gone. Use the state the jitted call returned."

@@ -31,9 +31,9 @@ import optax
 from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
 from .._cache import structure_index
-from .._compat import is_nnx_variable_type, variable_value
 from .._errors import DeletedArrayError, InvalidArgumentError, OptimizerMismatchError, bounded
 from .._keys import KeyPath, path_text
+from .._leaf import is_deleted, unwrap
 from .._paths import _MISSING, child_at, value_at
 from .._registry import is_namedtuple
 from .fields import field_key, field_of
@@ -481,11 +481,10 @@ def _made_by_optax(function: Any) -> bool:
 def _evaluate(schedule: Callable[[Any], Any], count: Any, path: KeyPath) -> Any:
     """The schedule's value at the state's counter: a tracer under `jit`, a `ShapeDtypeStruct` on an
     abstract state."""
-    if is_nnx_variable_type(type(count)):
-        count = variable_value(count)
+    count = unwrap(count)
     if isinstance(count, jax.ShapeDtypeStruct):
         return jax.eval_shape(schedule, count)
-    if isinstance(count, jax.Array) and not isinstance(count, jax.core.Tracer) and count.is_deleted():
+    if is_deleted(count):
         raise DeletedArrayError(
             f"The schedule's counter at {_where(path)} was deleted (donated to a jitted function?): "
             "the schedule's value cannot be computed. Use the state the jitted call returned."

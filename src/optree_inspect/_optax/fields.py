@@ -134,11 +134,6 @@ def restored_names_at(node: dict[str, Any], place: int) -> tuple[str, ...] | Non
     return names
 
 
-def restored_state_names(node: dict[str, Any]) -> tuple[str, ...]:
-    """Every optax state type with the fields of the restored state `node`."""
-    return state_field_sets()[frozenset(node)]
-
-
 def state_name(node: Any, where: int) -> str | None:
     """The optax state type that `node` is, or stands for when restored; None for anything else.
 

@@ -7,8 +7,8 @@ from typing import Any
 from jaxtyping import PyTree
 
 from .._cache import structure_index
-from .._compat import is_nnx_variable_type, variable_value
 from .._errors import raised_here
+from .._leaf import unwrap
 from .._naming import attached_query, stable_query
 from .._paths import value_at
 from .closures import Optimizer, read_optimizer
@@ -43,9 +43,7 @@ def hyperparams(
         nodes.extend(node for node in range(1, len(index)) if is_counter(index, node))
     entries: list[tuple[int, int, str, Any]] = []
     for node in set(nodes):
-        value = value_at(tree, index.path(node))
-        if is_nnx_variable_type(type(value)):
-            value = variable_value(value)
+        value = unwrap(value_at(tree, index.path(node)))
         entries.append((node, 0, stable_query(index, node), value))
     if reading is not None:
         for order, constant in enumerate(reading.constants, start=1):
