@@ -27,6 +27,7 @@ import jax
 from jax.tree_util import DictKey, GetAttrKey
 
 from .._keys import KeyEntry, field_name
+from .._leaf import unwrap
 from .._state_rules import DATA, NESTED, TOP, StateRules, child_places
 from .names import COUNTER_NAMES, INJECT_STATE_NAMES, SCHEDULE_BOOKKEEPING, is_optax_state_type
 
@@ -97,7 +98,8 @@ def state_field_sets() -> dict[frozenset[str], tuple[str, ...]]:
 
 
 def _is_leaf(value: Any) -> bool:
-    return jax.tree_util.all_leaves([value])
+    """A leaf, or an nnx Variable holding one (`nnx.state` wraps every array of a state in one)."""
+    return jax.tree_util.all_leaves([unwrap(value)])
 
 
 NOWHERE, OUTSIDE, INSIDE = DATA, TOP, NESTED
