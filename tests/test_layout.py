@@ -48,29 +48,9 @@ ORDER = [
 ]
 """Each module may import only modules before it (and `__init__` and `__main__` anything)."""
 
-CORE = [
-    "_errors",
-    "_compat",
-    "_keys",
-    "_registry",
-    "_state_rules",
-    "_runs",
-    "_paths",
-    "_keycheck",
-    "_index",
-    "_build",
-    "_cache",
-    "_match",
-    "_query",
-    "_naming",
-    "_leaf",
-    "_treekit",
-    "_cast",
-    "_engine",
-    "_compare",
-    "_listing",
-]
-"""The generic core: it knows a library's states only through the rules registered with
+CORE = ORDER[: ORDER.index("_listing") + 1]
+"""The generic core and the leaf, tree and device layer (every module before the optax layer): they
+know a library's states only through the rules registered with
 `_state_rules`, so that a new library's states never need an edit here."""
 
 
