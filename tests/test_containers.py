@@ -167,8 +167,6 @@ def test_nnx_state_of_an_optimizer_is_read_as_its_live_opt_state() -> None:
 
     optimizer = nnx_optimizer()
     state = nnx.state(optimizer)
-    if type(state["step"]).__name__ == "VariableState":
-        pytest.skip("flax before 0.11 holds VariableState nodes here, which are not read as Variables yet")
     text = str(oi.describe(state))
     assert "(InjectStatefulHyperparamsState)" in text or "(InjectHyperparamsState)" in text
     assert "(ScaleByAdamState)" in text and "nu: like" in text

@@ -224,16 +224,23 @@ def test_flax_struct_equinox_and_register_dataclass_containers() -> None:
         assert keystr(match.path).endswith("[1].hyperparams['learning_rate']")
 
 
-def test_nnx_optimizer_variables_are_nodes() -> None:
+def test_nnx_optimizer_variables_are_nodes_returned_as_their_arrays() -> None:
     optimizer = nnx_optimizer()
-    lr = oi.get(optimizer.opt_state, "learning_rate")
-    assert isinstance(lr, nnx.Variable)
-    assert lr is optimizer.opt_state[1].hyperparams["learning_rate"]
-    if jax.tree_util.default_registry.flatten_one_level(lr) is None:
-        pytest.skip("before flax 0.11 a Variable is a leaf to JAX: it has no .value child")
-    assert oi.get(optimizer.opt_state, "learning_rate.value") is oi._compat.variable_value(lr)
+    held = optimizer.opt_state[1].hyperparams["learning_rate"]
+    lr = oi.get(optimizer.opt_state, "learning_rate", variables=True)
+    assert lr is held
+    assert oi.get(optimizer.opt_state, "learning_rate") is oi._compat.variable_value(held)
     kernel = oi.get(optimizer.opt_state, "mu.linear.kernel")
-    assert isinstance(kernel, nnx.Variable)
+    assert isinstance(kernel, jax.Array)
+    assert isinstance(oi.get(optimizer.opt_state, "mu.linear.kernel", variables=True), nnx.Variable)
+    held_mu = optimizer.opt_state[1].inner_state[0].mu
+    mu = oi.get(optimizer.opt_state, "mu")
+    assert type(mu) is type(held_mu)
+    assert not any(map(oi._leaf.is_variable, jax.tree.leaves(mu, is_leaf=oi._leaf.is_variable)))
+    assert all(map(oi._leaf.is_variable, jax.tree.leaves(held_mu, is_leaf=oi._leaf.is_variable)))
+    if jax.tree_util.default_registry.flatten_one_level(held) is None:
+        pytest.skip("before flax 0.11 a Variable is a leaf to JAX: it has no .value child")
+    assert oi.get(optimizer.opt_state, "learning_rate.value") is oi._compat.variable_value(held)
 
 
 def test_custom_node_with_keys_that_are_not_attributes() -> None:

@@ -299,8 +299,9 @@ def test_hyperparams_keys_are_unique_queries_even_where_the_state_holds_the_same
     tx = optax.contrib.schedule_free_adamw(1e-3, warmup_steps=5)
     state = trained(tx)
     values = oi.hyperparams(state, optimizer=tx)
-    for query, value in values.items():
-        assert oi.get(state, query, optimizer=tx) is value, query
+    assert "learning_rate" in {query.rsplit(".", 1)[-1] for query in values}
+    for query, value in values.items():  # a schedule's value is computed again on each read
+        assert jnp.array_equal(oi.get(state, query, optimizer=tx), value), query
 
 
 def test_closure_layout_of_this_optax() -> None:
@@ -426,7 +427,7 @@ USER_LAYOUTS: dict[str, tuple[Any, dict[str, list[float]]]] = {
     ),
     "a user schedule, then a sign flip": (
         lambda: optax.chain(optax.trace(0.9), optax.scale_by_schedule(FN), optax.scale(-1.0)),
-        {"step_size": [0.5, -1.0], "momentum": [0.9]},
+        {"step_size": [0.5], "momentum": [0.9]},  # the sign flip is no hyperparameter
     ),
     # Chains an alias builds read as that alias, with its sign: nothing tells them apart.
     "adam's layout": (

@@ -418,10 +418,14 @@ def test_a_match_reads_as_its_keystr_and_value() -> None:
 def test_a_match_of_an_nnx_variable_reads_in_one_line() -> None:
     optimizer = nnx_optimizer()
     skip_unless_a_pytree(optimizer)
-    [match] = oi.find(optimizer, "ScaleByAdamState.count")
+    [match] = oi.find(optimizer, "ScaleByAdamState.count", variables=True)
     inner = variable_value(match.value)
     expected = f"Match('.opt_state[1].inner_state[0].count', {type(match.value).__name__}({inner!r}))"
     assert repr(match) == expected and "\n" not in repr(match)
+    [match] = oi.find(optimizer, "ScaleByAdamState.mu", variables=True)  # a subtree of Variables
+    assert "\n" not in repr(match) and "OptVariable(" in repr(match)
+    [match] = oi.find(optimizer, "ScaleByAdamState.count")
+    assert repr(match) == f"Match('.opt_state[1].inner_state[0].count', {inner!r})"
 
 
 def test_errors_start_at_the_public_call() -> None:

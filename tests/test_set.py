@@ -321,9 +321,9 @@ def test_equinox_module_under_filter_jit() -> None:
 
 def test_nnx_variables_stay_variables_with_their_metadata() -> None:
     optimizer = nnx_optimizer()
-    old = oi.get(optimizer.opt_state, "weight_decay")
+    old = oi.get(optimizer.opt_state, "weight_decay", variables=True)
     new_state = oi.set(optimizer.opt_state, "weight_decay", 0.5)
-    new = oi.get(new_state, "weight_decay")
+    new = oi.get(new_state, "weight_decay", variables=True)
     assert type(new) is type(old)
     assert new.get_metadata() == old.get_metadata()
     value, old_value = oi._compat.variable_value(new), oi._compat.variable_value(old)

@@ -18,7 +18,7 @@ from ._keycheck import UNCHECKABLE, key_check
 from ._keys import KeyEntry, edge_text
 from ._registry import cacheable_node, flatten_one_level
 from ._runs import LEAF_TYPE, Signatures, Template, interleaved, signature, template_of
-from ._state_rules import DATA, TOP, StateRules, active, child_places
+from ._state_rules import DATA, TOP, StateRules, active, child_places, fields_of
 
 
 def build_index(tree: Any, leaves: list[Any]) -> StructureIndex:
@@ -120,8 +120,9 @@ class _Walk:
         kind = type(node)
         name = self.state_name(kind)
         restored = None
-        if name is None and kind is dict and place != DATA:
-            restored = self.restored_names(node, place)
+        if name is None and place != DATA and kind is not list and kind is not tuple:
+            fields = fields_of(node)
+            restored = self.restored_names(fields, place) if fields else None
             if restored is not None:
                 name = restored[0]
         plain = kind is dict and set(map(type, node)) <= {str}

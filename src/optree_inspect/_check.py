@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from ._cache import index_and_leaves
-from ._compat import is_nnx_variable_type, partition_spec_text
+from ._compat import partition_spec_text
 from ._errors import bounded, raised_here
 from ._index import StructureIndex
 from ._keys import KeyPath
@@ -121,7 +121,7 @@ def stats(tree: PyTree, query: Query | None = None) -> dict[str, dict[str, np.nu
 def _row_node(index: StructureIndex, leaf: int) -> int:
     """The node whose row shows `leaf`: its nnx Variable where one holds it."""
     parent = index.parents[leaf] if leaf else 0
-    return parent if leaf and is_nnx_variable_type(index.types[parent]) else leaf
+    return parent if leaf and index.variables[parent] else leaf
 
 
 @raised_here

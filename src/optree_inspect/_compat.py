@@ -21,9 +21,18 @@ from jax import lax
 
 
 def is_nnx_variable_type(kind: type) -> bool:
-    """Whether `kind` is an nnx Variable (flax is imported only by code that made one)."""
+    """Whether `kind` is an nnx Variable (flax is imported only by code that made one), or the
+    `VariableState` that `nnx.state` holds in its place before flax 0.11."""
     nnx = sys.modules.get("flax.nnx")
-    return nnx is not None and issubclass(kind, nnx.Variable)
+    if nnx is None:
+        return False
+    # vars(), not getattr: flax 0.12 warns on a read of its deprecated alias `VariableState`
+    return issubclass(kind, (nnx.Variable, vars(nnx).get("VariableState", nnx.Variable)))
+
+
+RESTORED_VARIABLE_KEY = "value"
+"""The key under which orbax restores an nnx Variable's value when it restores `nnx.state(...)`
+without a target: each Variable becomes `{"value": array}` (flax 0.11 and later)."""
 
 
 def variable_value(variable: Any) -> Any:

@@ -31,11 +31,13 @@ from ._leaf import (
     dtype_and_weak,
     is_concrete,
     is_deleted,
+    is_restored_variable,
     is_variable,
     placement_text,
     short_text,
     unwrap,
     value_kind,
+    value_of,
 )
 from ._listing import Listing
 from ._naming import shortest_query
@@ -167,7 +169,7 @@ def _compare(
 ) -> None:
     """The rows of what differs between `a` and `b` at `path_a` and `path_b`, in tree order (each
     node's before its children's), their children zipped by name; value rows wait in `pending`."""
-    for item in zip_by_name(a, b, enter=_enter, variables=False, paths=(path_a, path_b)):
+    for item in zip_by_name(a, b, enter=_enter, paths=(path_a, path_b)):
         if isinstance(item, OneSided):
             text = _short(item.node)
             if item.side == "a":
@@ -176,8 +178,12 @@ def _compare(
                 rows.append((item.path, "b", "added", "", text, f"only in b ({text})"))
             continue
         pairs_a, pairs_b = item.children_a, item.children_b
-        if pairs_a is None and pairs_b is None:
-            findings, pair = _leaf_findings(unwrap(item.a), unwrap(item.b), item.path_a, item.path_b)
+        variables = _is_variable_node(item.a) and _is_variable_node(item.b)
+        if variables and is_variable(item.a) and is_variable(item.b) and type(item.a) is not type(item.b):
+            before, after = _type_name(item.a), _type_name(item.b)
+            rows.append((item.path_b, "b", "type", before, after, f"{before} -> {after}"))
+        if (pairs_a is None and pairs_b is None) or variables:
+            findings, pair = _leaf_findings(value_of(item.a), value_of(item.b), item.path_a, item.path_b)
             rows.extend(
                 (item.path_b, "b", kind, before, after, f"{before} -> {after}")
                 for kind, before, after in findings
@@ -194,8 +200,16 @@ def _compare(
 
 
 def _enter(a: Any, b: Any, pairs_a: Children | None, pairs_b: Children | None) -> bool:
-    """Compare the children of two nodes, unless they are a region folded into one row."""
+    """Compare the children of two nodes, unless they are a region folded into one row or two nnx
+    Variables (one row each, as `describe` shows them)."""
+    if _is_variable_node(a) and _is_variable_node(b):
+        return False
     return pairs_a is not None and pairs_b is not None and not _foldable(a, b)
+
+
+def _is_variable_node(node: Any) -> bool:
+    """An nnx Variable, typed or restored (`{"value": leaf}`)."""
+    return is_variable(node) or is_restored_variable(node)
 
 
 def _compare_folded(

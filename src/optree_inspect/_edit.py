@@ -11,11 +11,12 @@ from typing import Any, overload
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import DictKey
 from jaxtyping import PyTree
 
 from ._cache import structure_index
 from ._cast import cast_leaf
-from ._compat import variable_with_value
+from ._compat import RESTORED_VARIABLE_KEY, variable_with_value
 from ._errors import (
     ConstantHyperparameterError,
     DeletedArrayError,
@@ -27,7 +28,7 @@ from ._errors import (
     raised_here,
 )
 from ._keys import KeyEntry, KeyPath, path_text
-from ._leaf import is_deleted, is_variable, unwrap
+from ._leaf import is_deleted, is_restored_variable, is_variable, unwrap
 from ._optax.closures import ConstantHyperparameter, Optimizer, read_optimizer
 from ._optax.states import (
     ScheduledSlot,
@@ -286,6 +287,10 @@ def _expand(item: tuple[Any, Any, KeyPath, bool]) -> Expanded:
             return Built(variable_with_value(old, cast_leaf(unwrap(old), new, path)))
         [(key, inner)] = children
         return old, [(key, (inner, new, (*path, key), True))]
+    if is_restored_variable(old) and children_with_keys(new) is None:
+        # a Variable restored without its target (`{"value": leaf}`): its value is set
+        key = DictKey(RESTORED_VARIABLE_KEY)
+        return old, [(key, (old[RESTORED_VARIABLE_KEY], new, (*path, key), True))]
     old_children = children_with_keys(old)
     if old_children is None:
         return Built(cast_leaf(old, new, path))

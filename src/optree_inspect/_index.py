@@ -14,6 +14,9 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from jax.tree_util import DictKey
+
+from ._compat import RESTORED_VARIABLE_KEY, is_nnx_variable_type
 from ._keycheck import KeyCheck
 from ._keys import KeyEntry, KeyPath
 
@@ -168,6 +171,35 @@ class StructureIndex:
                 holds[node] = True
                 node = self.parents[node]
         return holds
+
+    @functools.cached_property
+    def variables(self) -> list[bool]:
+        """Whether each node is an nnx Variable: of a Variable type, or, in a tree where every
+        leaf is alone in a dict under the key `'value'` (an nnx state that orbax restored without
+        its target), such a dict. Either is one value to the verbs (`_leaf.variable_values`)."""
+        kinds = {kind: is_nnx_variable_type(kind) for kind in set(self.types)}
+        found = list(map(kinds.__getitem__, self.types))
+        leaves = self.leaf_nodes
+        key = DictKey(RESTORED_VARIABLE_KEY)
+        parents = [self.parents[leaf] for leaf in leaves]
+        if leaves and all(
+            leaf > 0 and self.keys[leaf] == key and self.types[parent] is dict and self.arities[parent] == 1
+            for leaf, parent in zip(leaves, parents, strict=True)
+        ):
+            for parent in parents:
+                found[parent] = True
+        return found
+
+    @functools.cached_property
+    def has_variables(self) -> bool:
+        """Whether any node is an nnx Variable (`variables`)."""
+        return any(self.variables)
+
+    @functools.cached_property
+    def restored_variables(self) -> bool:
+        """Whether the Variables of this tree are restored dicts (`variables`)."""
+        parents = [self.parents[leaf] for leaf in self.leaf_nodes[:1]]
+        return any(self.types[parent] is dict and self.variables[parent] for parent in parents)
 
     @functools.cached_property
     def has_hidden(self) -> bool:

@@ -18,7 +18,6 @@ from typing import Literal, NamedTuple
 
 from jax.tree_util import GetAttrKey
 
-from ._compat import is_nnx_variable_type
 from ._index import StructureIndex
 from ._optax.states import protected_nodes
 
@@ -93,7 +92,7 @@ def run_reference(index: StructureIndex, line: Line) -> int:
 
 def has_children(index: StructureIndex, node: int) -> bool:
     """Whether `node`'s line has lines under it when expanded (an nnx Variable is one line)."""
-    return index.sizes[node] > 1 and not is_nnx_variable_type(index.types[node])
+    return index.sizes[node] > 1 and not index.variables[node]
 
 
 def _layout(index: StructureIndex) -> list[Line]:
@@ -122,7 +121,7 @@ def _layout(index: StructureIndex) -> list[Line]:
             lines.append(Line(node, depth, "fold", 0))
             continue
         lines.append(line)
-        if is_nnx_variable_type(index.types[node]):
+        if index.variables[node]:
             continue  # a Variable is one node: its value is shown on its line
         region = in_region or foldable
         entries = _sibling_runs(index, signatures, protected, _shown_children(index, node), depth + 1)
@@ -166,7 +165,7 @@ def _sibling_runs(
             end - start >= RUN_MIN
             and not index.is_leaf[first]
             and first not in protected
-            and not is_nnx_variable_type(index.types[first])
+            and not index.variables[first]
         ):
             entries.append(Line(children[start + 1], depth, "run", children[end - 1]))
         else:

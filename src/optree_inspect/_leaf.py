@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._compat import is_nnx_variable_type, partition_spec_text, variable_value
+from ._compat import RESTORED_VARIABLE_KEY, is_nnx_variable_type, partition_spec_text, variable_value
 from ._errors import bounded
 
 _DTYPE_NAMES = {"float": "f", "bfloat": "bf", "int": "i", "uint": "u", "complex": "c"}
@@ -33,6 +33,43 @@ def unwrap(leaf: Any) -> Any:
 def is_variable(node: Any) -> bool:
     """Whether `node` is an nnx Variable."""
     return is_nnx_variable_type(type(node))
+
+
+def is_restored_variable(node: Any) -> bool:
+    """An nnx Variable as orbax restores `nnx.state(...)` without a target: `{"value": leaf}`."""
+    return (
+        type(node) is dict
+        and len(node) == 1
+        and RESTORED_VARIABLE_KEY in node
+        and jax.tree_util.all_leaves([node[RESTORED_VARIABLE_KEY]])
+    )
+
+
+def value_of(node: Any) -> Any:
+    """The value an nnx Variable holds, typed or restored (`is_restored_variable`), else `node`.
+
+    >>> value_of({"value": 1}), value_of({"value": {"w": 1}})
+    (1, {'value': {'w': 1}})
+    """
+    if is_restored_variable(node):
+        return node[RESTORED_VARIABLE_KEY]
+    return unwrap(node)
+
+
+def without_variables(node: Any, restored: bool) -> Any:
+    """`node` with every nnx Variable in it replaced by its value (with `restored`, every
+    `{"value": leaf}` too, as in a tree restored without its target): what `get` and `find` return.
+
+    >>> without_variables({"count": {"value": 3}, "mu": {"w": {"value": 1.0}}}, restored=True)
+    {'count': 3, 'mu': {'w': 1.0}}
+    """
+
+    def is_variable_node(value: Any) -> bool:
+        return is_variable(value) or (restored and is_restored_variable(value))
+
+    if is_variable_node(node):
+        return value_of(node)
+    return jax.tree.map(value_of, node, is_leaf=is_variable_node)
 
 
 def is_concrete_array_type(kind: type) -> bool:

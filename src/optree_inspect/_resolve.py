@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
 from jax.tree_util import keystr
 from jaxtyping import PyTree
 
 from ._cache import structure_index
-from ._compat import is_nnx_variable_type, variable_value
+from ._compat import variable_value
 from ._errors import (
     MAX_LISTED,
     AmbiguousMatchError,
@@ -20,12 +21,13 @@ from ._errors import (
     raised_here,
 )
 from ._keys import KeyPath, path_text
-from ._leaf import is_deleted
+from ._leaf import is_deleted, is_variable, unwrap, without_variables
 from ._naming import attached_query, shortest_query
 from ._optax.closures import ConstantHyperparameter, Optimizer, read_optimizer
 from ._optax.names import optax_names
 from ._optax.states import bookkeeping_hint, missing_hyperparameter_hint
 from ._query import Found, Name, ParsedQuery, PatternQuery, Query, parse_query
+from ._registry import children_with_keys
 
 _UNSET: Any = object()
 _SUGGESTED_LENGTH = 1000
@@ -35,21 +37,41 @@ _SUGGESTED_LENGTH = 1000
 class Match(NamedTuple):
     """One node that a query selects: its JAX key path and the node itself.
 
-    Its repr spells the path as a keystr: `Match('[0].count', Array(0, dtype=int32))`.
+    Its repr spells the path as a keystr, on one line: `Match('[0].count', Array(0, dtype=int32))`.
     """
 
     path: KeyPath
     value: Any
 
     def __repr__(self) -> str:
+        # flax's repr of a Variable spans three lines for one number
         value = self.value
-        if is_nnx_variable_type(type(value)):  # flax's repr spans three lines for one number
-            return f"Match({keystr(self.path)!r}, {type(value).__name__}({variable_value(value)!r}))"
-        return f"Match({keystr(self.path)!r}, {value!r})"
+        if _holds_variable(value):
+            value = jax.tree.map(_OneLine, value, is_leaf=is_variable)
+        text = f"Match({keystr(self.path)!r}, {value!r})"
+        return text if "\n" not in text else " ".join(line.strip() for line in text.splitlines())
+
+
+class _OneLine:
+    """An nnx Variable as `Match`'s repr shows it: `OptArray(Array(1, dtype=int32))`."""
+
+    def __init__(self, variable: Any) -> None:
+        self.variable = variable
+
+    def __repr__(self) -> str:
+        if not is_variable(self.variable):
+            return repr(self.variable)
+        return f"{type(self.variable).__name__}({variable_value(self.variable)!r})"
+
+
+def _holds_variable(value: Any) -> bool:
+    return any(map(is_variable, jax.tree.leaves(value, is_leaf=is_variable)))
 
 
 @raised_here
-def find(tree: PyTree, query: Query, /, *, optimizer: Optimizer | None = None) -> list[Match]:
+def find(
+    tree: PyTree, query: Query, /, *, optimizer: Optimizer | None = None, variables: bool = False
+) -> list[Match]:
     """Every node of `tree` that `query` selects, in pre-order; `[]` when none does.
 
     **Arguments:**
@@ -57,6 +79,9 @@ def find(tree: PyTree, query: Query, /, *, optimizer: Optimizer | None = None) -
     - `query`: a key path, a keystr, a pattern, a type or a predicate (see docs/queries.md).
     - `optimizer`: the optax optimizer of the state, to also see the hyperparameters it keeps in
       its closures (read-only), as fields of the state node of their transformation.
+    - `variables`: return nnx Variables as they are. By default a matched Variable is returned as
+      the array it holds, and a matched subtree with the arrays in place of its Variables (also
+      the `{"value": array}` dicts of an nnx state restored without its target).
 
     **Returns:** a list of `Match(path, value)`, `path` a JAX key path.
 
@@ -68,18 +93,26 @@ def find(tree: PyTree, query: Query, /, *, optimizer: Optimizer | None = None) -
 
     ```
     """
-    return [Match(path, value) for path, value in _resolve(tree, parse_query(query), optimizer)]
+    found = _resolve(tree, parse_query(query), optimizer, variables)
+    return [Match(path, value) for path, value in found]
 
 
 @raised_here
 def get(
-    tree: PyTree, query: Query, /, default: Any = _UNSET, *, optimizer: Optimizer | None = None
+    tree: PyTree,
+    query: Query,
+    /,
+    default: Any = _UNSET,
+    *,
+    optimizer: Optimizer | None = None,
+    variables: bool = False,
 ) -> PyTree:
     """The single node of `tree` that `query` selects.
 
     **Raises:** `NoMatchError` when nothing matches and no `default` is given (with `default=`,
     even `None`, that is returned instead); `AmbiguousMatchError` when several nodes match.
-    With `optimizer=`, hyperparameters held in the optimizer's closures match too (see `find`).
+    With `optimizer=`, hyperparameters held in the optimizer's closures match too; an nnx
+    Variable is returned as its array unless `variables=True` (see `find`).
 
     ```python
     >>> import jax.numpy as jnp, optax, optree_inspect as oi
@@ -90,7 +123,7 @@ def get(
     ```
     """
     parsed = parse_query(query)
-    matches = _resolve(tree, parsed, optimizer)
+    matches = _resolve(tree, parsed, optimizer, variables)
     if len(matches) == 1:
         path, value = matches[0]
         if is_deleted(value):
@@ -116,11 +149,30 @@ def resolve_one(tree: Any, query: ParsedQuery) -> tuple[KeyPath, Any]:
     raise ambiguous_error(tree, query, [path for path, _ in matches])
 
 
-def _resolve(tree: Any, query: ParsedQuery, optimizer: Any = None) -> Found:
+def _resolve(tree: Any, query: ParsedQuery, optimizer: Any = None, variables: bool = True) -> Found:
     found = query.select(tree)
+    if not variables and found:
+        found = _variable_values(tree, found)
     if optimizer is not None:
         found += attached_matches(tree, query, read_optimizer(optimizer, tree).constants)
     return found
+
+
+def _variable_values(tree: Any, found: Found) -> Found:
+    """Each match with the arrays in place of the nnx Variables it is or holds. A leaf or a typed
+    Variable is answered alone, so that an exact path to one never walks the tree."""
+    if all(is_variable(value) or children_with_keys(value) is None for _, value in found):
+        return [(path, unwrap(value)) for path, value in found]
+    index = structure_index(tree)
+    if not index.has_variables:
+        return found
+    restored, result = index.restored_variables, []
+    for path, value in found:
+        node = index.number_of(path)
+        if node is not None and any(index.variables[node : node + index.sizes[node]]):
+            value = without_variables(value, restored)
+        result.append((path, value))
+    return result
 
 
 def attached_matches(tree: Any, query: ParsedQuery, constants: list[ConstantHyperparameter]) -> Found:

@@ -19,7 +19,6 @@ import operator
 from collections.abc import Iterable
 from typing import Any, Literal, NamedTuple
 
-from ._compat import is_nnx_variable_type
 from ._errors import bounded
 from ._index import StructureIndex
 from ._keys import KeyPath, edge_label
@@ -156,7 +155,7 @@ def _row(index: StructureIndex, tree: Any, leaves: list[Any], metadata: _LeafMet
     node = line.node
     path = index.path(node)
     type_name = index.types[node].__name__
-    if node in index.restored_names:
+    if node in index.restored_names and index.restored_names[node][0] != type_name:
         type_name = f"{type_name} ({index.restored_names[node][0]})"
     if line.kind == "more":
         return Row(path, "", line.depth, "", type_name, "", True, None, kind="more", siblings=line.other)
@@ -176,8 +175,10 @@ def _row(index: StructureIndex, tree: Any, leaves: list[Any], metadata: _LeafMet
         subtree = _leaves(index, node, node + 1, metadata)
     elif index.is_leaf[node]:
         kind, leaf = "leaf", leaf_summary(leaves[index.leaf_starts[node]])
-    elif is_nnx_variable_type(index.types[node]) and index.leaf_counts[node]:
-        kind, leaf = "leaf", leaf_summary(leaves[index.leaf_starts[node]])._replace(variable=type_name)
+    elif index.variables[node] and index.leaf_counts[node]:
+        kind, leaf = "leaf", leaf_summary(leaves[index.leaf_starts[node]])
+        if index.types[node] is not dict:  # a restored Variable's type is not known
+            leaf = leaf._replace(variable=type_name)
     elif index.types[node] is type(None):
         kind, leaf = "leaf", leaf_summary(None)
     if role == "hyperparameter":

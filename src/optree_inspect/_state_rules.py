@@ -21,10 +21,11 @@ adds a restored form and a hidden field):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._keys import KeyEntry, field_name
+from ._registry import is_namedtuple_type
 
 DATA, TOP, NESTED = 0, 1, 2
 """Where a node is, for recognising states restored without their types (as plain dicts): in a
@@ -154,10 +155,34 @@ def child_places(rules: StateRules, name: str | None, place: int, pairs: Pairs) 
     return [place] * len(pairs)
 
 
+def fields_of(node: Any) -> dict[str, Any] | None:
+    """The fields of a node that may stand for a state whose type it does not have, as a dict (what
+    `StateRules.restored_names` is asked about): a dict (a state restored without its type); a
+    library's mapping node with str keys (praxis's `NestedMap`, flax's `FrozenDict`,
+    `nnx.State`); a NamedTuple (a user's own copy of a state type). None for any other node.
+
+    >>> from typing import NamedTuple
+    >>> class ScaleByAdamState(NamedTuple):
+    ...     count: int
+    ...     mu: dict
+    ...     nu: dict
+    >>> fields_of(ScaleByAdamState(0, {}, {}))
+    {'count': 0, 'mu': {}, 'nu': {}}
+    """
+    if type(node) is dict:
+        return node
+    if isinstance(node, Mapping):
+        return dict(node) if all(type(key) is str for key in node) else None
+    if is_namedtuple_type(type(node)):
+        return dict(node._asdict())
+    return None
+
+
 def is_state_node(node: Any) -> bool:
-    """Whether `node` is a state of a registered library, typed or restored (as a dict inside a
-    state's wrapper field would be read)."""
+    """Whether `node` is a state of a registered library, typed, or standing for one (as a node
+    with fields inside a state's wrapper field would be read: `fields_of`)."""
     rules = active()
     if rules.state_name(type(node)) is not None:
         return True
-    return type(node) is dict and bool(node) and rules.restored_names(node, NESTED) is not None
+    fields = fields_of(node)
+    return fields is not None and bool(fields) and rules.restored_names(fields, NESTED) is not None

@@ -24,7 +24,7 @@ import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from ._keys import KeyEntry, KeyPath
-from ._leaf import is_variable
+from ._leaf import is_restored_variable, is_variable
 from ._paths import child_at
 from ._registry import DICT_TYPES, children_with_keys, is_namedtuple
 
@@ -214,8 +214,9 @@ def zip_by_name(
     Children match by name (see `match_children`, where `spelled` is said). Below a pair, the
     children are matched where `enter(a, b, children_a, children_b)` is true (`both_nodes` by
     default; a leaf's children are none there); `Matched.entered` tells. With `variables`, an nnx
-    Variable on one side stands for its value where the other side is no Variable and has no
-    children (a leaf, `None`, an empty container). `paths` are the paths of `a` and `b` themselves.
+    Variable (typed, or restored as `{"value": leaf}`) stands for its value where the other side is
+    no Variable and has no children (a leaf, `None`, an empty container), and a typed and a
+    restored one for their values. `paths` are the paths of `a` and `b` themselves.
     """
     stack: list[tuple[Any, Any, KeyPath, KeyPath] | OneSided] = [(a, b, *paths)]
     while stack:
@@ -241,20 +242,30 @@ def zip_by_name(
 
 
 def _variable_values(a: Any, b: Any, path_a: KeyPath, path_b: KeyPath) -> tuple[Any, Any, KeyPath, KeyPath]:
-    """A Variable on one side, against no Variable and no children on the other, as its value."""
-    if is_variable(a) == is_variable(b):
+    """An nnx Variable, typed or restored (`{"value": leaf}`), as its value: against no Variable
+    and no children on the other side, or a typed one against a restored one."""
+    held_a, held_b = _held(a), _held(b)
+    if held_a is None and held_b is None:
         return a, b, path_a, path_b
-    if is_variable(a) and not children_with_keys(b):
-        inner = children_with_keys(a) or []  # a leaf before flax 0.11: nothing to unwrap
-        if len(inner) == 1:
-            [(key, a)] = inner
-            path_a = (*path_a, key)
-    elif is_variable(b) and not children_with_keys(a):
-        inner = children_with_keys(b) or []
-        if len(inner) == 1:
-            [(key, b)] = inner
-            path_b = (*path_b, key)
+    if held_a is not None and held_b is not None:
+        if is_variable(a) == is_variable(b):
+            return a, b, path_a, path_b  # their `value` children match by name
+    elif children_with_keys(b if held_a is not None else a):
+        return a, b, path_a, path_b  # a Variable against a subtree: a structure difference
+    if held_a is not None:
+        a, path_a = held_a[1], (*path_a, held_a[0])
+    if held_b is not None:
+        b, path_b = held_b[1], (*path_b, held_b[0])
     return a, b, path_a, path_b
+
+
+def _held(node: Any) -> tuple[KeyEntry, Any] | None:
+    """The key and value of the one child of an nnx Variable, typed or restored, else None (also
+    for a Variable that is a leaf to JAX, before flax 0.11)."""
+    if not (is_variable(node) or is_restored_variable(node)):
+        return None
+    inner = children_with_keys(node) or []
+    return inner[0] if len(inner) == 1 else None
 
 
 def name_of(key: KeyEntry) -> Any:

@@ -32,8 +32,8 @@ from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
 from .._cache import structure_index
 from .._errors import DeletedArrayError, InvalidArgumentError, OptimizerMismatchError, bounded
-from .._keys import KeyPath, path_text
-from .._leaf import is_deleted, unwrap
+from .._keys import KeyEntry, KeyPath, path_text
+from .._leaf import is_deleted, value_of
 from .._paths import _MISSING, child_at, value_at
 from .._registry import is_namedtuple
 from .fields import field_key, field_of
@@ -95,8 +95,12 @@ def _read_inside(optimizer: Any, tree: Any, at_root: OptimizerMismatchError) -> 
     found: list[OptimizerReading] = []
     paths: list[KeyPath] = []
     restored = index.by_state_name.get(expected.__name__, []) if expected is not None else []
+    # A chain's state may also be a list (restored) or a dict of positions (`nnx.state`): any
+    # container that holds a state may be one.
+    holds_state = index.holds_state if expected is tuple else None
     for node in range(1, len(index)) if expected is not None else ():
-        if index.types[node] is not expected and node not in restored:
+        chain_like = holds_state is not None and holds_state[node] and index.state_names[node] is None
+        if index.types[node] is not expected and node not in restored and not chain_like:
             continue
         path = index.path(node)
         reading = OptimizerReading([], [])
@@ -181,6 +185,8 @@ def _walk(optimizer: Any, state: Any, path: KeyPath, reading: OptimizerReading, 
     elif factory.startswith(("inject_hyperparams", "inject_stateful_hyperparams")):
         return  # its hyperparameters are in the state
     elif getattr(update, "__module__", "").startswith("optax."):
+        if role is None and factory == "scale" and _is_sign_flip(visit.cells.get("step_size")):
+            return  # a user's own `scale(-1)`, as optax's aliases end: no hyperparameter
         if _state_matches(optimizer, factory, state, path, reading):
             _read_leaf(factory, visit.cells, state, path, reading, role)
     else:
@@ -216,11 +222,142 @@ def _partition(visit: _Visit) -> None:
         _descend(transform, inner_states[label], label_path, "inner_state", visit.reading)
 
 
+def _schedule_free(visit: _Visit) -> None:
+    """`contrib.schedule_free`: its own values at its state node (`learning_rate` as it uses it at
+    the next update, `weight_lr_power`; its `b1` is in the state), the base optimizer's in step
+    with `base_optimizer_state`.
+
+    >>> tx = optax.contrib.schedule_free_sgd(0.5, weight_decay=1e-4)
+    >>> [c.name for c in read_optimizer(tx, tx.init({"w": np.zeros(2)})).constants]
+    ['learning_rate', 'weight_lr_power', 'weight_decay', 'learning_rate']
+    """
+    state, path, reading = visit.state, visit.path, visit.reading
+    if not _state_matches(visit.optimizer, "schedule_free", state, path, reading):
+        return
+    _read_leaf("schedule_free", visit.cells, state, path, reading, None)
+    base = visit.cells.get("base_optimizer")
+    if base is None:
+        reading.unmatched.append(f"schedule_free at {_where(path)}: its base optimizer was not found")
+        return
+    constants, unmatched = len(reading.constants), len(reading.unmatched)
+    _descend(base, state, path, "base_optimizer_state", reading)
+    _name_unmatched(reading, unmatched, "schedule_free's base optimizer")
+    if _is_adamw_base(base):
+        reading.constants[constants:] = map(_as_adamw, reading.constants[constants:])
+
+
+def _is_adamw_base(base: Any) -> bool:
+    """Whether `base` is the chain `schedule_free_adamw` builds: `scale_by_rms`,
+    `add_decayed_weights`, `scale_by_learning_rate`."""
+    update = getattr(base, "update", None)
+    while _factory(update) == "with_extra_args_support":
+        update = getattr(_cells(update).get("tx"), "update", None)
+    if _factory(update) != "chain":
+        return False
+    layout = [_element_layout(element)[0] for element in _cells(update).get("update_fns", ())]
+    return layout in (
+        ["scale_by_rms", "add_decayed_weights", "scale"],
+        ["scale_by_rms", "add_decayed_weights", "scale_by_schedule"],
+    )
+
+
+def _as_adamw(constant: ConstantHyperparameter) -> ConstantHyperparameter:
+    """A value of schedule_free_adamw's base under the name schedule_free_adamw gives it: `b2` for
+    `scale_by_rms`'s `decay`, `learning_rate` for the factor of the `scale(-learning_rate)` it
+    builds, with its sign."""
+    if constant.name == "decay":
+        return constant._replace(name="b2")
+    if constant.name == "step_size" and constant.schedule is None:
+        return constant._replace(name="learning_rate", value=-constant.value)
+    return constant
+
+
+def _schedule_free_rate(
+    cells: dict[str, Any], state: Any, path: KeyPath, reading: OptimizerReading
+) -> list[ConstantHyperparameter]:
+    """schedule_free's `learning_rate` where it is a schedule: the value it uses at the next
+    update, at the state's `step_count` in the dtype of its `max_lr`, as optax computes it. A
+    number is read with the other numbers; anything else is unmatched."""
+    rate = cells.get("learning_rate", _MISSING)
+    if _is_number(rate):
+        return []
+    if not callable(rate):
+        what = "was not found" if rate is _MISSING else "is neither a number nor a schedule"
+        reading.unmatched.append(f"schedule_free at {_where(path)}: its learning_rate {what}")
+        return []
+    dtype = getattr(value_of(field_of(state, "max_lr")), "dtype", None)
+    schedule = rate if dtype is None else _in_dtype(rate, dtype)
+    step_path = (*path, field_key(state, "step_count"))
+    value = _evaluate(schedule, field_of(state, "step_count"), step_path)
+    return [ConstantHyperparameter(path, "learning_rate", value, schedule, step_path)]
+
+
+def _in_dtype(schedule: Callable[[Any], Any], dtype: Any) -> Callable[[Any], Any]:
+    """`schedule` with its values cast to `dtype`.
+
+    >>> _in_dtype(lambda count: count / 2, np.float16)(3).dtype
+    dtype('float16')
+    """
+
+    def cast(count: Any) -> Any:
+        return jax.numpy.asarray(schedule(count), dtype=dtype)
+
+    return cast
+
+
+def _sam(visit: _Visit) -> None:
+    """`contrib.sam`: its `sync_period` at its state node, its `optimizer` in step with `opt_state`
+    and its `adv_optimizer` with `adv_state`.
+
+    >>> tx = optax.contrib.sam(optax.sgd(0.1), optax.sgd(0.05))
+    >>> [(path_text(c.path), c.value) for c in read_optimizer(tx, tx.init({})).constants]
+    [('.sync_period', 2), ('.opt_state[1].learning_rate', 0.1), ('.adv_state[1].learning_rate', 0.05)]
+    """
+    state, path, reading = visit.state, visit.path, visit.reading
+    if not _restored_dataclass(visit.optimizer, state) and not _state_matches(
+        visit.optimizer, "sam", state, path, reading
+    ):
+        return
+    _read_leaf("sam", visit.cells, state, path, reading, None)
+    for name, field in (("optimizer", "opt_state"), ("adv_optimizer", "adv_state")):
+        inner = visit.cells.get(name)
+        if inner is None:
+            reading.unmatched.append(f"sam's {name} at {_where(path)}: not found in its closures")
+            continue
+        unmatched = len(reading.unmatched)
+        _walk(inner, field_of(state, field), (*path, _child_key(state, field)), reading, None)
+        _name_unmatched(reading, unmatched, f"sam's {name}")
+
+
+def _child_key(state: Any, field: str) -> KeyEntry:
+    """The key JAX gives the field `field` of a state: an attribute even of a dataclass that is
+    also a mapping (an older optax's chex `SAMState`), a key of a restored dict."""
+    for key in (GetAttrKey(field), DictKey(field)):
+        if child_at(state, key) is not _MISSING:
+            return key
+    return field_key(state, field)
+
+
+def _restored_dataclass(optimizer: Any, state: Any) -> bool:
+    """Whether `state` is a dict of the fields of the dataclass `optimizer` builds as its state
+    (an older optax's `SAMState`, restored without its type)."""
+    expected = _state_type(optimizer.init) if callable(getattr(optimizer, "init", None)) else None
+    fields = getattr(expected, "__dataclass_fields__", None)
+    return fields is not None and isinstance(state, Mapping) and set(state) == set(fields)
+
+
+def _name_unmatched(reading: OptimizerReading, since: int, owner: str) -> None:
+    """Says whose the unmatched lines from `since` on are: `sam's adv_optimizer: ...`."""
+    reading.unmatched[since:] = [f"{owner}: {line}" for line in reading.unmatched[since:]]
+
+
 CONTAINERS: dict[str, Callable[[_Visit], None]] = {
     "chain": _chain,
     "with_extra_args_support": _extra_args,
     "named_chain": _named_chain,
     "partition": _partition,
+    "schedule_free": _schedule_free,
+    "sam": _sam,
 }
 """Transformations that hold several others, by the optax factory that makes them."""
 
@@ -236,11 +373,15 @@ optax wrapper of this kind is one entry here."""
 
 
 def _is_state(state: Any) -> bool:
-    """A typed state (a NamedTuple) or one restored without its type (a dict of its fields)."""
-    return is_namedtuple(state) or type(state) is dict
+    """A typed state (a NamedTuple) or one restored without its type (a mapping of its fields: a
+    dict, or the dict-like node of a library, such as flax's `FrozenDict` or `nnx.State`)."""
+    return is_namedtuple(state) or isinstance(state, Mapping)
 
 
 def _descend(optimizer: Any, state: Any, path: KeyPath, field: str, reading: OptimizerReading) -> None:
+    if state is None and not _builds_leaves(getattr(optimizer, "init", None)):  # left out by `nnx.state`
+        _walk(optimizer, None, path, reading, None)
+        return
     key = field_key(state, field)
     inner = child_at(state, key) if _is_state(state) else _MISSING
     if inner is _MISSING:
@@ -257,23 +398,60 @@ def _walk_sequence(
     path: KeyPath,
     reading: OptimizerReading,
 ) -> None:
-    sequence = type(state) in (tuple, list)  # a list: restored without its types
-    if not sequence or len(state) != len(update_fns) or len(init_fns) != len(update_fns):
+    items = _chain_items(state, len(update_fns)) if len(init_fns) == len(update_fns) else None
+    if items is None:
+        sequence = type(state) in (tuple, list)
         found = f"a {type(state).__name__} of {len(state)}" if sequence else _a(type(state).__name__)
         raise _mismatch(f"a chain of {len(update_fns)} transformations, the state is {found}", path)
     roles = chain_roles([_element_layout(update) for update in update_fns])
-    for number, (init, update, inner) in enumerate(zip(init_fns, update_fns, state, strict=True)):
+    for number, (init, update) in enumerate(zip(init_fns, update_fns, strict=True)):
         element = optax.GradientTransformation(init, update)
         role = roles.get(number)
+        if number not in items:  # a dict of positions leaves out the empty states
+            if _builds_leaves(init):
+                raise _mismatch(f"a chain of {len(update_fns)} transformations, no state at {number}", path)
+            # read as an empty state, its constants attached to the chain's node
+            _walk(element, None, path, reading, role)
+            continue
+        key, inner = items[number]
         if role == FOLDED:
             reading.unmatched.append(
-                f"{_element_factory(update)} at {_where((*path, SequenceKey(number)))}: fromage folds its "
+                f"{_element_factory(update)} at {_where((*path, key))}: fromage folds its "
                 "learning rate into this value, which is not one of its hyperparameters"
             )
             continue
         if role == SIGN_FLIP:
             continue
-        _walk(element, inner, (*path, SequenceKey(number)), reading, role)
+        _walk(element, inner, (*path, key), reading, role)
+
+
+def _chain_items(state: Any, length: int) -> dict[int, tuple[KeyEntry, Any]] | None:
+    """The states of a chain of `length` by position, with their keys: a tuple's (a list's, restored
+    without its types), or a mapping's keyed by position (`nnx.state` makes a chain's tuple a dict of
+    int keys without its empty states, restored as str keys), or None for any other node."""
+    if type(state) in (tuple, list):
+        pairs = list(enumerate(state)) if len(state) == length else None
+        return None if pairs is None else {n: (SequenceKey(n), child) for n, child in pairs}
+    items: dict[int, tuple[KeyEntry, Any]] = {}
+    if state is None:  # a chain of empty states, left out whole
+        return items
+    if not isinstance(state, Mapping) or not state:
+        return None
+    for key, child in state.items():
+        position = key if type(key) is int else int(key) if type(key) is str and key.isdecimal() else -1
+        if not 0 <= position < length or position in items:
+            return None
+        items[position] = (DictKey(key), child)
+    return items
+
+
+@functools.lru_cache(maxsize=1024)
+def _builds_leaves(init: Callable[[Any], Any]) -> bool:
+    """Whether `init` builds a state with leaves (from empty params): one `nnx.state` keeps."""
+    try:
+        return bool(jax.tree.leaves(jax.eval_shape(init, {})))
+    except Exception:  # cannot tell: not left out on purpose
+        return True
 
 
 LEARNING_RATE, LEARNING_RATE_AS_GIVEN, SIGN_FLIP, FOLDED = "descent", "as given", "flip", "folded"
@@ -416,9 +594,17 @@ def _made_as(expected: type, state: Any) -> bool:
     fields = getattr(expected, "_fields", None)
     if fields is None:
         return False
-    if not fields:
-        return state is None
-    return type(state) is dict and set(state) == set(fields)
+    if not fields:  # an empty state: None when restored, an empty mapping in praxis's NestedMaps
+        return state is None or (isinstance(state, Mapping) and not state)
+    if isinstance(state, Mapping):
+        return set(state) == set(fields)
+    # a NamedTuple of the user's own with optax's fields (a copy of `ScaleByAdamState`, say)
+    return is_namedtuple(state) and set(state._fields) == set(fields)
+
+
+def _is_sign_flip(factor: Any) -> bool:
+    """Whether a `scale`'s factor is -1: a sign flip that turns ascent into descent."""
+    return _is_number(factor) and bool(factor == -1)
 
 
 def _is_number(value: Any) -> bool:
@@ -463,6 +649,8 @@ def _read_leaf(
         value = _evaluate(schedule, field_of(state, "count"), step_path)
         found.append(ConstantHyperparameter(path, name, value, schedule, step_path))
     else:
+        if factory == "schedule_free":
+            found.extend(_schedule_free_rate(cells, state, path, reading))
         for name, value in sorted(cells.items()):
             if _is_number(value):
                 found.append(
@@ -481,7 +669,7 @@ def _made_by_optax(function: Any) -> bool:
 def _evaluate(schedule: Callable[[Any], Any], count: Any, path: KeyPath) -> Any:
     """The schedule's value at the state's counter: a tracer under `jit`, a `ShapeDtypeStruct` on an
     abstract state."""
-    count = unwrap(count)
+    count = value_of(count)
     if isinstance(count, jax.ShapeDtypeStruct):
         return jax.eval_shape(schedule, count)
     if is_deleted(count):

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 from jax.tree_util import DictKey, GetAttrKey
 
 from .._keys import KeyEntry, field_name
-from .._leaf import unwrap
-from .._state_rules import DATA, NESTED, TOP, StateRules, child_places
+from .._leaf import value_of
+from .._state_rules import DATA, NESTED, TOP, StateRules, child_places, fields_of
 from .names import COUNTER_NAMES, INJECT_STATE_NAMES, SCHEDULE_BOOKKEEPING, is_optax_state_type
 
 STATE_FIELDS = frozenset(
@@ -98,8 +99,9 @@ def state_field_sets() -> dict[frozenset[str], tuple[str, ...]]:
 
 
 def _is_leaf(value: Any) -> bool:
-    """A leaf, or an nnx Variable holding one (`nnx.state` wraps every array of a state in one)."""
-    return jax.tree_util.all_leaves([unwrap(value)])
+    """A leaf, or an nnx Variable holding one (`nnx.state` wraps every array of a state in one),
+    typed or as orbax restores it without a target (`{"value": leaf}`)."""
+    return jax.tree_util.all_leaves([value_of(value)])
 
 
 NOWHERE, OUTSIDE, INSIDE = DATA, TOP, NESTED
@@ -141,7 +143,11 @@ def state_name(node: Any, where: int) -> str | None:
 
     `where` says where the node is (`NOWHERE`, `OUTSIDE`, `INSIDE`; see the module docstring).
     """
-    return typed_state_name(type(node)) or restored_state_name(node, where)
+    typed = typed_state_name(type(node))
+    if typed is not None or type(node) in (list, tuple):
+        return typed
+    fields = fields_of(node)
+    return None if not fields else restored_state_name(fields, where)
 
 
 def children_where(name: str | None, where: int, pairs: list[tuple[Any, Any]]) -> list[int]:
@@ -181,13 +187,14 @@ def _beside_state(child: Any) -> bool:
 
 
 def field_key(node: Any, name: str) -> DictKey | GetAttrKey:
-    """The key of the field `name` of a state: an attribute of a NamedTuple, a key of a dict."""
-    return DictKey(name) if isinstance(node, dict) else GetAttrKey(name)
+    """The key of the field `name` of a state: an attribute of a NamedTuple, a key of a mapping
+    (a dict, or a library's dict-like node such as `nnx.State`)."""
+    return DictKey(name) if isinstance(node, Mapping) else GetAttrKey(name)
 
 
 def field_of(node: Any, name: str, default: Any = None) -> Any:
     """The field `name` of a state, typed or restored."""
-    if isinstance(node, dict):
+    if isinstance(node, Mapping):
         return node.get(name, default)
     return getattr(node, name, default)
 

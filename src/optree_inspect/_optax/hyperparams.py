@@ -8,7 +8,7 @@ from jaxtyping import PyTree
 
 from .._cache import structure_index
 from .._errors import raised_here
-from .._leaf import unwrap
+from .._leaf import value_of
 from .._naming import attached_query, stable_query
 from .._paths import value_at
 from .closures import Optimizer, read_optimizer
@@ -23,7 +23,8 @@ def hyperparams(
 
     A scheduled one is included with the value the last update used (at step `count - 1`). With
     `counters=True`, the scalar step counters of the state (`count`, `gradient_step`, ...) are
-    included too, keyed the same way. Values are arrays (nnx Variables are unwrapped), tracers
+    included too, keyed the same way. Values are arrays (for an nnx Variable, typed or restored, the
+    array it holds), tracers
     inside `jax.jit`. With `optimizer=`, the hyperparameters it keeps in its closures are included
     too, keyed the same way: numbers, and for a schedule the value it gives for the next update
     (at step `count`).
@@ -43,7 +44,7 @@ def hyperparams(
         nodes.extend(node for node in range(1, len(index)) if is_counter(index, node))
     entries: list[tuple[int, int, str, Any]] = []
     for node in set(nodes):
-        value = unwrap(value_at(tree, index.path(node)))
+        value = value_of(value_at(tree, index.path(node)))
         entries.append((node, 0, stable_query(index, node), value))
     if reading is not None:
         for order, constant in enumerate(reading.constants, start=1):

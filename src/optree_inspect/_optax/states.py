@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import optax
@@ -171,7 +172,7 @@ def _inject_slots(node: Any, name: str | None, path: KeyPath) -> list[ScheduledS
     if not is_inject_state_name(name):
         return []
     schedules = field_of(node, SCHEDULE_BOOKKEEPING) or {}
-    restored = isinstance(node, dict)
+    restored = isinstance(node, Mapping)
     return [ScheduledSlot(k, path, restored) for k in field_of(node, "hyperparams") or {} if k in schedules]
 
 
