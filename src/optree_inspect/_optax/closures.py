@@ -263,13 +263,8 @@ def _is_adamw_base(base: Any) -> bool:
 
 def _as_adamw(constant: ConstantHyperparameter) -> ConstantHyperparameter:
     """A value of schedule_free_adamw's base under the name schedule_free_adamw gives it: `b2` for
-    `scale_by_rms`'s `decay`, `learning_rate` for the factor of the `scale(-learning_rate)` it
-    builds, with its sign."""
-    if constant.name == "decay":
-        return constant._replace(name="b2")
-    if constant.name == "step_size" and constant.schedule is None:
-        return constant._replace(name="learning_rate", value=-constant.value)
-    return constant
+    `scale_by_rms`'s `decay` (its `scale(-learning_rate)` is an alias layout: `ALIAS_LAYOUTS`)."""
+    return constant._replace(name="b2") if constant.name == "decay" else constant
 
 
 def _schedule_free_rate(
@@ -490,6 +485,7 @@ ALIAS_LAYOUTS: tuple[tuple[str, ...], ...] = (
     (_DECAY, _LR_AS_GIVEN, "scale_by_cocob"),
     ("masked(add_decayed_weights)", "masked(scale_by_trust_ratio)", _LR, "trace"),  # lars
     ("scale_by_rms|scale_by_stddev", _LR, "identity|trace"),  # rmsprop
+    ("scale_by_rms", _DECAY, _LR),  # contrib.schedule_free_adamw's base optimizer
     ("scale_by_lbfgs", _FLIP, "identity|scale_by_zoom_linesearch|scale_by_backtracking_linesearch"),
     ("scale_by_lbfgs", _LR, "identity|scale_by_zoom_linesearch|scale_by_backtracking_linesearch"),
     ("scale_by_rprop", _FLIP),  # rprop: its rate sets the initial step sizes, in the state
