@@ -225,6 +225,34 @@ def first_call_section(layers: int, rounds: int = 21) -> None:
             )
 
 
+def migrate_section(layers: int, rounds: int = 5) -> None:
+    """`migrate` of adam's state into `chain(clip, inject_hyperparams(adamw))` (a transform inserted
+    and a wrapper added), a first call on fresh arrays each round, beside `restore_like` into an
+    unchanged optimizer and `jax.tree.map(jnp.copy, ...)` of the same state (a floor: one array op
+    a leaf)."""
+    new_tx = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3)
+    )
+    timings: dict[str, list[float]] = {"jax.tree.map(jnp.copy)": [], "restore_like": [], "migrate": []}
+    count = 0
+    for round_number in range(rounds):
+        params = {f"layer{i}": {"w": jnp.full(4, round_number + i, jnp.float32)} for i in range(layers)}
+        old = optax.adam(1e-3).init(params)
+        count = len(jax.tree.leaves(old))
+        calls = {
+            "jax.tree.map(jnp.copy)": lambda o=old: jax.block_until_ready(jax.tree.map(jnp.copy, o)),
+            "restore_like": lambda o=old, p=params: oi.restore_like(o, optax.adam(1e-3).init(p)),
+            "migrate": lambda o=old, p=params: oi.migrate(o, new_tx.init(p)),
+        }
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            timings[name].append(time.perf_counter() - start)
+    print(f"\n| first call, {count:,} leaves | median of {rounds} |\n|---|---|")
+    for name, seconds in timings.items():
+        print(f"| {name} | {format_seconds(statistics.median(seconds))} |")
+
+
 def values_section(layers: int, treescope_layers: int, large: int) -> None:
     """`describe(stats=True)` and `check`: first call (compilations included) and later calls on the
     seed state; the peers on the same state; a state of 8 large leaves against `jnp.max` per leaf."""
@@ -288,7 +316,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 layers only")
     parser.add_argument("--values-only", action="store_true", help="only the statistics section")
     parser.add_argument("--first-call-only", action="store_true", help="only the first-call section")
+    parser.add_argument("--migrate-only", action="store_true", help="only the migrate section")
     arguments = parser.parse_args()
+    if arguments.migrate_only:
+        migrate_section(10000)
+        return
     if arguments.first_call_only:
         first_call_section(5000)
         return
@@ -331,6 +363,7 @@ def main() -> None:
     print("\n| tracing + lowering a jitted step (100 layers) | time |\n|---|---|")
     print(f"| without set | {format_seconds(plain)} |\n| with an in-graph set | {format_seconds(with_set)} |")
     first_call_section(layers[-1])
+    migrate_section(layers[-1] * 2)
     values_section(
         layers[-1], 1000 if not arguments.quick else 100, 1 << 24 if not arguments.quick else 1 << 20
     )

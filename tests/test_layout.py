@@ -44,6 +44,7 @@ ORDER = [
     "_diff",
     "_checkpoint",
     "_restore",
+    "_migrate",
     "_cli",
 ]
 """Each module may import only modules before it (and `__init__` and `__main__` anything)."""

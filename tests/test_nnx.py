@@ -273,3 +273,102 @@ def test_the_command_line_reads_the_managers_checkpoints(
     assert set(found) == set(oi.hyperparams(run["live"]))
     assert cli(["diff", str(run["directory"] / str(STEPS[0])), str(step)]) in (0, 1)
     assert "mu" in capsys.readouterr().out
+
+
+def test_load_reads_the_managers_checkpoint_as_the_raw_restore(run: dict[str, Any]) -> None:
+    loaded = oi.load(run["directory"], arrays=True)  # the latest step
+    assert oi.hyperparams(loaded, counters=True).keys() == oi.hyperparams(run["live"], counters=True).keys()
+    tx = make_optimizer()
+    assert oi.hyperparams(loaded, optimizer=tx).keys() == oi.hyperparams(run["live"], optimizer=tx).keys()
+    abstract = oi.load(run["directory"])  # arrays as ShapeDtypeStruct, scalars read
+    assert "ScaleByAdamState" in str(oi.describe(abstract))
+    restored = oi.restore_like(loaded, run["target"])
+    assert str(oi.diff(restored, run["forms"]["nnx.state"])) == "No differences."
+
+
+def test_a_module_holding_the_model_and_its_optimizer_folds_only_params() -> None:
+    """`nnx.state` of a trainer Module: the model's params fold, the optimizer's states do not."""
+
+    class Trainer(nnx.Module):
+        def __init__(self) -> None:
+            self.model = Model(nnx.Rngs(0))
+            self.optimizer = nnx.Optimizer(self.model, make_optimizer(), wrt=nnx.Param)
+
+    trainer = Trainer()
+    state = nnx.state(trainer)
+    text = str(oi.describe(state))
+    assert "ScaleByAdamState" in text and "learning_rate: " in text and "nu: like" in text, text
+    tx = make_optimizer()
+    live = oi.hyperparams(trainer.optimizer, optimizer=tx, counters=True)
+    found = oi.hyperparams(state, optimizer=tx, counters=True)
+    assert set(found) == set(live)
+    for key, value in live.items():
+        np.testing.assert_array_equal(np.asarray(found[key]), np.asarray(value), err_msg=key)
+
+
+def _labels(params: Any) -> Any:
+    return jax.tree.map_with_path(
+        lambda path, _: "train" if "kernel" in jax.tree_util.keystr(path) else "freeze", params
+    )
+
+
+OPTIMIZERS = {
+    "sgd with momentum (no counter)": lambda: optax.sgd(0.1, momentum=0.9),
+    "rmsprop": lambda: optax.rmsprop(1e-3),
+    "a frozen group (multi_transform with set_to_zero)": lambda: optax.multi_transform(
+        {"train": optax.adam(1e-3), "freeze": optax.set_to_zero()}, _labels
+    ),
+    "named_chain with a stateless member": lambda: optax.named_chain(
+        ("clip", optax.clip(1.0)), ("adam", optax.adam(1e-3))
+    ),
+    "MultiSteps (its empty skip_state left out)": lambda: optax.MultiSteps(
+        optax.adam(1e-3), every_k_schedule=4
+    ),
+    "adafactor (its final sign flip)": lambda: optax.adafactor(1e-3),
+    "inject_hyperparams without schedules": lambda: optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_optimizers_whose_empty_states_nnx_leaves_out(name: str, tmp_path: Any) -> None:
+    """`nnx.state` leaves out every empty state: chain positions, named_chain members, partition
+    groups, fields such as `skip_state`. Every form still reads as the live optimizer."""
+    tx = OPTIMIZERS[name]()
+    optimizer = nnx.Optimizer(Model(nnx.Rngs(0)), tx, wrt=nnx.Param)
+    state = nnx.state(optimizer)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "state", state)
+    checkpointer.wait_until_finished()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = checkpointer.restore(tmp_path / "state")
+    live = oi.hyperparams(optimizer, optimizer=tx, counters=True)
+    for tree in (state, state["opt_state"], raw):
+        found = oi.hyperparams(tree, optimizer=tx, counters=True)
+        assert sorted(map(str, found.values())) == sorted(map(str, live.values())), (found, live)
+    assert "step_size" not in oi.hyperparams(state, optimizer=tx)
+
+
+def test_a_raw_checkpoint_with_other_items_reads_its_nnx_part_as_variables(
+    run: dict[str, Any], tmp_path: Any
+) -> None:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "both", {"opt": run["forms"]["nnx.state"], "epoch": 3})
+    checkpointer.wait_until_finished()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = checkpointer.restore(tmp_path / "both")
+    kernel = oi.get(raw, "mu.l1.kernel")
+    np.testing.assert_array_equal(kernel, oi.get(run["live"], "mu.l1.kernel"))
+    assert int(oi.get(raw, "epoch")) == 3
+    zeroed = oi.set(raw, "mu.l1.kernel", lambda w: w * 0)  # the function gets the array
+    assert not np.any(np.asarray(oi.get(zeroed, "mu.l1.kernel")))
+    assert "value:" not in str(oi.describe(raw))
+
+
+def test_value_dicts_of_other_trees_are_plain_dicts() -> None:
+    """A params tree of the user's with a key `value` (not every leaf so held): no Variable."""
+    state = optax.adam(1.0).init({"a": {"value": jnp.ones(2)}, "b": jnp.ones(1)})
+    assert oi.get(state, "mu.a") == {"value": oi.get(state, "mu.a.value")}
+    with pytest.raises(oi.StructureError):
+        oi.set(state, "mu.a", 5.0)

@@ -24,6 +24,7 @@ from ._errors import EditConflictError as EditConflictError
 from ._errors import Error as Error
 from ._errors import InvalidArgumentError as InvalidArgumentError
 from ._errors import LeafTypeError as LeafTypeError
+from ._errors import MigrationError as MigrationError
 from ._errors import NoMatchError as NoMatchError
 from ._errors import OptimizerMismatchError as OptimizerMismatchError
 from ._errors import QueryError as QueryError
@@ -33,6 +34,9 @@ from ._errors import ScheduledHyperparameterError as ScheduledHyperparameterErro
 from ._errors import StructureError as StructureError
 from ._errors import TreeError as TreeError
 from ._errors import TreeTooDeepError as TreeTooDeepError
+from ._migrate import Migration as Migration
+from ._migrate import MigrationRow as MigrationRow
+from ._migrate import migrate as migrate
 from ._optax.closures import Optimizer as Optimizer
 from ._optax.hyperparams import hyperparams as hyperparams
 from ._query import Query as Query
@@ -55,6 +59,9 @@ __all__ = [
     "InvalidArgumentError",
     "LeafTypeError",
     "Match",
+    "Migration",
+    "MigrationError",
+    "MigrationRow",
     "NoMatchError",
     "Optimizer",
     "OptimizerMismatchError",
@@ -77,6 +84,7 @@ __all__ = [
     "hyperparams",
     "keystr",
     "load",
+    "migrate",
     "restore_like",
     "set",
     "stats",

@@ -10,8 +10,6 @@ import collections
 import threading
 from typing import Any
 
-import jax
-
 from ._build import build_index
 from ._index import StructureIndex
 from ._keycheck import keys_are_str
@@ -51,33 +49,21 @@ def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
     the tree it is used for. It is also stored only when the aux data of every node is inert
     (`_registry.aux_is_inert`), so that the cache never keeps a user's object alive.
 
-    The last treedef used is tried first with `flatten_up_to`, which raises on any difference of
-    node type, arity, dict keys or aux data and returns, in place of each treedef leaf, whatever
-    the tree has there; `all_leaves` then rules out a subtree standing where the treedef has a
-    leaf, and the leaf types are compared. Together that is the cache key's equality, checked in
-    one pass instead of building a treedef and comparing it (about half the cost).
+    The tree is flattened once; the last structure used is tried first (one treedef comparison),
+    then the cache. (`treedef.flatten_up_to` would save part of the flatten on a hit, but on a miss
+    JAX's error message holds the repr of the subtree that differs: seconds for a large state.)
     """
     global _last
-    last = _last
-    if last is not None:
-        treedef, leaf_types, index = last
-        try:
-            leaves = treedef.flatten_up_to(tree)
-        except Exception:  # any difference; JAX's message may repr a leaf, which can raise anything
-            pass
-        else:
-            if (
-                tuple(map(type, leaves)) == leaf_types
-                and jax.tree_util.all_leaves(leaves)
-                and keys_are_str(tree, index.key_check)
-            ):
-                return index, leaves
     leaves, treedef = flatten(tree)
     leaf_types = tuple(map(type, leaves))
+    last = _last
+    hit = last is not None and last[1] == leaf_types and _same(last[0], treedef)
+    if hit and last is not None and keys_are_str(tree, last[2].key_check):
+        return last[2], leaves
     key = (treedef, leaf_types)
     try:
         with _LOCK:
-            index = _CACHE.get(key)  # type: ignore[assignment]
+            index = _CACHE.get(key)
     except TypeError:  # unhashable aux data
         return build_index(tree, leaves), leaves
     if index is not None and not keys_are_str(tree, index.key_check):
@@ -93,6 +79,13 @@ def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
                 _CACHE.popitem(last=False)
     _last = (treedef, leaf_types, index)
     return index, leaves
+
+
+def _same(treedef: Any, other: Any) -> bool:
+    try:
+        return bool(treedef == other)
+    except Exception:  # aux data whose == raises or is no bool
+        return False
 
 
 on_change(clear_caches)

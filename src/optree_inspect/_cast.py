@@ -28,6 +28,21 @@ from ._leaf import PYTHON_SCALARS, is_deleted, is_weak
 from ._registry import children_with_keys
 
 
+def stands_as(value: Any, new: Any) -> bool:
+    """Whether `value` already stands where `new` stands as `set` would cast it: a concrete
+    `jax.Array` of the same shape, dtype, weak type and sharding (so no cast and no transfer)."""
+    return (
+        type(value) is type(new)
+        and isinstance(value, jax.Array)
+        and not isinstance(value, jax.core.Tracer)
+        and value.shape == new.shape
+        and value.dtype == new.dtype
+        and getattr(value, "weak_type", False) == getattr(new, "weak_type", False)
+        and not value.is_deleted()
+        and value.sharding == new.sharding
+    )
+
+
 def cast_leaf(old: Any, new: Any, path: KeyPath = (), *, fill: bool = False) -> Any:
     """`new` with the dtype, weak type, shape and sharding of the leaf `old`, or the error that
     names `path` and says why it cannot be.

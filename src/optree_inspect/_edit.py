@@ -28,7 +28,7 @@ from ._errors import (
     raised_here,
 )
 from ._keys import KeyEntry, KeyPath, path_text
-from ._leaf import is_deleted, is_restored_variable, is_variable, unwrap
+from ._leaf import is_deleted, is_restored_variable, is_variable, unwrap, value_of
 from ._optax.closures import ConstantHyperparameter, Optimizer, read_optimizer
 from ._optax.states import (
     ScheduledSlot,
@@ -127,13 +127,20 @@ def set(
             targets[path] = (old, edit_value)
     _refuse_overlaps(list(targets))
     _refuse_scheduled(tree, list(targets))
+    restored = _restored_variables(tree, targets)
     called = {
-        path: call_on(new, old, path) if is_function(new) else new for path, (old, new) in targets.items()
+        path: call_on(new, value_of(old) if path in restored or is_variable(old) else old, path)
+        if is_function(new)
+        else new
+        for path, (old, new) in targets.items()
     }
     _refuse_schedules_changed_from_above(
         tree, {path: (targets[path][0], new) for path, new in called.items()}
     )
-    new_values = {path: coerce(targets[path][0], new, path, call=False) for path, new in called.items()}
+    new_values = {
+        path: coerce(targets[path][0], new, path, call=False, restored=path in restored)
+        for path, new in called.items()
+    }
     return rebuild(tree, new_values.items())
 
 
@@ -267,18 +274,36 @@ def call_on(function: Any, old: Any, path: KeyPath) -> Any:
     return function(old)
 
 
-def coerce(old: Any, new: Any, path: KeyPath = (), *, call: bool = True) -> Any:
+def coerce(old: Any, new: Any, path: KeyPath = (), *, call: bool = True, restored: bool = False) -> Any:
     """`new` made to stand where `old` stands: same structure, and each leaf as `cast_leaf` makes it.
 
-    Functions in `new` (see `is_function`) are called on the old node they stand for. Iterative,
-    so that any depth JAX can flatten is fine.
+    Functions in `new` (see `is_function`) are called on the old node they stand for. With
+    `restored`, a `{"value": leaf}` dict in `old` is an nnx Variable restored without its target
+    (`StructureIndex.variables`): a leaf for it is its value. Iterative, so that any depth JAX
+    can flatten is fine.
     """
-    return build((old, new, path, call), _expand)
+    return build((old, new, path, call, restored), _expand)
 
 
-def _expand(item: tuple[Any, Any, KeyPath, bool]) -> Expanded:
+def _restored_variables(tree: Any, targets: dict[KeyPath, tuple[Any, Any]]) -> frozenset[KeyPath]:
+    """The targets that are, or hold, nnx Variables restored without their target (as `get`
+    reads them); the tree is indexed only where a target is a dict."""
+    if not any(type(old) is dict for old, _ in targets.values()):
+        return frozenset()
+    index = structure_index(tree)
+    if not index.restored_variables:
+        return frozenset()
+    numbers = {path: index.number_of(path) for path in targets}
+    return frozenset(
+        path
+        for path, node in numbers.items()
+        if node is not None and any(index.variables[node : node + index.sizes[node]])
+    )
+
+
+def _expand(item: tuple[Any, Any, KeyPath, bool, bool]) -> Expanded:
     """One node of a coercion: its cast leaf, or the old node with the children to coerce."""
-    old, new, path, call = item
+    old, new, path, call, restored = item
     if call and is_function(new):
         new = call_on(new, old, path)
     if is_variable(old) and not is_variable(new):
@@ -286,11 +311,11 @@ def _expand(item: tuple[Any, Any, KeyPath, bool]) -> Expanded:
         if children is None:  # flax before 0.11: a Variable is a leaf to JAX
             return Built(variable_with_value(old, cast_leaf(unwrap(old), new, path)))
         [(key, inner)] = children
-        return old, [(key, (inner, new, (*path, key), True))]
-    if is_restored_variable(old) and children_with_keys(new) is None:
+        return old, [(key, (inner, new, (*path, key), True, restored))]
+    if restored and is_restored_variable(old) and children_with_keys(new) is None:
         # a Variable restored without its target (`{"value": leaf}`): its value is set
         key = DictKey(RESTORED_VARIABLE_KEY)
-        return old, [(key, (old[RESTORED_VARIABLE_KEY], new, (*path, key), True))]
+        return old, [(key, (old[RESTORED_VARIABLE_KEY], new, (*path, key), True, restored))]
     old_children = children_with_keys(old)
     if old_children is None:
         return Built(cast_leaf(old, new, path))
@@ -302,7 +327,8 @@ def _expand(item: tuple[Any, Any, KeyPath, bool]) -> Expanded:
         )
     assert new_children is not None
     return old, [
-        (key, (o, n, (*path, key), True)) for (key, o), (_, n) in zip(old_children, new_children, strict=True)
+        (key, (o, n, (*path, key), True, restored))
+        for (key, o), (_, n) in zip(old_children, new_children, strict=True)
     ]
 
 

@@ -121,6 +121,11 @@ class RestoreMismatchError(Error, ValueError):
     shape); the message names each difference."""
 
 
+class MigrationError(Error, ValueError):
+    """`migrate` cannot carry the state over: a part of the old state would carry nowhere (name it
+    in `drop=`), a rule pairs no leaves, or a counter has no step to start from (pass `step=`)."""
+
+
 class InvalidArgumentError(Error, TypeError):
     """An argument of the wrong kind: a query that is none of the five forms, an optimizer that is
     not an optax `GradientTransformation`."""

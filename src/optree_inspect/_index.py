@@ -174,20 +174,31 @@ class StructureIndex:
 
     @functools.cached_property
     def variables(self) -> list[bool]:
-        """Whether each node is an nnx Variable: of a Variable type, or, in a tree where every
-        leaf is alone in a dict under the key `'value'` (an nnx state that orbax restored without
-        its target), such a dict. Either is one value to the verbs (`_leaf.variable_values`)."""
+        """Whether each node is an nnx Variable: of a Variable type, or a dict that holds one leaf
+        (or `None`, a masked parameter) under the key `'value'`, in a part of the tree (the root's
+        child that holds it, or the whole tree) where every leaf is so held: an nnx state that
+        orbax restored without its target. Either is one value to the verbs."""
         kinds = {kind: is_nnx_variable_type(kind) for kind in set(self.types)}
         found = list(map(kinds.__getitem__, self.types))
-        leaves = self.leaf_nodes
         key = DictKey(RESTORED_VARIABLE_KEY)
-        parents = [self.parents[leaf] for leaf in leaves]
-        if leaves and all(
-            leaf > 0 and self.keys[leaf] == key and self.types[parent] is dict and self.arities[parent] == 1
-            for leaf, parent in zip(leaves, parents, strict=True)
-        ):
-            for parent in parents:
-                found[parent] = True
+        wrappers = [
+            parent
+            for node in range(1, len(self.keys))
+            if self.keys[node] == key
+            and (self.is_leaf[node] or self.types[node] is type(None))
+            and self.types[parent := self.parents[node]] is dict
+            and self.arities[parent] == 1
+        ]
+        if not wrappers:
+            return found
+        wrapped_leaves = {self.leaf_starts[parent] for parent in wrappers if self.leaf_counts[parent]}
+        parts = [0] if self.leaf_counts[0] == len(wrapped_leaves) else list(self.children(0))
+        for part in parts:
+            start, count = self.leaf_starts[part], self.leaf_counts[part]
+            if count and all(leaf in wrapped_leaves for leaf in range(start, start + count)):
+                for parent in wrappers:
+                    if part <= parent < part + self.sizes[part]:
+                        found[parent] = True
         return found
 
     @functools.cached_property
@@ -198,8 +209,9 @@ class StructureIndex:
     @functools.cached_property
     def restored_variables(self) -> bool:
         """Whether the Variables of this tree are restored dicts (`variables`)."""
-        parents = [self.parents[leaf] for leaf in self.leaf_nodes[:1]]
-        return any(self.types[parent] is dict and self.variables[parent] for parent in parents)
+        return any(
+            kind is dict and variable for kind, variable in zip(self.types, self.variables, strict=True)
+        )
 
     @functools.cached_property
     def has_hidden(self) -> bool:

@@ -36,13 +36,12 @@ def is_variable(node: Any) -> bool:
 
 
 def is_restored_variable(node: Any) -> bool:
-    """An nnx Variable as orbax restores `nnx.state(...)` without a target: `{"value": leaf}`."""
-    return (
-        type(node) is dict
-        and len(node) == 1
-        and RESTORED_VARIABLE_KEY in node
-        and jax.tree_util.all_leaves([node[RESTORED_VARIABLE_KEY]])
-    )
+    """An nnx Variable as orbax restores `nnx.state(...)` without a target: `{"value": leaf}`
+    (`{"value": None}` for a masked parameter)."""
+    if type(node) is not dict or len(node) != 1 or RESTORED_VARIABLE_KEY not in node:
+        return False
+    value = node[RESTORED_VARIABLE_KEY]
+    return value is None or jax.tree_util.all_leaves([value])
 
 
 def value_of(node: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import jax
 from jaxtyping import PyTree
 
-from ._cast import cast_leaf
+from ._cast import cast_leaf, stands_as
 from ._errors import InvalidArgumentError, LeafTypeError, RestoreMismatchError, bounded, listing, raised_here
 from ._keys import KeyPath, path_text
 from ._paths import flatten
@@ -60,7 +60,7 @@ def restore_like(raw: PyTree, /, like: PyTree, *, missing: Literal["error", "ini
     _refuse_abstract_values(walk.pairs)
     leaves = walk.leaves
     for position, path, old, value in walk.pairs:
-        leaves[position] = cast_leaf(old, value, path, fill=True)
+        leaves[position] = value if stands_as(value, old) else cast_leaf(old, value, path, fill=True)
     state = jax.tree_util.tree_unflatten(treedef, leaves)
     return (state, walk.kept) if missing == "init" else state
 

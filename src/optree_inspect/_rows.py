@@ -179,7 +179,7 @@ def _row(index: StructureIndex, tree: Any, leaves: list[Any], metadata: _LeafMet
         kind, leaf = "leaf", leaf_summary(leaves[index.leaf_starts[node]])
         if index.types[node] is not dict:  # a restored Variable's type is not known
             leaf = leaf._replace(variable=type_name)
-    elif index.types[node] is type(None):
+    elif index.types[node] is type(None) or index.variables[node]:  # a Variable of a masked parameter
         kind, leaf = "leaf", leaf_summary(None)
     if role == "hyperparameter":
         slot = scheduled_slot_on(tree, path)

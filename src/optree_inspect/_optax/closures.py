@@ -36,7 +36,7 @@ from .._keys import KeyEntry, KeyPath, path_text
 from .._leaf import is_deleted, value_of
 from .._paths import _MISSING, child_at, value_at
 from .._registry import is_namedtuple
-from .fields import field_key, field_of
+from .fields import MAY_BE_LEFT_OUT, field_key, field_of
 
 Optimizer: TypeAlias = optax.GradientTransformation | optax.MultiSteps
 """What `optimizer=` takes: the optax optimizer that made the state."""
@@ -98,9 +98,12 @@ def _read_inside(optimizer: Any, tree: Any, at_root: OptimizerMismatchError) -> 
     # A chain's state may also be a list (restored) or a dict of positions (`nnx.state`): any
     # container that holds a state may be one.
     holds_state = index.holds_state if expected is tuple else None
+    mapping = expected is not None and issubclass(expected, Mapping)  # named_chain's, a dict to nnx
     for node in range(1, len(index)) if expected is not None else ():
         chain_like = holds_state is not None and holds_state[node] and index.state_names[node] is None
-        if index.types[node] is not expected and node not in restored and not chain_like:
+        kind = index.types[node]
+        same_kind = kind is expected or (mapping and issubclass(kind, Mapping))
+        if not same_kind and node not in restored and not chain_like:
             continue
         path = index.path(node)
         reading = OptimizerReading([], [])
@@ -206,20 +209,37 @@ def _extra_args(visit: _Visit) -> None:
 
 def _named_chain(visit: _Visit) -> None:
     names = [n for n, _ in visit.cells["transforms"]]
-    if not isinstance(visit.state, dict) or set(names) != set(visit.state):  # jit sorts a dict's keys
+    state = {} if visit.state is None else visit.state  # `nnx.state` leaves out an empty one
+    if not isinstance(state, Mapping) or not _keyed_by(state, visit.cells["transforms"]):
         raise _mismatch(f"named_chain of {names[:8]}, the state is not keyed by these names", visit.path)
     for name, transform in visit.cells["transforms"]:
-        _walk(transform, visit.state[name], (*visit.path, DictKey(name)), visit.reading, None)
+        inner_path = visit.path if name not in state else (*visit.path, DictKey(name))
+        _walk(transform, state.get(name), inner_path, visit.reading, None)
 
 
 def _partition(visit: _Visit) -> None:
     transforms = visit.cells["transforms"]
     inner_states = field_of(visit.state, "inner_states") if _is_state(visit.state) else None
-    if not isinstance(inner_states, dict) or set(inner_states) != set(transforms):
+    if inner_states is None and _is_state(visit.state):
+        inner_states = {}  # every group's state empty: `nnx.state` left the field out
+    if not isinstance(inner_states, Mapping) or not _keyed_by(inner_states, transforms.items()):
         raise _mismatch(f"partition of labels {sorted(map(str, transforms))[:8]}", visit.path)
     for label, transform in transforms.items():
+        if label not in inner_states:  # an empty group's state, left out by `nnx.state`
+            _walk(transform, None, visit.path, visit.reading, None)
+            continue
         label_path = (*visit.path, field_key(visit.state, "inner_states"), DictKey(label))
         _descend(transform, inner_states[label], label_path, "inner_state", visit.reading)
+
+
+def _keyed_by(state: Mapping[Any, Any], transforms: Any) -> bool:
+    """Whether `state` holds a state for each of the named `transforms` (`(name, transform)`
+    pairs), but those whose state is empty may be missing (`nnx.state` leaves them out)."""
+    named = dict(transforms)
+    return set(state) <= set(named) and all(
+        name in state or not _builds_leaves(getattr(transform, "init", None))
+        for name, transform in named.items()
+    )
 
 
 def _schedule_free(visit: _Visit) -> None:
@@ -379,6 +399,13 @@ def _descend(optimizer: Any, state: Any, path: KeyPath, field: str, reading: Opt
         return
     key = field_key(state, field)
     inner = child_at(state, key) if _is_state(state) else _MISSING
+    if (
+        inner is _MISSING
+        and isinstance(state, Mapping)
+        and not _builds_leaves(getattr(optimizer, "init", None))
+    ):
+        _walk(optimizer, None, path, reading, None)  # an empty inner state, left out by `nnx.state`
+        return
     if inner is _MISSING:
         raise _mismatch(
             f"the optimizer wraps a state with a .{field} field, the state is a {type(state).__name__}", path
@@ -402,22 +429,21 @@ def _walk_sequence(
     for number, (init, update) in enumerate(zip(init_fns, update_fns, strict=True)):
         element = optax.GradientTransformation(init, update)
         role = roles.get(number)
-        if number not in items:  # a dict of positions leaves out the empty states
-            if _builds_leaves(init):
-                raise _mismatch(f"a chain of {len(update_fns)} transformations, no state at {number}", path)
-            # read as an empty state, its constants attached to the chain's node
-            _walk(element, None, path, reading, role)
-            continue
-        key, inner = items[number]
+        if number not in items and _builds_leaves(init):
+            raise _mismatch(f"a chain of {len(update_fns)} transformations, no state at {number}", path)
+        # a dict of positions leaves out the empty states: such an element is read as one, its
+        # constants attached to the chain's node
+        key, inner = items.get(number, (None, None))
+        where = path if key is None else (*path, key)
         if role == FOLDED:
             reading.unmatched.append(
-                f"{_element_factory(update)} at {_where((*path, key))}: fromage folds its "
+                f"{_element_factory(update)} at {_where(where)}: fromage folds its "
                 "learning rate into this value, which is not one of its hyperparameters"
             )
             continue
         if role == SIGN_FLIP:
             continue
-        _walk(element, inner, (*path, key), reading, role)
+        _walk(element, inner, where, reading, role)
 
 
 def _chain_items(state: Any, length: int) -> dict[int, tuple[KeyEntry, Any]] | None:
@@ -592,8 +618,8 @@ def _made_as(expected: type, state: Any) -> bool:
         return False
     if not fields:  # an empty state: None when restored, an empty mapping in praxis's NestedMaps
         return state is None or (isinstance(state, Mapping) and not state)
-    if isinstance(state, Mapping):
-        return set(state) == set(fields)
+    if isinstance(state, Mapping):  # fields of empty states may be left out (`nnx.state`)
+        return set(state) <= set(fields) and set(fields) - set(state) <= MAY_BE_LEFT_OUT
     # a NamedTuple of the user's own with optax's fields (a copy of `ScaleByAdamState`, say)
     return is_namedtuple(state) and set(state._fields) == set(fields)
 

@@ -20,12 +20,13 @@ it, so that the structure index knows optax's states.
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jax
-from jax.tree_util import DictKey, GetAttrKey
+from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
 from .._keys import KeyEntry, field_name
 from .._leaf import value_of
@@ -48,6 +49,12 @@ STATE_FIELDS = frozenset(
 )
 """Fields of optax's wrapper states that hold inner optax states (checked against optax's wrappers
 by `tests/test_restored.py`)."""
+
+
+MAY_BE_LEFT_OUT = STATE_FIELDS | {"skip_state"}
+"""Fields that may hold an empty state, which `nnx.state` leaves out (`MultiStepsState.skip_state`,
+an `inner_state` of stateless transformations, `hyperparams_states` without schedules): a restored
+state may lack them."""
 
 
 def is_state_type(kind: type) -> bool:
@@ -81,7 +88,8 @@ def is_masked_node_type(kind: type) -> bool:
 def state_field_sets() -> dict[frozenset[str], tuple[str, ...]]:
     """The field names of each optax state type (a `...State` NamedTuple with fields), mapped to
     the names of the types with those fields, in name order (`ScaleByAdamState` and
-    `ScaleByBeliefState` share theirs)."""
+    `ScaleByBeliefState` share theirs); also each such set without fields of `MAY_BE_LEFT_OUT`,
+    where two or more remain and no state type has exactly those."""
     import optax
     import optax.contrib  # noqa: F401
 
@@ -95,7 +103,17 @@ def state_field_sets() -> dict[frozenset[str], tuple[str, ...]]:
                 fields, name = frozenset(fields_of), value.__name__
                 if name.endswith("State"):
                     found.setdefault(fields, set()).add(name)
-    return {fields: tuple(sorted(names)) for fields, names in found.items()}
+    exact = {fields: tuple(sorted(names)) for fields, names in found.items()}
+    # the same states without fields that `nnx.state` may leave out, where at least two remain
+    reduced: dict[frozenset[str], set[str]] = {}
+    for fields, names in exact.items():
+        optional = sorted(fields & MAY_BE_LEFT_OUT)
+        for size in range(1, len(optional) + 1):
+            for left_out in itertools.combinations(optional, size):
+                kept = fields - set(left_out)
+                if len(kept) >= 2 and kept not in exact:
+                    reduced.setdefault(kept, set()).update(names)
+    return {**exact, **{fields: tuple(sorted(names)) for fields, names in reduced.items()}}
 
 
 def _is_leaf(value: Any) -> bool:
@@ -186,6 +204,14 @@ def _beside_state(child: Any) -> bool:
     return child is None or is_state_type(type(child)) or restored_names_at(child, OUTSIDE) is not None
 
 
+def _is_position(key: KeyEntry) -> bool:
+    """A chain position: a sequence index, or a dict key that is an int or spells one."""
+    if isinstance(key, SequenceKey):
+        return True
+    name = key.key if isinstance(key, DictKey) else None
+    return (type(name) is int) or (type(name) is str and name.isdecimal())
+
+
 def field_key(node: Any, name: str) -> DictKey | GetAttrKey:
     """The key of the field `name` of a state: an attribute of a NamedTuple, a key of a mapping
     (a dict, or a library's dict-like node such as `nnx.State`)."""
@@ -217,7 +243,15 @@ class OptaxRules(StateRules):
         return keys in state_field_sets()
 
     def is_chain(self, pairs: list[tuple[KeyEntry, Any]]) -> bool:
-        return any(_beside_state(child) for _, child in pairs)
+        if any(_beside_state(child) for _, child in pairs):
+            return True
+        # `nnx.state` makes a chain's tuple a dict of positions without its empty states (a list
+        # of orbax's keeps them, as None)
+        return (
+            bool(pairs)
+            and all(isinstance(key, DictKey) and _is_position(key) for key, _ in pairs)
+            and any(type(child) is dict and restored_names_at(child, NESTED) for _, child in pairs)
+        )
 
     def hides(self, name: str, key: KeyEntry) -> bool:
         return is_inject_state_name(name) and field_name(key) == SCHEDULE_BOOKKEEPING

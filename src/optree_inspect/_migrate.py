@@ -1,0 +1,504 @@
+"""`migrate`: a state carried across an optimizer change, matched by meaning (docs/migrate.md).
+
+Each optax state node of the new state takes the node of the old state of the same state type: the
+one at the same place among the named containers around it (partition labels, `named_chain` names,
+a `TrainState`'s fields), else the one of the same rank among the nodes of that type. Chain
+positions and wrappers (`inject_hyperparams`, `MultiSteps`, `apply_if_finite`, `masked`) do not
+count, so adding or removing one moves nothing. Inside a matched state, leaves match by field and
+parameter path; outside every state, by path.
+
+>>> import jax.numpy as jnp, optax, optree_inspect as oi
+>>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+>>> old = optax.adam(1e-3).init(params)
+>>> new = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3)).init(params)
+>>> print(oi.migrate(old, new))
+[1][0].count: carried from [0].count
+[1][0].mu: carried 2 leaves from [0].mu
+[1][0].nu: carried 2 leaves from [0].nu
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, NamedTuple
+
+import jax
+import numpy as np
+from jaxtyping import PyTree
+
+from ._cache import index_and_leaves
+from ._cast import cast_leaf, stands_as
+from ._errors import InvalidArgumentError, MigrationError, bounded, listing, raised_here
+from ._index import StructureIndex
+from ._keys import KeyPath, field_name, path_text
+from ._leaf import is_abstract, is_concrete
+from ._listing import Listing
+from ._naming import shortest_query
+from ._optax.fields import STATE_FIELDS
+from ._optax.names import COUNTER_NAMES, INJECT_STATE_NAMES, SCHEDULE_BOOKKEEPING
+from ._resolve import find
+from ._treekit import name_of
+
+MigrationKind = Literal["carried", "cast", "counter", "initialised", "dropped"]
+KINDS: tuple[str, ...] = ("carried", "cast", "counter", "initialised", "dropped")
+
+STARTS_AT_ZERO = frozenset({"mini_step"})
+"""Counters of a new state that start where `like` has them, never at the old step (`MultiSteps`'
+`mini_step` counts the mini-steps of the update being accumulated)."""
+KEEPS_LIKE = frozenset({"notfinite_count", "last_finite", "total_notfinite", "hyperparams"})
+"""Fields whose values are the new optimizer's (`like`'s) even where the old state has them:
+`apply_if_finite`'s bookkeeping, and injected hyperparameters (the new optimizer's values)."""
+MAX_ROWS = 120
+
+
+class MigrationRow(NamedTuple):
+    """One region of the new state and what `migrate` did there."""
+
+    kind: MigrationKind
+    """`carried` (the old values, same dtype), `cast` (the old values in the new dtype), `counter`
+    (a step counter set from the old step), `initialised` (`like`'s values), `dropped` (a part
+    of the old state that carries nowhere, named in `drop=` or bookkeeping of a removed wrapper)."""
+    path: KeyPath
+    """The region's node in the new state (in the old state for `dropped`)."""
+    query: str
+    """A query that selects that node there."""
+    source: KeyPath | None
+    """The node of the old state the values came from, or None."""
+    summary: str
+    """The row as printed."""
+
+
+class Migration(Listing[MigrationRow]):
+    """What `migrate` did: `.state`, the new state, and `.rows`, one a region. Print it before using
+    `.state` to see the plan (a dry run)."""
+
+    shown, empty, more = MAX_ROWS, "Nothing to carry over.", "... {count:,} more regions"
+
+    def __init__(self, state: Any, rows: Iterable[MigrationRow]) -> None:
+        super().__init__(rows)
+        self.state = state
+
+    @property
+    def rows(self) -> tuple[MigrationRow, ...]:
+        return self._items
+
+    def _line(self, item: MigrationRow) -> str:
+        return item.summary
+
+    def _header(self) -> str:
+        counts = {kind: sum(row.kind == kind for row in self._items) for kind in KINDS}
+        parts = ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)
+        return f"Migration({parts or 'nothing'})"
+
+    def __bool__(self) -> bool:
+        return True
+
+
+class _Leaf(NamedTuple):
+    """A leaf of one tree as `migrate` matches it: its state (node number, or -1 outside every
+    state), its names below that state (or from the root), and its field in that state."""
+
+    position: int
+    node: int
+    state: int
+    names: tuple[Any, ...]
+
+
+@raised_here
+def migrate(
+    old: PyTree,
+    like: PyTree,
+    /,
+    *,
+    rules: Mapping[str, str] | None = None,
+    drop: bool | str | Iterable[str] | None = None,
+    step: int | None = None,
+) -> Migration:
+    """`old` carried into the structure of `like` (the new optimizer's `tx.init(params)`, or a
+    container holding it), matched by meaning (see the module docstring and docs/migrate.md).
+
+    Every leaf of the result is `like`'s leaf's type, dtype, weak type, shape and sharding, holding
+    the old value cast as `set` casts it; a counter of a state the old one lacks takes the old step
+    (`step=` overrides it); anything else `like` alone has keeps `like`'s value. A part of `old`
+    that carries nowhere is a `MigrationError` unless `drop=` names it (queries over `old`, or
+    True); a removed wrapper's bookkeeping (counters, injected hyperparameters) is listed as
+    dropped. Neither input is modified.
+    """
+    rules = _checked_rules(rules)
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        raise InvalidArgumentError(f"step= takes an int, got a {bounded(type(step).__name__, 60)}.")
+    old_index, old_leaves = index_and_leaves(old)
+    like_index, like_leaves = index_and_leaves(like)
+    old_side, like_side = _leaves(old_index), _leaves(like_index)
+    pairs = _pair_states(old_index, like_index)
+    sources = _sources(old_side, like_side, pairs, rules, old_index, like_index)
+    old_step = _old_step(old_index, old_leaves) if step is None else step
+    kinds: list[MigrationKind] = []
+    values: list[Any] = []
+    for leaf in like_side:
+        kind, value = _carry(leaf, sources.get(leaf.position), like_index, like_leaves, old_leaves, old_step)
+        kinds.append(kind)
+        values.append(value)
+    used = {source for source in sources.values()}
+    dropped = [leaf for leaf in old_side if leaf.position not in used]
+    _check_dropped(old, old_index, old_side, dropped, drop)
+    state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), values)
+    rows = _rows(like_index, old_index, like_side, kinds, sources, old_side, like_leaves, old_leaves)
+    rows += _dropped_rows(old_index, dropped)
+    return Migration(state, rows)
+
+
+def _checked_rules(rules: Mapping[str, str] | None) -> dict[str, str]:
+    if rules is None:
+        return {}
+    if not isinstance(rules, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in rules.items()
+    ):
+        raise InvalidArgumentError("rules= takes a dict of str queries, {new_query: old_query}.")
+    return dict(rules)
+
+
+def _leaves(index: StructureIndex) -> list[_Leaf]:
+    """Each leaf with its innermost state and its names below it (an nnx Variable's `value` left
+    out, digit strings read as the ints orbax saved them from); one pass over the nodes."""
+    states = [-1] * len(index)
+    names: list[tuple[Any, ...]] = [()] * len(index)
+    parents, state_names, variables = index.parents, index.state_names, index.variables
+    for node in range(1, len(index)):
+        parent = parents[node]
+        if state_names[parent] is not None:
+            states[node], above = parent, ()
+        else:
+            states[node], above = states[parent], names[parent]
+        names[node] = above if variables[parent] else (*above, _name(index, node))
+    return [
+        _Leaf(position, node, states[node], names[node]) for position, node in enumerate(index.leaf_nodes)
+    ]
+
+
+def _name(index: StructureIndex, node: int) -> Any:
+    key = index.keys[node]
+    name = name_of(key) if key is not None else None
+    return int(name) if isinstance(name, str) and name.isdecimal() else name
+
+
+def _context(index: StructureIndex, node: int) -> tuple[Any, ...]:
+    """The names of the containers around a state: dict keys and fields that are not chain
+    positions (ints) or wrapper fields (`inner_state`), so that adding a wrapper changes nothing."""
+    names = []
+    for current in [*index.ancestors(node)[1:], node]:
+        name = _name(index, current)
+        if isinstance(name, str) and name not in STATE_FIELDS and name != "inner_states":
+            names.append(name)
+    return tuple(names)
+
+
+def _state_names(index: StructureIndex, node: int) -> tuple[str, ...]:
+    return index.restored_names.get(node) or (index.state_names[node] or "",)
+
+
+def _pair_states(old: StructureIndex, like: StructureIndex) -> dict[int, int]:
+    """Each state node of `like` with the node of `old` it takes: of the same state type, at the
+    same place among named containers, else of the same rank among those of that type."""
+    old_states = [n for n in range(len(old)) if old.state_names[n] is not None]
+    like_states = [n for n in range(len(like)) if like.state_names[n] is not None]
+    pairs: dict[int, int] = {}
+    taken: set[int] = set()
+    for exact in (True, False):
+        for node in like_states:
+            if node in pairs:
+                continue
+            name = like.state_names[node]
+            candidates = [n for n in old_states if n not in taken and name in _state_names(old, n)]
+            if exact:
+                context = _context(like, node)
+                candidates = [n for n in candidates if _context(old, n) == context]
+                if len(candidates) != 1:
+                    continue
+            if candidates:
+                pairs[node] = candidates[0]
+                taken.add(candidates[0])
+    return pairs
+
+
+def _sources(
+    old_side: list[_Leaf],
+    like_side: list[_Leaf],
+    pairs: dict[int, int],
+    rules: dict[str, str],
+    old_index: StructureIndex,
+    like_index: StructureIndex,
+) -> dict[int, int]:
+    """The old leaf (position) each leaf of `like` takes its value from, where one does."""
+    by_place = {(leaf.state, leaf.names): leaf.position for leaf in old_side}
+    # a parameter moved to another partition group: its moments in a state of the same type
+    by_type: dict[tuple[str, tuple[Any, ...]], list[int]] = {}
+    for leaf in old_side:
+        if leaf.state >= 0 and len(leaf.names) > 1:
+            for name in _state_names(old_index, leaf.state):
+                by_type.setdefault((name, leaf.names), []).append(leaf.position)
+    taken: set[int] = set()
+    compiled = [(_pattern(new), _pattern(old), new, old) for new, old in rules.items()]
+    matched_new: set[str] = set()
+    matched_old: set[str] = set()
+    sources: dict[int, int] = {}
+    for leaf in like_side:
+        state = pairs.get(leaf.state, -1) if leaf.state >= 0 else -1
+        if leaf.state >= 0 and state < 0:
+            continue  # a state the old one lacks: nothing to take from
+        names = leaf.names
+        for new_pattern, old_pattern, new_text, old_text in compiled:
+            renamed = _renamed(names, new_pattern, old_pattern, old_text)
+            if renamed is not None:
+                matched_new.add(new_text)
+                if (state, renamed) in by_place:
+                    matched_old.add(old_text)
+                    names = renamed
+                break
+        source = by_place.get((state, names))
+        if source is None and leaf.state >= 0 and len(names) > 1:
+            name = like_index.state_names[leaf.state] or ""
+            source = next((p for p in by_type.get((name, names), []) if p not in taken), None)
+        if source is not None:
+            sources[leaf.position] = source
+            taken.add(source)
+    unmatched = [
+        f"{new!r}: {old!r}" for new, old in rules.items() if new not in matched_new or old not in matched_old
+    ]
+    if unmatched:
+        raise MigrationError(
+            "These rules pair no leaf of the new state with one of the old state (each side of a rule "
+            "matches names from a state's field, or from the root outside every state):\n"
+            + listing(unmatched)
+        )
+    return sources
+
+
+def _pattern(text: str) -> list[str]:
+    return text.split(".")
+
+
+def _renamed(names: tuple[Any, ...], new: list[str], old: list[str], old_text: str) -> tuple[Any, ...] | None:
+    """`names` with its last `len(new)` names, which `new` matches, spelled as `old` (each `*` of
+    `old` takes what the same `*` of `new` matched), or None where `new` does not match them."""
+    if len(names) < len(new):
+        return None
+    tail = names[len(names) - len(new) :]
+    captured: list[Any] = []
+    for name, component in zip(tail, new, strict=True):
+        if not fnmatch.fnmatchcase(str(name), component):
+            return None
+        if component == "*":
+            captured.append(name)
+    stars = iter(captured)
+    spelled: list[Any] = []
+    for component in old:
+        if component == "*":
+            spelled.append(next(stars, "*"))
+        else:
+            spelled.append(int(component) if component.isdecimal() else component)
+    return (*names[: len(names) - len(new)], *spelled)
+
+
+def _old_step(index: StructureIndex, leaves: list[Any]) -> Any:
+    """The old state's step: its first `count` (in tree order) outside schedule bookkeeping."""
+    for position, node in enumerate(index.leaf_nodes):
+        key = index.keys[node]
+        if (
+            key is not None
+            and field_name(key) == "count"
+            and index.state_names[index.parents[node]] is not None
+            and not index.hidden[node]
+        ):
+            return leaves[position]
+    return None
+
+
+def _carry(
+    leaf: _Leaf,
+    source: int | None,
+    like_index: StructureIndex,
+    like_leaves: list[Any],
+    old_leaves: list[Any],
+    old_step: Any,
+) -> tuple[MigrationKind, Any]:
+    """What the leaf of the new state holds, and how it got it."""
+    new = like_leaves[leaf.position]
+    field = leaf.names[0] if leaf.names else None
+    if leaf.state >= 0 and field in KEEPS_LIKE:
+        return "initialised", new
+    if source is not None:
+        value = old_leaves[source]
+        if stands_as(value, new):
+            return "carried", value
+        cast = cast_leaf(new, value, like_index.path(leaf.node), fill=True)
+        same = getattr(cast, "dtype", None) == getattr(value, "dtype", None)
+        return ("carried" if same or is_abstract(cast) else "cast"), cast
+    if leaf.state >= 0 and len(leaf.names) == 1 and field in COUNTER_NAMES and field not in STARTS_AT_ZERO:
+        path = like_index.path(leaf.node)
+        if old_step is None:
+            raise MigrationError(
+                f"The counter at {path_text(path)} has no counterpart in the old state, and the old "
+                "state has no `count` to take the step from: pass step=."
+            )
+        return "counter", cast_leaf(new, old_step, path, fill=True)
+    return "initialised", new
+
+
+def _check_dropped(
+    old: Any, index: StructureIndex, side: list[_Leaf], dropped: list[_Leaf], drop: Any
+) -> None:
+    """Raise for the dropped leaves of `old` that are neither bookkeeping nor named in `drop`."""
+    if drop is True:
+        return
+    queries = [drop] if isinstance(drop, str) else list(drop or ())
+    if drop is not None and not isinstance(drop, bool | str) and not all(isinstance(q, str) for q in queries):
+        raise InvalidArgumentError("drop= takes True, a query or a list of queries over the old state.")
+    prefixes: list[KeyPath] = []
+    for query in queries:
+        found = [match.path for match in find(old, query)]
+        if not found:
+            raise MigrationError(
+                f"drop= names {bounded(repr(query), 100)}, which selects nothing in the old state."
+            )
+        prefixes.extend(found)
+    lost = [
+        leaf
+        for leaf in dropped
+        if not _bookkeeping(index, leaf) and not any(index.path(leaf.node)[: len(p)] == p for p in prefixes)
+    ]
+    if lost:
+        regions = _regions(index, lost)
+        lines = [
+            f"{path_text(index.path(node))} ({_leaves_text(count)})  ->  drop={shortest_query(index, node)!r}"
+            for node, count in regions
+        ]
+        raise MigrationError(
+            f"{len(lost):,} leaves of the old state carry nowhere in the new one. Name what may go in "
+            f"drop= (or drop=True):\n{listing(lines)}"
+        )
+
+
+def _leaves_text(count: int) -> str:
+    return f"{count:,} lea{'ves' if count != 1 else 'f'}"
+
+
+def _bookkeeping(index: StructureIndex, leaf: _Leaf) -> bool:
+    """A removed wrapper's bookkeeping, listed as dropped without `drop=`: a counter, an injected
+    hyperparameter or its schedule's state, `apply_if_finite`'s counts."""
+    if leaf.state < 0 or not leaf.names:
+        return False
+    field = leaf.names[0]
+    state_name = index.state_names[leaf.state]
+    return (
+        index.hidden[leaf.node]
+        or (len(leaf.names) == 1 and (field in COUNTER_NAMES or field in KEEPS_LIKE))
+        or (state_name in INJECT_STATE_NAMES and field in ("hyperparams", SCHEDULE_BOOKKEEPING))
+    )
+
+
+def _regions(index: StructureIndex, leaves: list[_Leaf]) -> list[tuple[int, int]]:
+    """The leaves grouped by their state's field (or alone outside every state), in order, each
+    group as the deepest node that holds it, with how many leaves it holds."""
+    regions: list[tuple[int, int]] = []
+    for region, group in itertools.groupby(leaves, key=lambda leaf: _region_node(index, leaf)):
+        members = list(group)
+        regions.append((_common_ancestor(index, region, members[0].node, members[-1].node), len(members)))
+    return regions
+
+
+def _region_node(index: StructureIndex, leaf: _Leaf) -> int:
+    """The node a leaf's row stands under: its state's field, or the leaf itself."""
+    if leaf.state < 0 or len(leaf.names) <= 1:
+        return leaf.node if not index.variables[index.parents[leaf.node]] else index.parents[leaf.node]
+    node = leaf.node
+    while index.parents[node] != leaf.state:
+        node = index.parents[node]
+    return node
+
+
+def _rows(
+    like: StructureIndex,
+    old: StructureIndex,
+    like_side: list[_Leaf],
+    kinds: list[MigrationKind],
+    sources: dict[int, int],
+    old_side: list[_Leaf],
+    like_leaves: list[Any],
+    old_leaves: list[Any],
+) -> list[MigrationRow]:
+    rows = []
+    keyed = [(leaf, kinds[leaf.position]) for leaf in like_side]
+    for (region, kind), group in itertools.groupby(
+        keyed, key=lambda item: (_region_node(like, item[0]), item[1])
+    ):
+        members = [leaf for leaf, _ in group]
+        node = _common_ancestor(like, region, members[0].node, members[-1].node)
+        path = like.path(node)
+        first, last = sources.get(members[0].position), sources.get(members[-1].position)
+        source = None
+        if first is not None and last is not None:
+            ends = old_side[first], old_side[last]
+            source_region = _region_node(old, ends[0])
+            source = old.path(_common_ancestor(old, source_region, ends[0].node, ends[1].node))
+        count = len(members)
+        many = "" if like.is_leaf[node] or like.variables[node] else f" {_leaves_text(count)}"
+        where = f" from {path_text(source)}" if source is not None else ""
+        if kind == "initialised":
+            differ = [m.names[-1] for m in members if _differs(m, sources, like_leaves, old_leaves)]
+            note = f"; not the old state's: {', '.join(map(str, differ[:8]))}" if differ else ""
+            what = f"initialised{many} (the new state's{note})"
+        elif kind == "counter":
+            what = f"counter{many} set to the old step"
+        else:
+            what = f"{kind}{many}{where}"
+        rows.append(
+            MigrationRow(
+                kind, path, shortest_query(like, node) if node else "", source, f"{path_text(path)}: {what}"
+            )
+        )
+    return rows
+
+
+def _differs(leaf: _Leaf, sources: dict[int, int], like_leaves: list[Any], old_leaves: list[Any]) -> bool:
+    """Whether a leaf kept from `like` (an injected hyperparameter) differs from the old value it
+    stands for; concrete scalars only."""
+    source = sources.get(leaf.position)
+    if source is None:
+        return False
+    new, old = like_leaves[leaf.position], old_leaves[source]
+    if not (is_concrete(new) and is_concrete(old)) or np.ndim(new) or np.ndim(old):
+        return False
+    return bool(np.asarray(new) != np.asarray(old))
+
+
+def _common_ancestor(index: StructureIndex, region: int, first: int, last: int) -> int:
+    """The deepest node at or below `region` that holds the leaves `first` to `last` (an nnx
+    Variable for its own leaf)."""
+    if first == last:
+        parent = index.parents[first]
+        return parent if index.variables[parent] else first
+    above = set(index.ancestors(first))
+    node = last
+    while node not in above and node != region:
+        node = index.parents[node]
+    return node
+
+
+def _dropped_rows(index: StructureIndex, dropped: list[_Leaf]) -> list[MigrationRow]:
+    rows = []
+    for node, count in _regions(index, dropped):
+        path = index.path(node)
+        many = "" if index.is_leaf[node] or index.variables[node] else f" {_leaves_text(count)}"
+        rows.append(
+            MigrationRow(
+                "dropped",
+                path,
+                shortest_query(index, node) if node else "",
+                path,
+                f"{path_text(path)}: dropped{many} (in the old state)",
+            )
+        )
+    return rows

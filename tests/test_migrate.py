@@ -1,0 +1,308 @@
+"""`migrate`: a state trained a few steps carried across each optimizer change users make, live and
+from a checkpoint restored without its types: every moment of every parameter on both sides carried
+bit-exactly by name, every new counter at the old step, nothing dropped that is not listed, and
+where the new optimizer computes the same thing, ten more steps equal to the old optimizer's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import hypothesis
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optree_inspect as oi
+
+PARAMS = {f"layer{i}": {"w": jnp.full((3, 3), i + 1.0), "b": jnp.full(3, 0.5 * i)} for i in range(4)}
+SCHEDULE = optax.linear_schedule(2.0**-10, 2.0**-12, 64)
+
+
+def grads_at(step: int, params: Any = PARAMS) -> Any:
+    return jax.tree.map(lambda p: jnp.sin(p + 0.25 * (step + 1)), params)
+
+
+def trained(tx: optax.GradientTransformation, params: Any = PARAMS, steps: int = 3) -> Any:
+    state = tx.init(params)
+    for step in range(steps):
+        state = tx.update(grads_at(step, params), state, params)[1]
+    return state
+
+
+def as_restored(tree: Any) -> Any:
+    """What orbax restores without a target: NamedTuples as dicts, tuples as lists, empty states
+    as None."""
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return {k: as_restored(v) for k, v in tree._asdict().items()} if tree._fields else None
+    if isinstance(tree, tuple | list):
+        return [as_restored(v) for v in tree]
+    if isinstance(tree, dict):
+        return {k: as_restored(v) for k, v in tree.items()}
+    return tree
+
+
+def moments(state: Any) -> dict[tuple[str, str, str], np.ndarray]:
+    """Every moment leaf by (field, layer, parameter), wherever its state stands."""
+    found = {}
+    for field in ("mu", "nu", "trace"):
+        for match in oi.find(state, f"{field}.*.*"):
+            layer, name = (jax.tree_util.keystr((k,)).strip("[]'.") for k in match.path[-2:])
+            found[(field, layer, name)] = np.asarray(match.value)
+    return found
+
+
+def count_values(state: Any) -> list[int]:
+    return [
+        int(v)
+        for k, v in oi.hyperparams(state, counters=True).items()
+        if k.endswith(("count", "gradient_step"))
+    ]
+
+
+EDITS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
+    "+clip_by_global_norm in front": (
+        lambda: optax.adam(2.0**-10),
+        lambda: optax.chain(optax.clip_by_global_norm(1e6), optax.adam(2.0**-10)),
+    ),
+    "adam -> adamw": (lambda: optax.adam(2.0**-10), lambda: optax.adamw(2.0**-10, weight_decay=0.0)),
+    "adamw -> inject_hyperparams(adamw) with a schedule": (
+        lambda: optax.adamw(SCHEDULE, b1=0.875, b2=0.9375, weight_decay=2.0**-8),
+        lambda: optax.inject_hyperparams(optax.adamw)(
+            learning_rate=SCHEDULE, b1=0.875, b2=0.9375, weight_decay=2.0**-8
+        ),
+    ),
+    "+MultiSteps": (
+        lambda: optax.adam(2.0**-10),
+        lambda: optax.MultiSteps(optax.adam(2.0**-10), every_k_schedule=1),
+    ),
+    "+apply_if_finite": (
+        lambda: optax.adam(2.0**-10),
+        lambda: optax.apply_if_finite(optax.adam(2.0**-10), 3),
+    ),
+}
+SAME_UPDATES = sorted(EDITS)  # each new optimizer computes what the old one does
+
+
+@pytest.fixture(params=["live", "restored"])
+def form(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_every_moment_carries_and_every_counter_agrees(edit: str, form: str) -> None:
+    make_old, make_new = EDITS[edit]
+    old = trained(make_old())
+    source = old if form == "live" else as_restored(old)
+    migration = oi.migrate(source, make_new().init(PARAMS))
+    carried, before = moments(migration.state), moments(old)
+    assert carried.keys() == before.keys() and before
+    for key, value in before.items():
+        np.testing.assert_array_equal(carried[key], value, err_msg=str(key))
+    assert set(count_values(migration.state)) == {3}, oi.hyperparams(migration.state, counters=True)
+    assert jax.tree.structure(migration.state) == jax.tree.structure(make_new().init(PARAMS))
+    assert all(row.kind != "dropped" or row.query for row in migration.rows)
+    assert str(migration).count("\n") < 120
+
+
+@pytest.mark.parametrize("edit", SAME_UPDATES)
+def test_ten_more_steps_equal_the_old_optimizers(edit: str) -> None:
+    make_old, make_new = EDITS[edit]
+    old_tx, new_tx = make_old(), make_new()
+    old = trained(old_tx)
+    new = oi.migrate(old, new_tx.init(PARAMS)).state
+    with jax.disable_jit():
+        for step in range(3, 13):
+            old_updates, old = old_tx.update(grads_at(step), old, PARAMS)
+            new_updates, new = new_tx.update(grads_at(step), new, PARAMS)
+            for a, b in zip(jax.tree.leaves(old_updates), jax.tree.leaves(new_updates), strict=True):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"step {step}")
+
+
+LABELS = {name: "a" if name in ("layer0", "layer1") else "b" for name in PARAMS}
+
+
+def _labels(moved: dict[str, str]) -> Any:
+    return {
+        name: {"w": moved.get(name, label), "b": moved.get(name, label)} for name, label in LABELS.items()
+    }
+
+
+def test_a_partition_relabel_carries_each_parameters_moments(form: str) -> None:
+    """layer1 moves from group a to group b; layer3 moves from set_to_zero (c) to adam (a)."""
+    old_labels = _labels({"layer3": "c"})
+    new_labels = _labels({"layer1": "b", "layer3": "a"})
+    groups = {"a": optax.adam(2.0**-10), "b": optax.adam(2.0**-9), "c": optax.set_to_zero()}
+    old = trained(optax.partition(groups, old_labels))
+    source = old if form == "live" else as_restored(old)
+    migration = oi.migrate(source, optax.partition(groups, new_labels).init(PARAMS))
+    state = migration.state
+    a_mu = state.inner_states["a"].inner_state[0].mu
+    b_mu = state.inner_states["b"].inner_state[0].mu
+    old_b_mu = old.inner_states["b"].inner_state[0].mu
+    # layer1 kept its name: its moments in group b are the old group a's; layer3 had none (zeros)
+    np.testing.assert_array_equal(b_mu["layer1"]["w"], old.inner_states["a"].inner_state[0].mu["layer1"]["w"])
+    np.testing.assert_array_equal(b_mu["layer2"]["w"], old_b_mu["layer2"]["w"])
+    assert not np.any(np.asarray(a_mu["layer3"]["w"]))
+    assert any(row.kind == "initialised" for row in migration.rows)
+
+
+def test_a_layer_added_is_initialised_and_a_layer_removed_must_be_dropped(form: str) -> None:
+    tx = optax.adam(2.0**-10)
+    old = trained(tx)
+    source = old if form == "live" else as_restored(old)
+    more = {**PARAMS, "layer9": {"w": jnp.ones((3, 3)), "b": jnp.ones(3)}}
+    added = oi.migrate(source, tx.init(more))
+    np.testing.assert_array_equal(added.state[0].mu["layer2"]["w"], old[0].mu["layer2"]["w"])
+    assert not np.any(np.asarray(added.state[0].mu["layer9"]["w"]))
+    assert any(row.kind == "initialised" and "layer9" in row.summary for row in added.rows)
+    fewer = {k: v for k, v in PARAMS.items() if k != "layer3"}
+    with pytest.raises(oi.MigrationError, match="layer3") as info:
+        oi.migrate(source, tx.init(fewer))
+    assert "drop=" in str(info.value) and len(str(info.value)) < 3000
+    removed = oi.migrate(source, tx.init(fewer), drop=["mu.layer3", "nu.layer3"])
+    assert [row.kind for row in removed.rows].count("dropped") == 2
+    assert oi.migrate(source, tx.init(fewer), drop=True).state[0].mu.keys() == fewer.keys()
+
+
+def test_a_removed_transforms_state_is_an_error_unless_dropped() -> None:
+    old = trained(optax.chain(optax.trace(0.5), optax.adam(2.0**-10)))
+    like = optax.adam(2.0**-10).init(PARAMS)
+    with pytest.raises(oi.MigrationError, match="trace"):
+        oi.migrate(old, like)
+    migration = oi.migrate(old, like, drop="TraceState")
+    assert any(row.kind == "dropped" for row in migration.rows)
+
+
+def test_rules_rename_parameters_and_refuse_what_matches_nothing() -> None:
+    renamed = {k.replace("layer", "block"): v for k, v in PARAMS.items()}
+    tx = optax.adam(2.0**-10)
+    old = trained(tx)
+    rules = {f"{field}.block{i}.*": f"{field}.layer{i}.*" for field in ("mu", "nu") for i in range(4)}
+    migration = oi.migrate(old, tx.init(renamed), rules=rules)
+    np.testing.assert_array_equal(migration.state[0].mu["block1"]["w"], old[0].mu["layer1"]["w"])
+    np.testing.assert_array_equal(migration.state[0].nu["block3"]["b"], old[0].nu["layer3"]["b"])
+    with pytest.raises(oi.MigrationError, match="pair no leaf"):
+        oi.migrate(old, tx.init(renamed), rules={**rules, "mu.nothing.*": "mu.layer0.*"})
+
+
+def test_a_dtype_change_is_cast_and_said() -> None:
+    tx = optax.adam(2.0**-10)
+    old = trained(tx)
+    half = jax.tree.map(lambda p: p.astype(jnp.bfloat16), PARAMS)
+    migration = oi.migrate(old, tx.init(half))
+    assert migration.state[0].mu["layer0"]["w"].dtype == jnp.bfloat16
+    assert {row.kind for row in migration.rows} >= {"cast", "carried"}
+
+
+def test_a_counter_without_an_old_step_asks_for_step() -> None:
+    old = {"mu": PARAMS}
+    like = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1).init(PARAMS)
+    with pytest.raises(oi.MigrationError, match="step="):
+        oi.migrate(old, like, drop=True)
+    state = oi.migrate(old, like, drop=True, step=7).state
+    assert int(state.count) == 7
+
+
+def test_bad_arguments_are_refused_and_inputs_unchanged() -> None:
+    tx = optax.adam(2.0**-10)
+    old = trained(tx)
+    before = jax.tree.map(np.asarray, old)
+    with pytest.raises(oi.InvalidArgumentError):
+        oi.migrate(old, tx.init(PARAMS), step=1.5)  # type: ignore[arg-type]
+    with pytest.raises(oi.InvalidArgumentError):
+        oi.migrate(old, tx.init(PARAMS), rules={"mu": 1})  # type: ignore[dict-item]
+    with pytest.raises(oi.MigrationError, match="selects nothing"):
+        oi.migrate(old, tx.init(PARAMS), drop="nonexistent")
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, old))
+
+
+def test_the_plan_prints_as_a_listing() -> None:
+    migration = oi.migrate(trained(optax.adam(2.0**-10)), optax.adamw(2.0**-10).init(PARAMS))
+    assert repr(migration).startswith("Migration(3 carried)") and bool(migration)
+    assert "<div" in migration._repr_html_()
+    assert all(isinstance(row, oi.MigrationRow) for row in migration.rows)
+
+
+def test_a_linen_train_state_into_the_nnx_optimizer_of_the_same_model(form: str) -> None:
+    nnx = pytest.importorskip("flax.nnx")
+    train_state = pytest.importorskip("flax.training.train_state")
+    import inspect
+
+    if "model" not in inspect.signature(nnx.Optimizer.update).parameters:
+        pytest.skip("before flax 0.11 an nnx.Optimizer is no pytree")
+    linen_params = {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}
+    tx = optax.adam(2.0**-10)
+    old = train_state.TrainState.create(apply_fn=None, params=linen_params, tx=tx)
+    for step in range(3):
+        old = old.apply_gradients(grads=grads_at(step, linen_params))
+    source = (
+        old
+        if form == "live"
+        else as_restored({"step": old.step, "params": old.params, "opt_state": old.opt_state})
+    )
+
+    class Model(nnx.Module):
+        def __init__(self, rngs: Any) -> None:
+            self.dense = nnx.Linear(3, 4, rngs=rngs)
+
+    like = nnx.state(nnx.Optimizer(Model(nnx.Rngs(0)), tx, wrt=nnx.Param))
+    rules = {f"{field}.dense.*": f"{field}.Dense_0.*" for field in ("mu", "nu")}
+    with pytest.raises(oi.MigrationError, match="params"):
+        oi.migrate(source, like, rules=rules)
+    migration = oi.migrate(source, like, rules=rules, drop="params")
+    state = migration.state
+    assert type(state) is type(like)
+    mu = oi.get(state, "mu.dense.kernel")
+    np.testing.assert_array_equal(mu, old.opt_state[0].mu["Dense_0"]["kernel"])
+    assert int(oi.get(state, "ScaleByAdamState.count")) == 3 and int(oi.get(state, "step")) == 3
+
+
+WRAPPERS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "apply_if_finite": (lambda tx: optax.apply_if_finite(tx, 3), lambda state: state.inner_state),
+    "MultiSteps": (
+        lambda tx: optax.MultiSteps(tx, every_k_schedule=1).gradient_transformation(),
+        lambda state: state.inner_opt_state,
+    ),
+    "clip in front": (lambda tx: optax.chain(optax.clip_by_global_norm(1e6), tx), lambda state: state[1]),
+}
+
+
+def _without_hyperparameters(tree: Any) -> list[tuple[str, np.ndarray]]:
+    """Every leaf by path but injected hyperparameters, which are the new optimizer's."""
+    return [
+        (jax.tree_util.keystr(path), np.asarray(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if "hyperparams'" not in jax.tree_util.keystr(path)
+        and ".hyperparams[" not in jax.tree_util.keystr(path)
+    ]
+
+
+@hypothesis.settings(deadline=None)
+@hypothesis.given(data=hypothesis.strategies.data())
+def test_random_optimizers_with_a_wrapper_added_or_removed(data: Any) -> None:
+    from strategies import optimizers, params_trees
+
+    params = data.draw(params_trees())
+    tx = data.draw(optimizers(params))
+    name = data.draw(hypothesis.strategies.sampled_from(sorted(WRAPPERS)))
+    wrap, inner_of = WRAPPERS[name]
+    added = data.draw(hypothesis.strategies.booleans())
+    old_tx, new_tx = (tx, wrap(tx)) if added else (wrap(tx), tx)
+    grads = jax.tree.map(jnp.ones_like, params)
+    try:
+        old = old_tx.init(params)
+        for _ in range(2):
+            old = old_tx.update(grads, old, params)[1]
+    except TypeError:  # optax cannot run some compositions (see test_properties.py)
+        hypothesis.reject()
+    like = new_tx.init(params)
+    migrated = oi.migrate(old, like, drop=None if added else True).state
+    carried, before = (inner_of(migrated), old) if added else (migrated, inner_of(old))
+    assert jax.tree.structure(migrated) == jax.tree.structure(like)
+    got, expected = _without_hyperparameters(carried), _without_hyperparameters(before)
+    assert [p for p, _ in got] == [p for p, _ in expected]
+    for (path, a), (_, b) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=path)
