@@ -229,7 +229,7 @@ def migrate_section(layers: int, rounds: int = 5) -> None:
     """`migrate` of adam's state into `chain(clip, inject_hyperparams(adamw))` (a transform inserted
     and a wrapper added), a first call on fresh arrays each round, beside `restore_like` into an
     unchanged optimizer and `jax.tree.map(jnp.copy, ...)` of the same state (a floor: one array op
-    a leaf)."""
+    a leaf). The new states are built before the timed calls."""
     new_tx = optax.chain(
         optax.clip_by_global_norm(1.0), optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3)
     )
@@ -239,10 +239,11 @@ def migrate_section(layers: int, rounds: int = 5) -> None:
         params = {f"layer{i}": {"w": jnp.full(4, round_number + i, jnp.float32)} for i in range(layers)}
         old = optax.adam(1e-3).init(params)
         count = len(jax.tree.leaves(old))
+        same, changed = optax.adam(1e-3).init(params), new_tx.init(params)  # not timed
         calls = {
             "jax.tree.map(jnp.copy)": lambda o=old: jax.block_until_ready(jax.tree.map(jnp.copy, o)),
-            "restore_like": lambda o=old, p=params: oi.restore_like(o, optax.adam(1e-3).init(p)),
-            "migrate": lambda o=old, p=params: oi.migrate(o, new_tx.init(p)),
+            "restore_like": lambda o=old, like=same: oi.restore_like(o, like),
+            "migrate": lambda o=old, like=changed: oi.migrate(o, like),
         }
         for name, call in calls.items():
             start = time.perf_counter()
