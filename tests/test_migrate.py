@@ -306,3 +306,79 @@ def test_random_optimizers_with_a_wrapper_added_or_removed(data: Any) -> None:
     assert [p for p, _ in got] == [p for p, _ in expected]
     for (path, a), (_, b) in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b, err_msg=path)
+
+
+def test_a_state_whose_moments_start_anew_counts_anew() -> None:
+    """sgd replaced by adam: adam's moments are zeros, so its count is too (bias correction)."""
+    old = trained(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), steps=5)
+    new_tx = optax.inject_hyperparams(optax.adam)(learning_rate=0.1)
+    state = oi.migrate(old, new_tx.init(PARAMS)).state
+    assert int(state.count) == 5 and int(state.inner_state[0].count) == 0
+    fresh = new_tx.init(PARAMS)
+    migrated_update = new_tx.update(grads_at(5), state, PARAMS)[0]
+    fresh_update = new_tx.update(grads_at(5), fresh._replace(count=state.count), PARAMS)[0]
+    jax.tree.map(np.testing.assert_array_equal, migrated_update, fresh_update)
+
+
+def test_a_moment_is_never_carried_twice() -> None:
+    only_first = {name: {"w": name == "layer0", "b": name == "layer0"} for name in PARAMS}
+    old = trained(optax.chain(optax.masked(optax.scale_by_adam(), only_first), optax.scale_by_adam(b1=0.5)))
+    new = optax.chain(optax.scale_by_adam(), optax.scale_by_adam(b1=0.5)).init(PARAMS)
+    state = oi.migrate(old, new).state
+    np.testing.assert_array_equal(state[1].mu["layer1"]["w"], old[1].mu["layer1"]["w"])
+    assert not np.any(np.asarray(state[0].mu["layer1"]["w"]))  # layer1 had no first moments
+    np.testing.assert_array_equal(state[0].mu["layer0"]["w"], old[0].inner_state.mu["layer0"]["w"])
+
+
+def test_states_of_one_type_at_no_common_place_are_refused_unless_named() -> None:
+    """Which of three `scale_by_adam` was removed is not known: the plan refuses to guess."""
+    old = trained(optax.chain(*(optax.scale_by_adam(b1=b1) for b1 in (0.125, 0.5, 0.875))))
+    new = optax.chain(optax.scale_by_adam(b1=0.125), optax.scale_by_adam(b1=0.875)).init(PARAMS)
+    with pytest.raises(oi.MigrationError, match="which carries into which"):
+        oi.migrate(old, new)
+    state = oi.migrate(old, new, drop="[1]").state
+    np.testing.assert_array_equal(state[1].mu["layer2"]["w"], old[2].mu["layer2"]["w"])
+
+
+def test_abstract_old_leaves_and_bad_drops_are_refused() -> None:
+    tx = optax.adam(2.0**-10)
+    abstract = jax.eval_shape(lambda: trained(tx))
+    with pytest.raises(oi.LeafTypeError, match="arrays=True"):
+        oi.migrate(abstract, tx.init(PARAMS))
+    for bad in (5, 1.5, {"mu": 1}):
+        with pytest.raises(oi.InvalidArgumentError):
+            oi.migrate(trained(tx), tx.init(PARAMS), drop=bad)  # type: ignore[arg-type]
+    with pytest.raises(oi.InvalidArgumentError):
+        oi.migrate(trained(tx), tx.init(PARAMS), step=-1)
+    assert (
+        int(
+            oi.migrate(
+                {"mu": PARAMS},
+                optax.inject_hyperparams(optax.sgd)(0.1).init(PARAMS),
+                drop=True,
+                step=np.int64(4),
+            ).state.count
+        )
+        == 4
+    )
+
+
+def test_the_old_step_of_an_nnx_state() -> None:
+    nnx = pytest.importorskip("flax.nnx")
+    import inspect
+
+    if "model" not in inspect.signature(nnx.Optimizer.update).parameters:
+        pytest.skip("before flax 0.11 an nnx.Optimizer is no pytree")
+    model = nnx.Linear(3, 3, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(2.0**-10), wrt=nnx.Param)
+    for _ in range(5):
+        optimizer.update(model, jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param)))
+    new = nnx.Optimizer(model, optax.inject_hyperparams(optax.adam)(learning_rate=2.0**-10), wrt=nnx.Param)
+    state = oi.migrate(nnx.state(optimizer), nnx.state(new)).state
+    assert (
+        int(
+            oi.get(state, "InjectStatefulHyperparamsState>count", default=None)
+            or oi.get(state, "InjectHyperparamsState>count")
+        )
+        == 5
+    )

@@ -363,6 +363,9 @@ def test_a_raw_checkpoint_with_other_items_reads_its_nnx_part_as_variables(
     assert int(oi.get(raw, "epoch")) == 3
     zeroed = oi.set(raw, "mu.l1.kernel", lambda w: w * 0)  # the function gets the array
     assert not np.any(np.asarray(oi.get(zeroed, "mu.l1.kernel")))
+    doubled = oi.set(raw, "mu", lambda mu: jax.tree.map(lambda w: w * 2, mu))  # a subtree of arrays
+    np.testing.assert_array_equal(oi.get(doubled, "mu.l1.kernel"), 2 * np.asarray(kernel))
+    assert jax.tree.structure(doubled) == jax.tree.structure(raw)
     assert "value:" not in str(oi.describe(raw))
 
 

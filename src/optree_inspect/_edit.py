@@ -28,7 +28,7 @@ from ._errors import (
     raised_here,
 )
 from ._keys import KeyEntry, KeyPath, path_text
-from ._leaf import is_deleted, is_restored_variable, is_variable, unwrap, value_of
+from ._leaf import is_deleted, is_restored_variable, is_variable, unwrap, without_variables
 from ._optax.closures import ConstantHyperparameter, Optimizer, read_optimizer
 from ._optax.states import (
     ScheduledSlot,
@@ -129,9 +129,7 @@ def set(
     _refuse_scheduled(tree, list(targets))
     restored = _restored_variables(tree, targets)
     called = {
-        path: call_on(new, value_of(old) if path in restored or is_variable(old) else old, path)
-        if is_function(new)
-        else new
+        path: call_on(new, _as_read(old, path in restored), path) if is_function(new) else new
         for path, (old, new) in targets.items()
     }
     _refuse_schedules_changed_from_above(
@@ -283,6 +281,14 @@ def coerce(old: Any, new: Any, path: KeyPath = (), *, call: bool = True, restore
     can flatten is fine.
     """
     return build((old, new, path, call, restored), _expand)
+
+
+def _as_read(old: Any, restored: bool) -> Any:
+    """The node a function given to `set` is called on: as `get` returns it, with arrays in place
+    of nnx Variables."""
+    if restored or is_variable(old) or any(map(is_variable, jax.tree.leaves(old, is_leaf=is_variable))):
+        return without_variables(old, restored)
+    return old
 
 
 def _restored_variables(tree: Any, targets: dict[KeyPath, tuple[Any, Any]]) -> frozenset[KeyPath]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
@@ -30,9 +31,9 @@ from jaxtyping import PyTree
 
 from ._cache import index_and_leaves
 from ._cast import cast_leaf, stands_as
-from ._errors import InvalidArgumentError, MigrationError, bounded, listing, raised_here
+from ._errors import InvalidArgumentError, LeafTypeError, MigrationError, bounded, listing, raised_here
 from ._index import StructureIndex
-from ._keys import KeyPath, field_name, path_text
+from ._keys import KeyPath, path_text
 from ._leaf import is_abstract, is_concrete
 from ._listing import Listing
 from ._naming import shortest_query
@@ -47,6 +48,9 @@ KINDS: tuple[str, ...] = ("carried", "cast", "counter", "initialised", "dropped"
 STARTS_AT_ZERO = frozenset({"mini_step"})
 """Counters of a new state that start where `like` has them, never at the old step (`MultiSteps`'
 `mini_step` counts the mini-steps of the update being accumulated)."""
+ACCUMULATORS = frozenset({"acc_grads"})
+"""Params-shaped fields that start at zero whatever the step (`MultiSteps`' accumulated
+gradients): a state whose only fresh fields these are keeps counting from the old step."""
 KEEPS_LIKE = frozenset({"notfinite_count", "last_finite", "total_notfinite", "hyperparams"})
 """Fields whose values are the new optimizer's (`like`'s) even where the old state has them:
 `apply_if_finite`'s bookkeeping, and injected hyperparameters (the new optimizer's values)."""
@@ -97,8 +101,9 @@ class Migration(Listing[MigrationRow]):
 
 
 class _Leaf(NamedTuple):
-    """A leaf of one tree as `migrate` matches it: its state (node number, or -1 outside every
-    state), its names below that state (or from the root), and its field in that state."""
+    """A leaf of one tree as `migrate` matches it: its position among the leaves, its node, its
+    innermost state (node number, or -1 outside every state) and its names below that state (or
+    from the root): the state's field first."""
 
     position: int
     node: int
@@ -127,27 +132,76 @@ def migrate(
     dropped. Neither input is modified.
     """
     rules = _checked_rules(rules)
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
-        raise InvalidArgumentError(f"step= takes an int, got a {bounded(type(step).__name__, 60)}.")
+    drop_all, drop_queries = _checked_drop(drop)
+    step = _checked_step(step)
     old_index, old_leaves = index_and_leaves(old)
     like_index, like_leaves = index_and_leaves(like)
-    old_side, like_side = _leaves(old_index), _leaves(like_index)
-    pairs = _pair_states(old_index, like_index)
+    named = _named_nodes(old, old_index, drop_queries)
+    every_old = _leaves(old_index)
+    old_side = [leaf for leaf in every_old if not named[leaf.node]]
+    like_side = _leaves(like_index)
+    pairs = _pair_states(
+        old_index, like_index, named, _with_moments(old_side) | _with_moments(like_side, True)
+    )
     sources = _sources(old_side, like_side, pairs, rules, old_index, like_index)
-    old_step = _old_step(old_index, old_leaves) if step is None else step
+    _refuse_abstract(like_side, sources, like_leaves, old_leaves, like_index)
+    fresh = _fresh_states(like_side, sources, like_index)
+    old_step = _old_step(old_index, old_side, old_leaves) if step is None else step
     kinds: list[MigrationKind] = []
     values: list[Any] = []
     for leaf in like_side:
-        kind, value = _carry(leaf, sources.get(leaf.position), like_index, like_leaves, old_leaves, old_step)
+        source = sources.get(leaf.position)
+        kind, value = _carry(leaf, source, like_index, like_leaves, old_leaves, old_step, fresh)
         kinds.append(kind)
         values.append(value)
-    used = {source for source in sources.values()}
-    dropped = [leaf for leaf in old_side if leaf.position not in used]
-    _check_dropped(old, old_index, old_side, dropped, drop)
+    used = set(sources.values())
+    dropped = [leaf for leaf in every_old if leaf.position not in used]
+    if not drop_all:
+        _check_dropped(old_index, [leaf for leaf in dropped if not named[leaf.node]])
     state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), values)
-    rows = _rows(like_index, old_index, like_side, kinds, sources, old_side, like_leaves, old_leaves)
+    rows = _rows(like_index, old_index, like_side, kinds, sources, every_old, like_leaves, old_leaves)
     rows += _dropped_rows(old_index, dropped)
     return Migration(state, rows)
+
+
+def _checked_drop(drop: Any) -> tuple[bool, list[str]]:
+    """Whether everything may be dropped, and the queries of what may."""
+    if drop is None or drop is False:
+        return False, []
+    if drop is True:
+        return True, []
+    if isinstance(drop, str):
+        return False, [drop]
+    if isinstance(drop, list | tuple | set | frozenset) and all(isinstance(q, str) for q in drop):
+        return False, list(drop)
+    raise InvalidArgumentError(
+        "drop= takes True, a query or a list of queries over the old state, got a "
+        f"{bounded(type(drop).__name__, 60)}."
+    )
+
+
+def _checked_step(step: Any) -> int | None:
+    if step is None:
+        return None
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        raise InvalidArgumentError(f"step= takes an int of 0 or more, got {bounded(repr(step), 60)}.")
+    return int(step)
+
+
+def _named_nodes(old: Any, index: StructureIndex, queries: list[str]) -> list[bool]:
+    """Which nodes of `old` are at or below a node that a `drop=` query selects."""
+    named = [False] * len(index)
+    for query in queries:
+        found = [match.path for match in find(old, query, variables=True)]
+        if not found:
+            raise MigrationError(
+                f"drop= names {bounded(repr(query), 100)}, which selects nothing in the old state."
+            )
+        for path in found:
+            node = index.number_of(path)
+            if node is not None:
+                named[node : node + index.sizes[node]] = [True] * index.sizes[node]
+    return named
 
 
 def _checked_rules(rules: Mapping[str, str] | None) -> dict[str, str]:
@@ -199,27 +253,61 @@ def _state_names(index: StructureIndex, node: int) -> tuple[str, ...]:
     return index.restored_names.get(node) or (index.state_names[node] or "",)
 
 
-def _pair_states(old: StructureIndex, like: StructureIndex) -> dict[int, int]:
+def _with_moments(side: list[_Leaf], like: bool = False) -> set[tuple[bool, int]]:
+    """The states (tagged with the side: True for `like`) that hold moments: a params-shaped field
+    other than accumulators or injected hyperparameters."""
+    return {
+        (like, leaf.state)
+        for leaf in side
+        if leaf.state >= 0 and len(leaf.names) > 1 and leaf.names[0] not in KEEPS_LIKE | ACCUMULATORS
+    }
+
+
+def _pair_states(
+    old: StructureIndex, like: StructureIndex, named: list[bool], with_moments: set[tuple[bool, int]]
+) -> dict[int, int]:
     """Each state node of `like` with the node of `old` it takes: of the same state type, at the
-    same place among named containers, else of the same rank among those of that type."""
-    old_states = [n for n in range(len(old)) if old.state_names[n] is not None]
-    like_states = [n for n in range(len(like)) if like.state_names[n] is not None]
+    same place among named containers, else of the same rank among those of that type left over.
+    Where the numbers left over differ for states that hold moments, which goes where is not
+    known: a `MigrationError` (name the old ones that go in `drop=`); wrappers' states (their
+    counters and accumulators) pair by rank. States without leaves (`EmptyState`) carry nothing
+    and are not paired."""
+    old_states = [
+        n for n in range(len(old)) if old.state_names[n] is not None and old.leaf_counts[n] and not named[n]
+    ]
+    like_states = [n for n in range(len(like)) if like.state_names[n] is not None and like.leaf_counts[n]]
     pairs: dict[int, int] = {}
     taken: set[int] = set()
-    for exact in (True, False):
-        for node in like_states:
-            if node in pairs:
-                continue
-            name = like.state_names[node]
-            candidates = [n for n in old_states if n not in taken and name in _state_names(old, n)]
-            if exact:
-                context = _context(like, node)
-                candidates = [n for n in candidates if _context(old, n) == context]
-                if len(candidates) != 1:
-                    continue
-            if candidates:
-                pairs[node] = candidates[0]
-                taken.add(candidates[0])
+    for node in like_states:
+        name = like.state_names[node]
+        context = _context(like, node)
+        candidates = [n for n in old_states if name in _state_names(old, n) and _context(old, n) == context]
+        if len(candidates) == 1 and candidates[0] not in taken:
+            pairs[node] = candidates[0]
+            taken.add(candidates[0])
+    left_like: dict[str, list[int]] = {}
+    left_old: dict[str, list[int]] = {}
+    for node in like_states:
+        if node not in pairs:
+            left_like.setdefault(like.state_names[node] or "", []).append(node)
+    for node in old_states:
+        if node not in taken:
+            for name in _state_names(old, node)[:1]:
+                left_old.setdefault(name, []).append(node)
+    for name, nodes in left_like.items():
+        olds = left_old.get(name, [])
+        moments = any((True, n) in with_moments for n in nodes) or any(
+            (False, n) in with_moments for n in olds
+        )
+        if olds and len(olds) != len(nodes) and moments:
+            where_old = ", ".join(path_text(old.path(n)) for n in olds[:4])
+            where_new = ", ".join(path_text(like.path(n)) for n in nodes[:4])
+            raise MigrationError(
+                f"{len(olds)} {name} of the old state ({where_old}) and {len(nodes)} of the new one "
+                f"({where_new}) stand at no common named place, and their numbers differ: which "
+                "carries into which is not known. Name the old ones that go in drop=."
+            )
+        pairs.update(zip(nodes, olds, strict=False))
     return pairs
 
 
@@ -244,10 +332,9 @@ def _sources(
     matched_new: set[str] = set()
     matched_old: set[str] = set()
     sources: dict[int, int] = {}
+    waiting: list[tuple[_Leaf, tuple[Any, ...]]] = []
     for leaf in like_side:
         state = pairs.get(leaf.state, -1) if leaf.state >= 0 else -1
-        if leaf.state >= 0 and state < 0:
-            continue  # a state the old one lacks: nothing to take from
         names = leaf.names
         for new_pattern, old_pattern, new_text, old_text in compiled:
             renamed = _renamed(names, new_pattern, old_pattern, old_text)
@@ -257,10 +344,16 @@ def _sources(
                     matched_old.add(old_text)
                     names = renamed
                 break
-        source = by_place.get((state, names))
-        if source is None and leaf.state >= 0 and len(names) > 1:
-            name = like_index.state_names[leaf.state] or ""
-            source = next((p for p in by_type.get((name, names), []) if p not in taken), None)
+        source = by_place.get((state, names)) if leaf.state < 0 or state >= 0 else None
+        if source is not None:
+            sources[leaf.position] = source
+            taken.add(source)
+        elif leaf.state >= 0 and len(names) > 1:
+            waiting.append((leaf, names))
+    # then what no state of the same place holds: a parameter that moved to another group
+    for leaf, names in waiting:
+        name = like_index.state_names[leaf.state] or ""
+        source = next((p for p in by_type.get((name, names), []) if p not in taken), None)
         if source is not None:
             sources[leaf.position] = source
             taken.add(source)
@@ -302,18 +395,51 @@ def _renamed(names: tuple[Any, ...], new: list[str], old: list[str], old_text: s
     return (*names[: len(names) - len(new)], *spelled)
 
 
-def _old_step(index: StructureIndex, leaves: list[Any]) -> Any:
-    """The old state's step: its first `count` (in tree order) outside schedule bookkeeping."""
-    for position, node in enumerate(index.leaf_nodes):
-        key = index.keys[node]
-        if (
-            key is not None
-            and field_name(key) == "count"
-            and index.state_names[index.parents[node]] is not None
-            and not index.hidden[node]
-        ):
-            return leaves[position]
+def _old_step(index: StructureIndex, side: list[_Leaf], leaves: list[Any]) -> Any:
+    """The old state's step: its first `count` (in tree order) outside schedule bookkeeping (an
+    nnx Variable's counts as the array it holds)."""
+    for leaf in side:
+        if leaf.state >= 0 and leaf.names == ("count",) and not index.hidden[leaf.node]:
+            return leaves[leaf.position]
     return None
+
+
+def _fresh_states(like_side: list[_Leaf], sources: dict[int, int], index: StructureIndex) -> set[int]:
+    """The states of `like` whose moments start anew (a params-shaped field with nothing to
+    take): their counters start anew too, or bias correction would be lost."""
+    return {
+        leaf.state
+        for leaf in like_side
+        if leaf.state >= 0
+        and len(leaf.names) > 1
+        and leaf.names[0] not in KEEPS_LIKE | ACCUMULATORS
+        and not index.hidden[leaf.node]
+        and leaf.position not in sources
+    }
+
+
+def _refuse_abstract(
+    like_side: list[_Leaf],
+    sources: dict[int, int],
+    like_leaves: list[Any],
+    old_leaves: list[Any],
+    index: StructureIndex,
+) -> None:
+    """Abstract old leaves (`load(path)` without `arrays=True`, `jax.eval_shape`) hold no values
+    to carry into concrete leaves of `like`."""
+    abstract = [
+        leaf
+        for leaf in like_side
+        if leaf.position in sources
+        and is_abstract(old_leaves[sources[leaf.position]])
+        and not is_abstract(like_leaves[leaf.position])
+    ]
+    if abstract:
+        raise LeafTypeError(
+            f"The old state holds abstract leaves (jax.ShapeDtypeStruct) where the new one holds "
+            f"values: {len(abstract):,}, the first for {path_text(index.path(abstract[0].node))}. They "
+            "hold no values to carry: load the arrays with load(path, arrays=True)."
+        )
 
 
 def _carry(
@@ -323,6 +449,7 @@ def _carry(
     like_leaves: list[Any],
     old_leaves: list[Any],
     old_step: Any,
+    fresh: set[int],
 ) -> tuple[MigrationKind, Any]:
     """What the leaf of the new state holds, and how it got it."""
     new = like_leaves[leaf.position]
@@ -336,7 +463,8 @@ def _carry(
         cast = cast_leaf(new, value, like_index.path(leaf.node), fill=True)
         same = getattr(cast, "dtype", None) == getattr(value, "dtype", None)
         return ("carried" if same or is_abstract(cast) else "cast"), cast
-    if leaf.state >= 0 and len(leaf.names) == 1 and field in COUNTER_NAMES and field not in STARTS_AT_ZERO:
+    counter = leaf.state >= 0 and len(leaf.names) == 1 and field in COUNTER_NAMES
+    if counter and field not in STARTS_AT_ZERO and leaf.state not in fresh:
         path = like_index.path(leaf.node)
         if old_step is None:
             raise MigrationError(
@@ -347,28 +475,10 @@ def _carry(
     return "initialised", new
 
 
-def _check_dropped(
-    old: Any, index: StructureIndex, side: list[_Leaf], dropped: list[_Leaf], drop: Any
-) -> None:
-    """Raise for the dropped leaves of `old` that are neither bookkeeping nor named in `drop`."""
-    if drop is True:
-        return
-    queries = [drop] if isinstance(drop, str) else list(drop or ())
-    if drop is not None and not isinstance(drop, bool | str) and not all(isinstance(q, str) for q in queries):
-        raise InvalidArgumentError("drop= takes True, a query or a list of queries over the old state.")
-    prefixes: list[KeyPath] = []
-    for query in queries:
-        found = [match.path for match in find(old, query)]
-        if not found:
-            raise MigrationError(
-                f"drop= names {bounded(repr(query), 100)}, which selects nothing in the old state."
-            )
-        prefixes.extend(found)
-    lost = [
-        leaf
-        for leaf in dropped
-        if not _bookkeeping(index, leaf) and not any(index.path(leaf.node)[: len(p)] == p for p in prefixes)
-    ]
+def _check_dropped(index: StructureIndex, dropped: list[_Leaf]) -> None:
+    """Raise for the dropped leaves of `old` (those `drop=` does not name) that are not a removed
+    wrapper's bookkeeping."""
+    lost = [leaf for leaf in dropped if not _bookkeeping(index, leaf)]
     if lost:
         regions = _regions(index, lost)
         lines = [

@@ -149,7 +149,7 @@ def resolve_one(tree: Any, query: ParsedQuery) -> tuple[KeyPath, Any]:
     raise ambiguous_error(tree, query, [path for path, _ in matches])
 
 
-def _resolve(tree: Any, query: ParsedQuery, optimizer: Any = None, variables: bool = True) -> Found:
+def _resolve(tree: Any, query: ParsedQuery, optimizer: Any = None, variables: bool = False) -> Found:
     found = query.select(tree)
     if not variables and found:
         found = _variable_values(tree, found)
