@@ -29,9 +29,9 @@ from ._index import StructureIndex
 from ._keys import KeyEntry, KeyPath, path_text
 from ._leaf import (
     dtype_and_weak,
+    is_any_variable,
     is_concrete,
     is_deleted,
-    is_restored_variable,
     is_variable,
     placement_text,
     short_text,
@@ -178,7 +178,7 @@ def _compare(
                 rows.append((item.path, "b", "added", "", text, f"only in b ({text})"))
             continue
         pairs_a, pairs_b = item.children_a, item.children_b
-        variables = _is_variable_node(item.a) and _is_variable_node(item.b)
+        variables = is_any_variable(item.a) and is_any_variable(item.b)
         if variables and is_variable(item.a) and is_variable(item.b) and type(item.a) is not type(item.b):
             before, after = _type_name(item.a), _type_name(item.b)
             rows.append((item.path_b, "b", "type", before, after, f"{before} -> {after}"))
@@ -202,14 +202,9 @@ def _compare(
 def _enter(a: Any, b: Any, pairs_a: Children | None, pairs_b: Children | None) -> bool:
     """Compare the children of two nodes, unless they are a region folded into one row or two nnx
     Variables (one row each, as `describe` shows them)."""
-    if _is_variable_node(a) and _is_variable_node(b):
+    if is_any_variable(a) and is_any_variable(b):
         return False
     return pairs_a is not None and pairs_b is not None and not _foldable(a, b)
-
-
-def _is_variable_node(node: Any) -> bool:
-    """An nnx Variable, typed or restored (`{"value": leaf}`)."""
-    return is_variable(node) or is_restored_variable(node)
 
 
 def _compare_folded(

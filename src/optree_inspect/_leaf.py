@@ -44,6 +44,11 @@ def is_restored_variable(node: Any) -> bool:
     return value is None or jax.tree_util.all_leaves([value])
 
 
+def is_any_variable(node: Any) -> bool:
+    """An nnx Variable, typed or restored (`is_restored_variable`)."""
+    return is_variable(node) or is_restored_variable(node)
+
+
 def value_of(node: Any) -> Any:
     """The value an nnx Variable holds, typed or restored (`is_restored_variable`), else `node`.
 
@@ -63,9 +68,7 @@ def without_variables(node: Any, restored: bool) -> Any:
     {'count': 3, 'mu': {'w': 1.0}}
     """
 
-    def is_variable_node(value: Any) -> bool:
-        return is_variable(value) or (restored and is_restored_variable(value))
-
+    is_variable_node = is_any_variable if restored else is_variable
     if is_variable_node(node):
         return value_of(node)
     return jax.tree.map(value_of, node, is_leaf=is_variable_node)

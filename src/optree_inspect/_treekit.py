@@ -24,7 +24,7 @@ import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from ._keys import KeyEntry, KeyPath
-from ._leaf import is_restored_variable, is_variable
+from ._leaf import is_any_variable, is_variable
 from ._paths import child_at
 from ._registry import DICT_TYPES, children_with_keys, is_namedtuple
 
@@ -262,7 +262,7 @@ def _variable_values(a: Any, b: Any, path_a: KeyPath, path_b: KeyPath) -> tuple[
 def _held(node: Any) -> tuple[KeyEntry, Any] | None:
     """The key and value of the one child of an nnx Variable, typed or restored, else None (also
     for a Variable that is a leaf to JAX, before flax 0.11)."""
-    if not (is_variable(node) or is_restored_variable(node)):
+    if not is_any_variable(node):
         return None
     inner = children_with_keys(node) or []
     return inner[0] if len(inner) == 1 else None

@@ -36,7 +36,7 @@ from .._keys import KeyEntry, KeyPath, path_text
 from .._leaf import is_deleted, value_of
 from .._paths import _MISSING, child_at, value_at
 from .._registry import is_namedtuple
-from .fields import MAY_BE_LEFT_OUT, field_key, field_of
+from .fields import MAY_BE_LEFT_OUT, field_key, field_of, position_of
 
 Optimizer: TypeAlias = optax.GradientTransformation | optax.MultiSteps
 """What `optimizer=` takes: the optax optimizer that made the state."""
@@ -459,8 +459,8 @@ def _chain_items(state: Any, length: int) -> dict[int, tuple[KeyEntry, Any]] | N
     if not isinstance(state, Mapping) or not state:
         return None
     for key, child in state.items():
-        position = key if type(key) is int else int(key) if type(key) is str and key.isdecimal() else -1
-        if not 0 <= position < length or position in items:
+        position = position_of(key)
+        if position is None or not 0 <= position < length or position in items:
             return None
         items[position] = (DictKey(key), child)
     return items

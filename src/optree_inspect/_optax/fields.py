@@ -204,12 +204,21 @@ def _beside_state(child: Any) -> bool:
     return child is None or is_state_type(type(child)) or restored_names_at(child, OUTSIDE) is not None
 
 
+def position_of(key: Any) -> int | None:
+    """The chain position a dict key stands for: an int, or a str that spells one (as orbax
+    restores it); None for any other key.
+
+    >>> position_of(1), position_of("1"), position_of("mu")
+    (1, 1, None)
+    """
+    if type(key) is int:
+        return key
+    return int(key) if type(key) is str and key.isdecimal() else None
+
+
 def _is_position(key: KeyEntry) -> bool:
     """A chain position: a sequence index, or a dict key that is an int or spells one."""
-    if isinstance(key, SequenceKey):
-        return True
-    name = key.key if isinstance(key, DictKey) else None
-    return (type(name) is int) or (type(name) is str and name.isdecimal())
+    return isinstance(key, SequenceKey) or (isinstance(key, DictKey) and position_of(key.key) is not None)
 
 
 def field_key(node: Any, name: str) -> DictKey | GetAttrKey:
