@@ -254,6 +254,48 @@ def migrate_section(layers: int, rounds: int = 5) -> None:
         print(f"| {name} | {format_seconds(statistics.median(seconds))} |")
 
 
+def by_hand_device_bytes(tree: Any) -> dict[int, int]:
+    """The peer: bytes per device summed over each array's shards, as users write it by hand
+    (the `per_device_total` dump of marin issue #7987)."""
+    totals: dict[int, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in leaf.addressable_shards:
+            totals[shard.device.id] = totals.get(shard.device.id, 0) + shard.data.nbytes
+    return totals
+
+
+def memory_section(layers: int, rounds: int = 5) -> None:
+    """`memory` of adam's state with its params: a first call on a fresh state each round (new
+    keys, new arrays, after other structures were seen), then later calls, beside the hand-written
+    per-device sum over shards (which gives bytes per device only, no roles, regions or findings)
+    and `jax.tree.structure`."""
+    firsts: list[float] = []
+    state: Any = None
+    params: Any = None
+    for round_number in range(rounds):
+        params = {f"r{round_number}_{i}": {"w": jnp.zeros((4, 4)), "b": jnp.zeros(4)} for i in range(layers)}
+        state = optax.adam(1e-3).init(params)
+        start = time.perf_counter()
+        oi.memory(state, params=params)
+        firsts.append(time.perf_counter() - start)
+    count = len(jax.tree.leaves(state)) + len(jax.tree.leaves(params))
+    rows = [
+        (f"ours memory, first call ({count:,} leaves, median of {rounds})", statistics.median(firsts)),
+        (
+            f"ours memory, later calls ({count:,} leaves)",
+            median_seconds(lambda: oi.memory(state, params=params)),
+        ),
+        (
+            "peer per-device sum over addressable_shards",
+            median_seconds(lambda: by_hand_device_bytes((state, params))),
+        ),
+        ("floor jax.tree.structure", median_seconds(lambda: jax.tree.structure((state, params)))),
+    ]
+    print("\n| memory (bytes by device, role and region) | time |\n|---|---|")
+    for name, seconds in rows:
+        print(f"| {name} | {format_seconds(seconds)} |")
+
+
 def values_section(layers: int, treescope_layers: int, large: int) -> None:
     """`describe(stats=True)` and `check`: first call (compilations included) and later calls on the
     seed state; the peers on the same state; a state of 8 large leaves against `jnp.max` per leaf."""
@@ -318,7 +360,11 @@ def main() -> None:
     parser.add_argument("--values-only", action="store_true", help="only the statistics section")
     parser.add_argument("--first-call-only", action="store_true", help="only the first-call section")
     parser.add_argument("--migrate-only", action="store_true", help="only the migrate section")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory section")
     arguments = parser.parse_args()
+    if arguments.memory_only:
+        memory_section(10000)
+        return
     if arguments.migrate_only:
         migrate_section(10000)
         return
@@ -365,6 +411,7 @@ def main() -> None:
     print(f"| without set | {format_seconds(plain)} |\n| with an in-graph set | {format_seconds(with_set)} |")
     first_call_section(layers[-1])
     migrate_section(layers[-1] * 2)
+    memory_section(layers[-1] * 2)
     values_section(
         layers[-1], 1000 if not arguments.quick else 100, 1 << 24 if not arguments.quick else 1 << 20
     )

@@ -278,9 +278,10 @@ def test_layered_state_describe_fits_a_screen(
 def test_the_fast_reading_agrees_with_orbax_s(saved: dict[str, Any]) -> None:
     from optree_inspect._checkpoint import _read_ocdbt_item
 
-    for name in ("seed", "train_state"):
+    for name, scalars in (("seed", True), ("train_state", True), ("seed", False)):
         _, path = saved[name]
-        fast = _read_ocdbt_item(path)
+        fast = _read_ocdbt_item(path, scalars=scalars)
+        assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(fast)) is not scalars
         metadata = ocp.PyTreeCheckpointer().metadata(path)
         tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
         is_meta = lambda node: hasattr(node, "shape") and hasattr(node, "dtype")  # noqa: E731

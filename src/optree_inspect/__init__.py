@@ -34,6 +34,10 @@ from ._errors import ScheduledHyperparameterError as ScheduledHyperparameterErro
 from ._errors import StructureError as StructureError
 from ._errors import TreeError as TreeError
 from ._errors import TreeTooDeepError as TreeTooDeepError
+from ._memory import Memory as Memory
+from ._memory import MemoryRow as MemoryRow
+from ._memory import Usage as Usage
+from ._memory import memory as memory
 from ._migrate import Migration as Migration
 from ._migrate import MigrationRow as MigrationRow
 from ._migrate import migrate as migrate
@@ -59,6 +63,8 @@ __all__ = [
     "InvalidArgumentError",
     "LeafTypeError",
     "Match",
+    "Memory",
+    "MemoryRow",
     "Migration",
     "MigrationError",
     "MigrationRow",
@@ -75,6 +81,7 @@ __all__ = [
     "StructureError",
     "TreeError",
     "TreeTooDeepError",
+    "Usage",
     "check",
     "clear_caches",
     "describe",
@@ -84,6 +91,7 @@ __all__ = [
     "hyperparams",
     "keystr",
     "load",
+    "memory",
     "migrate",
     "restore_like",
     "set",

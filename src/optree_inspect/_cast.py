@@ -3,7 +3,8 @@
 A value keeps the leaf's kind (a same-kind cast such as float64 to float32 is made; float into int
 is refused), range (a value the dtype cannot hold is refused, not wrapped or made inf), shape (a
 scalar broadcasts), dtype, weak type and sharding; a Python scalar leaf stays a Python scalar of its
-type, a NumPy leaf a NumPy value.
+type, a NumPy leaf a NumPy value. With `placement="value"` a `jax.Array` leaf takes the value's
+sharding and commitment instead (`set`'s `placement=`).
 
 >>> import jax.numpy as jnp, numpy as np
 >>> cast_leaf(jnp.zeros(2), np.float64(1.5))
@@ -15,17 +16,28 @@ Array(2., dtype=float32)
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ._compat import host_array, weakly_typed_like
-from ._errors import DeletedArrayError, LeafTypeError, StructureError, bounded, short_repr
+from ._errors import (
+    DeletedArrayError,
+    InvalidArgumentError,
+    LeafTypeError,
+    StructureError,
+    bounded,
+    short_repr,
+)
 from ._keys import KeyPath, path_text
 from ._leaf import PYTHON_SCALARS, is_deleted, is_weak
 from ._registry import children_with_keys
+
+Placement = Literal["keep", "value"]
+"""Where a cast `jax.Array` leaf is placed: on its own sharding ("keep") or on the value's ("value")."""
+PLACEMENTS: tuple[Placement, ...] = ("keep", "value")
 
 
 def stands_as(value: Any, new: Any) -> bool:
@@ -43,9 +55,15 @@ def stands_as(value: Any, new: Any) -> bool:
     )
 
 
-def cast_leaf(old: Any, new: Any, path: KeyPath = (), *, fill: bool = False) -> Any:
+def cast_leaf(
+    old: Any, new: Any, path: KeyPath = (), *, fill: bool = False, placement: Placement = "keep"
+) -> Any:
     """`new` with the dtype, weak type, shape and sharding of the leaf `old`, or the error that
     names `path` and says why it cannot be.
+
+    With `placement="value"` a concrete `jax.Array` leaf takes `new`'s sharding and commitment
+    instead, and `new` must be a `jax.Array` (`InvalidArgumentError` otherwise); a traced leaf or
+    value, a host leaf and an abstract leaf are cast as with "keep".
 
     An abstract `old` (a `jax.ShapeDtypeStruct`) holds no value to change: it takes only a
     `ShapeDtypeStruct` of its shape and dtype. With `fill=True` it is a target to fill, as
@@ -54,7 +72,7 @@ def cast_leaf(old: Any, new: Any, path: KeyPath = (), *, fill: bool = False) -> 
     """
     if fill and isinstance(old, jax.ShapeDtypeStruct):
         return _filled(old, new, path)
-    return _cast(old, new, path)
+    return _cast(old, new, path, placement)
 
 
 def _filled(old: jax.ShapeDtypeStruct, new: Any, path: KeyPath) -> Any:
@@ -76,10 +94,13 @@ def _filled(old: jax.ShapeDtypeStruct, new: Any, path: KeyPath) -> Any:
         array = jnp.asarray(_cast(np.broadcast_to(zero, old.shape), new, path))
         if old.weak_type:
             array = weakly_typed_like(old, array)
-    return jax.device_put(array, old.sharding) if hasattr(old.sharding, "device_set") else array
+    placeable = old.sharding is not None and not isinstance(
+        getattr(old.sharding, "mesh", None), jax.sharding.AbstractMesh
+    )
+    return jax.device_put(array, old.sharding) if placeable else array
 
 
-def _cast(old: Any, new: Any, path: KeyPath) -> Any:
+def _cast(old: Any, new: Any, path: KeyPath, placement: Placement = "keep") -> Any:
     """`cast_leaf` without filling: an abstract `old` takes only its own `ShapeDtypeStruct`."""
     if is_deleted(new):
         raise DeletedArrayError(
@@ -136,6 +157,8 @@ def _cast(old: Any, new: Any, path: KeyPath) -> Any:
             value = host_array(new, dtype)
         result = jnp.broadcast_to(jax.lax.convert_element_type(jnp.asarray(value), dtype), old.shape)
         return weakly_typed_like(old, result) if weak else result
+    if placement == "value" and isinstance(old, jax.Array):
+        return _placed_like_value(old, new, weak, path)
     if _on_devices(old, new):
         return _coerced_on_device(old, new, weak, path)
     _check_range(np.dtype(dtype), new, path)
@@ -191,6 +214,29 @@ def _coerced_on_device(old: jax.Array, new: jax.Array, weak: bool, path: KeyPath
         result = weakly_typed_like(old, result)
     if old.committed or result.sharding != old.sharding:
         result = jax.device_put(result, old.sharding)
+    return result
+
+
+def _placed_like_value(old: jax.Array, new: Any, weak: bool, path: KeyPath) -> jax.Array:
+    """`new` cast and broadcast like `old` but left on `new`'s sharding and commitment, on the
+    devices: nothing is read to the host but for a narrowing cast's range check (one boolean), so
+    a value of several processes' shards works too."""
+    if not isinstance(new, jax.Array):
+        raise InvalidArgumentError(
+            f"placement='value' puts the leaf at {path_text(path)} where its value is placed, but "
+            f"the value is a {bounded(type(new).__name__, 60)}, which has no placement. Place it "
+            "first, with jax.device_put(value, sharding), or pass placement='keep'."
+        )
+    # a scalar value's sharding (replicated, or one device) places the broadcast leaf of any shape
+    sharding = new.sharding
+    _check_range_on_device(np.dtype(old.dtype), new, path)
+    result = jax.lax.convert_element_type(new, old.dtype)
+    if result.shape != old.shape:
+        result = jnp.broadcast_to(result, old.shape)
+    if weak:
+        result = weakly_typed_like(jax.ShapeDtypeStruct(old.shape, old.dtype, weak_type=True), result)
+    if result.sharding != sharding:
+        result = jax.device_put(result, sharding)
     return result
 
 

@@ -15,25 +15,26 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.tree_util import keystr
 from jaxtyping import Array, PyTree
 
 from ._cache import index_and_leaves
-from ._compat import partition_spec_text
 from ._errors import bounded, raised_here
 from ._index import StructureIndex
 from ._keys import KeyPath
 from ._layout import layout_of, line_entries
-from ._leaf import dtype_name, is_deleted, is_placed, unwrap
+from ._leaf import bytes_text, dtype_name, is_deleted, is_placed, unwrap, unwrap_all
 from ._listing import Listing
 from ._naming import shortest_query
 from ._optax.closures import Optimizer, read_optimizer
 from ._optax.names import DECAY_RATES, EPSILONS
 from ._optax.states import hyperparameter_nodes, is_counter
+from ._placement import device_bytes, device_count, placement_text, widest
 from ._query import Query, parse_query
 from ._resolve import resolve_one
 from ._values import leaf_table, summarise
 
-KINDS = ("nonfinite", "rounded_hyperparameter", "replicated_moment")
+KINDS = ("nonfinite", "rounded_hyperparameter", "replicated_moment", "single_device")
 """The kinds of finding, most serious first."""
 _SHOWN = 40
 _IN_FLOAT32 = "Keep hyperparameters in float32: optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)."
@@ -133,7 +134,11 @@ def check(tree: PyTree, /, *, optimizer: Optimizer | None = None, params: PyTree
       1, or an `eps` equal to 0, in its dtype (a bf16 `b2` of 0.999 is stored as 1);
     - `replicated_moment`: a moment leaf less sharded than its parameter (more memory on every
       device), where the tree holds its params (a `params` field, as a `TrainState` has) or
-      `params=` gives them.
+      `params=` gives them; a moment more sharded than its parameter (ZeRO-1) is no finding;
+    - `single_device`: an array (not a scalar) on one device, beside arrays (in `tree` or
+      `params=`) that span several: that device holds all of it.
+
+    Each placement finding says how to move the leaf: `oi.set(..., placement="value")`.
 
     Values are read from concrete leaves only (abstract and deleted arrays are left out; under
     `jit` nothing is checked); shardings of abstract leaves that carry one are compared too. With
@@ -156,7 +161,7 @@ def check(tree: PyTree, /, *, optimizer: Optimizer | None = None, params: PyTree
     if not any(isinstance(v, jax.core.Tracer) for v in values):  # abstract and deleted leaves: no values
         findings.extend(_nonfinite(index, values))
         findings.extend(_rounded(index, values))
-    findings.extend(_replicated(index, tree, values, params))
+    findings.extend(placement_findings(index, values, params_of(index, values, params)))
     return Report(findings)
 
 
@@ -242,25 +247,82 @@ def _members(wrong: np.ndarray, shown: int = 4) -> str:
     return f" at {int(wrong.sum()):,} of {wrong.size:,} members ({', '.join(indices)}{more})"
 
 
-def _replicated(index: StructureIndex, tree: Any, values: list[Any], params: Any) -> list[Finding]:
-    """Moment leaves stored with more elements per device than their parameters."""
-    by_name = _params_by_name(index, values, tree, params)
-    if not by_name:
+class Params(NamedTuple):
+    """The parameters a state's moments are compared with: their index, values (nnx Variables
+    unwrapped) and root node (the tree's own `params`/`model` field, or 0 for `params=`)."""
+
+    structure: StructureIndex
+    values: list[Any]
+    root: int
+
+
+def params_of(index: StructureIndex, values: list[Any], params: Any) -> Params | None:
+    """`params=` (any tree), else the tree's own `params` field (a flax `TrainState`, a dict) or
+    `model` field (an `nnx.Optimizer`'s state), else None."""
+    if params is not None:
+        params_index, params_leaves = index_and_leaves(params)
+        return Params(params_index, unwrap_all(params_leaves), 0)
+    candidates = [c for c in index.children(0) if index.texts[c] in ("params", "model")]
+    return Params(index, values, candidates[0]) if len(candidates) == 1 else None
+
+
+def placement_findings(
+    index: StructureIndex, values: list[Any], params: Params | None, spread: int | None = None
+) -> list[Finding]:
+    """`replicated_moment` and `single_device` findings (see `check`), in tree order: none where
+    every array lives on one device (`spread`, the most devices an array spans, where known)."""
+    by_name = _params_by_name(params) if params is not None else {}
+    if spread is None:
+        spread = max(widest(values), widest(params.values) if params is not None and params.root == 0 else 0)
+    if spread <= 1:
         return []
-    findings = []
-    positions = {node: position for position, node in enumerate(index.leaf_nodes)}
-    for root in _moment_roots(index):
-        for leaf in range(root, root + index.sizes[root]):
-            if not index.is_leaf[leaf]:
-                continue
-            param = by_name.get(_name_under(index, root, leaf))
-            moment = values[positions[leaf]] if param is not None else None
-            message = _less_sharded(moment, param)
-            if message:
-                findings.append(
-                    Finding("replicated_moment", index.path(leaf), shortest_query(index, leaf), message)
-                )
-    return findings
+    findings: dict[int, Finding] = {}
+    for leaf, position, name in _moment_leaves(index):
+        param = by_name.get(name)
+        if param is None:
+            continue
+        message = _less_sharded(values[position], param, index, leaf)
+        if message:
+            findings[leaf] = Finding(
+                "replicated_moment", index.path(leaf), shortest_query(index, leaf), message
+            )
+    for position, leaf in enumerate(index.leaf_nodes):
+        value = values[position]
+        if leaf in findings or not is_placed(value) or not np.ndim(value):
+            continue
+        if device_count(value.sharding) == 1:
+            node = _row_node(index, leaf)
+            query = shortest_query(index, node)
+            findings[leaf] = Finding("single_device", index.path(node), query, _alone(value, spread, query))
+    return [findings[leaf] for leaf in sorted(findings)]
+
+
+_MOMENT_LEAVES = ("check", "moment leaves")
+
+
+def _moment_leaves(index: StructureIndex) -> list[tuple[int, int, tuple[str, ...]]]:
+    """Each leaf of a moment field: its node, its position among the leaves, and its key names
+    under the field (memoised on the index)."""
+    cached = index.memo.results.get(_MOMENT_LEAVES)
+    if cached is None:
+        positions = {node: position for position, node in enumerate(index.leaf_nodes)}
+        cached = index.memo.results[_MOMENT_LEAVES] = [
+            (leaf, positions[leaf], _name_under(index, root, leaf))
+            for root in _moment_roots(index)
+            for leaf in range(root, root + index.sizes[root])
+            if index.is_leaf[leaf]
+        ]
+    return cached
+
+
+def _alone(value: Any, spread: int, query: str) -> str:
+    size = bytes_text(math.prod(value.shape) * int(value.dtype.itemsize))
+    return (
+        f"{size} {placement_text(value)}, beside arrays over {spread} devices: that device holds all of "
+        f"it. Move it onto the mesh: state = oi.set(state, {query!r}, lambda x: jax.device_put(x, "
+        "NamedSharding(mesh, P(...))), placement='value'); or create the state placed: "
+        "jax.jit(tx.init, out_shardings=...)."
+    )
 
 
 def _moment_roots(index: StructureIndex) -> list[int]:
@@ -282,46 +344,59 @@ def _name_under(index: StructureIndex, root: int, leaf: int) -> tuple[str, ...]:
     return tuple(index.texts[n] for n in [*index.ancestors(leaf)[index.depths[root] + 1 :], leaf])
 
 
-def _params_by_name(
-    index: StructureIndex, values: list[Any], tree: Any, params: Any
-) -> dict[tuple[str, ...], Any]:
-    """The parameters by their key names from their root: `params=`, or the tree's own `params`
-    field (a flax `TrainState`, a dict) or `model` (an `nnx.Optimizer`)."""
-    if params is not None:
-        params_index, params_leaves = index_and_leaves(params)
-        values = list(map(unwrap, params_leaves))
-        root, index = 0, params_index
-    else:
-        candidates = [c for c in index.children(0) if index.texts[c] in ("params", "model")]
-        if len(candidates) != 1:
-            return {}
-        root = candidates[0]
-    found = {}
-    for position, leaf in enumerate(index.leaf_nodes):
-        if root <= leaf < root + index.sizes[root]:
-            found[_name_under(index, root, leaf)] = values[position]
-    return found
+def _most_elements(leaf: Any) -> int | None:
+    """The most elements of `leaf` any one device holds (None for a deleted array)."""
+    found = device_bytes(leaf)
+    return None if not found else max(count for _, count in found) // max(1, int(leaf.dtype.itemsize))
 
 
-def _less_sharded(moment: Any, param: Any) -> str | None:
-    """Why `moment` takes more memory per device than `param`, or None: concrete arrays, or abstract
-    ones (`jax.ShapeDtypeStruct`, as `jax.eval_shape` gives) that carry a sharding."""
-    if not (is_placed(moment) and is_placed(param)) or moment.shape != param.shape:
+class _Param(NamedTuple):
+    """A parameter as a placement finding names it: its value and its path under its root."""
+
+    value: Any
+    path: KeyPath
+
+
+def _params_by_name(params: Params) -> dict[tuple[str, ...], _Param]:
+    """The parameters by their key names from their root."""
+    names = _param_names(params.structure, params.root)
+    return {name: _Param(params.values[position], path) for position, name, path in names}
+
+
+def _param_names(index: StructureIndex, root: int) -> list[tuple[int, tuple[str, ...], KeyPath]]:
+    """Each leaf under `root`: its position, its key names from `root` and its path under `root`
+    (an nnx Variable's path for its value), memoised on the index."""
+    key = ("check", "param names", root)
+    cached = index.memo.results.get(key)
+    if cached is None:
+        depth = len(index.path(root))
+        cached = []
+        for position, leaf in enumerate(index.leaf_nodes):
+            if root <= leaf < root + index.sizes[root]:
+                path = index.path(leaf)[depth:]
+                if path and index.variables[index.parents[leaf]]:
+                    path = path[:-1]
+                cached.append((position, _name_under(index, root, leaf), path))
+        index.memo.results[key] = cached
+    return cached
+
+
+def _less_sharded(moment: Any, param: _Param, index: StructureIndex, leaf: int) -> str | None:
+    """Why `moment` takes more memory per device than its parameter, or None: concrete arrays, or
+    abstract ones (`jax.ShapeDtypeStruct`, as `jax.eval_shape` gives) that carry a sharding."""
+    value = param.value
+    if not (is_placed(moment) and is_placed(value)) or moment.shape != value.shape:
         return None
-    mine = math.prod(moment.sharding.shard_shape(moment.shape))
-    theirs = math.prod(param.sharding.shard_shape(param.shape))
-    if mine <= theirs:
+    if moment.sharding == value.sharding:
         return None
+    mine, theirs = _most_elements(moment), _most_elements(value)
+    if mine is None or theirs is None or mine <= theirs:
+        return None
+    query = shortest_query(index, _row_node(index, leaf))
+    name = f"params{keystr(param.path)}"
     return (
-        f"{mine:,} elements on each device ({_placement(moment)}), {mine / theirs:.3g}x its parameter's "
-        f"{theirs:,} ({_placement(param)}). Place it like the parameter: jax.device_put(moment, "
-        "param.sharding) (`jax.jit(tx.init)` alone does not place zeros like the params)."
+        f"{mine:,} elements on its fullest device ({placement_text(moment)}), {mine / theirs:.3g}x its "
+        f"parameter's {theirs:,} ({placement_text(value)}). Place it like the parameter: state = "
+        f"oi.set(state, {query!r}, lambda x: jax.device_put(x, {bounded(name, 80)}.sharding), "
+        "placement='value') (`jax.jit(tx.init)` alone does not place zeros like the params)."
     )
-
-
-def _placement(leaf: Any) -> str:
-    sharding = leaf.sharding
-    spec = getattr(sharding, "spec", None)
-    if sharding.is_fully_replicated:
-        return f"replicated over {len(sharding.device_set)} devices"
-    return bounded(partition_spec_text(spec), 80) if spec is not None else bounded(str(sharding), 80)

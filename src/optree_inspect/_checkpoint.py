@@ -128,21 +128,31 @@ def _expected_items(step_directory: pathlib.Path) -> list[str]:
 
 
 @raised_here
-def load(path: str | os.PathLike[str], /, *, step: int | None = None, arrays: bool = False) -> PyTree:
+def load(
+    path: str | os.PathLike[str], /, *, step: int | None = None, arrays: bool = False, scalars: bool = True
+) -> PyTree:
     """The tree saved at `path`, as orbax restores it without a target (dicts, lists, `None`), from
-    its metadata: `jax.ShapeDtypeStruct` leaves (with their sharding where it can be rebuilt here),
-    except scalars (hyperparameters, counters), which are read. Nothing else is read unless
-    `arrays=True`, which restores every array (as NumPy arrays). A checkpoint of several items
-    gives a dict of them by name. Every verb works on the result; `CheckpointError` where `path`
-    is no checkpoint or a damaged one, `step` does not exist, or orbax-checkpoint is not installed.
+    its metadata: `jax.ShapeDtypeStruct` leaves (with their sharding: on this process's devices
+    where it has them, else over an `AbstractMesh` of the saved mesh's shape), except scalars
+    (hyperparameters, counters), which are read as NumPy values. With `scalars=False` nothing is
+    read and scalars are `ShapeDtypeStruct`s too, with their sharding (what `memory` needs to
+    count every byte where it lives); with `arrays=True` every array is read (as NumPy arrays). A
+    checkpoint of several items gives a dict of them by name. Every verb works on the result;
+    `CheckpointError` where `path` is no checkpoint or a damaged one, `step` does not exist, or
+    orbax-checkpoint is not installed; `InvalidArgumentError` for `arrays=True` with `scalars=False`.
     """
+    if arrays and not scalars:
+        raise InvalidArgumentError(
+            "load: arrays=True reads every array, scalars included; drop scalars=False."
+        )
     ocp = _orbax()
     items = checkpoint_items(path, step)
-    trees = {name: _load_item(ocp, directory, arrays) for name, directory in items.items()}
+    mode = "arrays" if arrays else "scalars" if scalars else "metadata"
+    trees = {name: _load_item(ocp, directory, mode) for name, directory in items.items()}
     return next(iter(trees.values())) if len(trees) == 1 else trees
 
 
-def _load_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:
+def _load_item(ocp: Any, directory: pathlib.Path, mode: str) -> Any:
     absl = logging.getLogger("absl")  # orbax logs a warning for each item of a step directory
     level = absl.level
     absl.setLevel(logging.CRITICAL)
@@ -150,7 +160,7 @@ def _load_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:
         expected = _saved_leaves(directory)
         failure = None
         try:
-            tree = _read_item(ocp, directory, arrays)
+            tree = _read_item(ocp, directory, mode)
         except CheckpointError:
             raise
         except Exception as error:  # orbax's and tensorstore's own errors, OSError included
@@ -200,10 +210,12 @@ def _saved_leaves(directory: pathlib.Path) -> int:
     return count
 
 
-def _read_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:
+def _read_item(ocp: Any, directory: pathlib.Path, mode: str) -> Any:
+    """The item's tree: `mode` "metadata" (no value read), "scalars" (0-d arrays read) or "arrays"."""
+    arrays = mode == "arrays"
     if not arrays:
         try:
-            return _read_ocdbt_item(directory)
+            return _read_ocdbt_item(directory, scalars=mode == "scalars")
         except Exception:  # another layout or version: orbax's own (slower) reading below
             pass
     checkpointer = ocp.PyTreeCheckpointer()
@@ -219,6 +231,8 @@ def _read_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:
             return checkpointer.restore(
                 directory, args=ocp.args.PyTreeRestore(item=structs, restore_args=restore_args)
             )
+        if mode == "metadata":
+            return structs
         scalars = jax.tree.map(lambda s: s if s.shape == () else ocp.PLACEHOLDER, structs)
         if not any(leaf is not ocp.PLACEHOLDER for leaf in jax.tree.leaves(scalars)):
             return structs
@@ -234,10 +248,10 @@ def _read_item(ocp: Any, directory: pathlib.Path, arrays: bool) -> Any:
     return jax.tree.map(lambda struct, value: struct if value is ocp.PLACEHOLDER else value, structs, read)
 
 
-def _read_ocdbt_item(directory: pathlib.Path) -> Any:
+def _read_ocdbt_item(directory: pathlib.Path, scalars: bool) -> Any:
     """The tree of an item saved in orbax's default layout (an OCDBT database of zarr arrays),
     read from its files: the tree from `_METADATA`, each array's shape and dtype from its
-    `.zarray`, shardings from `_sharding`, and the scalars' values; nothing else.
+    `.zarray`, shardings from `_sharding`, and with `scalars` the scalars' values; nothing else.
 
     Written here because orbax's `metadata()` opens every array on its own (12 s for 20,000
     leaves, against under 1 s here); any other layout raises, and `_read_item` falls back to it.
@@ -262,7 +276,7 @@ def _read_ocdbt_item(directory: pathlib.Path) -> Any:
         pending = None if value.get("skip_deserialize") else store.read(f"{name}/.zarray")
         entries.append((keys, value, name, pending))
     root: Any = None
-    scalars: list[tuple[list[Any], Any]] = []
+    openings: list[tuple[list[Any], Any]] = []
     # most leaves share their `.zarray` text and their sharding: each is parsed once
     arrays: dict[bytes, tuple[tuple[int, ...], np.dtype[Any]]] = {}
     jax_shardings: dict[str, Any] = {}
@@ -278,18 +292,17 @@ def _read_ocdbt_item(directory: pathlib.Path) -> Any:
             serialized = shardings.get(base64.b64encode(name.encode()).decode())
             if serialized is not None and serialized not in jax_shardings:
                 try:
-                    jax_shardings[serialized] = sharding_metadata.from_serialized_string(
-                        serialized
-                    ).to_jax_sharding()
-                except Exception:  # saved on devices this process does not have
-                    jax_shardings[serialized] = None
+                    saved = sharding_metadata.from_serialized_string(serialized)
+                except Exception:  # another version's format: no placement
+                    saved = None
+                jax_shardings[serialized] = None if saved is None else _saved_sharding(saved)
             sharding = None if serialized is None else jax_shardings[serialized]
             leaf = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-            if shape == ():
+            if shape == () and scalars:
                 spec = {"driver": "zarr", "kvstore": {**base, "path": f"{name}/"}}
-                scalars.append((keys, ts.open(spec, open=True, read=True)))
+                openings.append((keys, ts.open(spec, open=True, read=True)))
         root = _insert(root, keys, leaf)
-    for keys, opening in scalars:
+    for keys, opening in openings:
         root = _insert(root, keys, np.asarray(opening.result().read().result()))
     return root
 
@@ -313,11 +326,30 @@ def _insert(root: Any, keys: list[tuple[Any, int]], leaf: Any) -> Any:
 
 
 def _struct(metadata: Any) -> jax.ShapeDtypeStruct:
-    sharding = None
-    to_jax = getattr(getattr(metadata, "sharding", None), "to_jax_sharding", None)
-    if to_jax is not None:
-        try:
-            sharding = to_jax()
-        except Exception:  # saved on devices this process does not have
-            sharding = None
+    saved = getattr(metadata, "sharding", None)
+    sharding = None if saved is None else _saved_sharding(saved)
     return jax.ShapeDtypeStruct(tuple(metadata.shape), metadata.dtype, sharding=sharding)
+
+
+def _saved_sharding(saved: Any) -> jax.sharding.Sharding | None:
+    """The sharding orbax recorded for an array: on this process's devices where it has them;
+    else, from the mesh's shape, axis names and spec alone, over an `AbstractMesh` (which names
+    devices by their position in the mesh), so that `memory` and `describe` still show the
+    placement; a single device this process lacks becomes a one-device abstract mesh."""
+    try:
+        return saved.to_jax_sharding()
+    except Exception:  # saved on devices this process does not have
+        pass
+    shape, names = getattr(saved, "shape", None), getattr(saved, "axis_names", None)
+    spec = getattr(saved, "partition_spec", None)
+    try:
+        if shape is not None and names is not None and spec is not None:
+            axes = [tuple(axis) if isinstance(axis, list | tuple) else axis for axis in spec]
+            mesh = jax.sharding.AbstractMesh(tuple(int(n) for n in shape), tuple(names))
+            return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*axes))
+        if getattr(saved, "device_str", None) is not None:
+            mesh = jax.sharding.AbstractMesh((1,), ("device",))
+            return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    except Exception:  # a mesh or spec this JAX cannot express
+        return None
+    return None

@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         "--counters", action="store_true", help="the step counters too"
     )
     command("check", "what is wrong in the saved state", "path")
+    command("memory", "bytes on each device by role, from the saved shardings", "path")
     command("diff", "what differs between two checkpoints", "path_a", "path_b")
     return parser
 
@@ -180,6 +181,12 @@ def _check(arguments: argparse.Namespace) -> int:
     return 1 if report else 0
 
 
+def _memory(arguments: argparse.Namespace) -> int:
+    report = oi.memory(oi.load(arguments.path, step=arguments.step, scalars=False))
+    _emit(arguments.json, report.to_dict(), repr(report))
+    return 0
+
+
 def _diff(arguments: argparse.Namespace) -> int:
     before = oi.load(arguments.path_a, step=arguments.step, arrays=True)
     result = oi.diff(before, oi.load(arguments.path_b, step=arguments.step, arrays=True))
@@ -194,6 +201,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "find": _find,
     "hyperparams": _hyperparams,
     "check": _check,
+    "memory": _memory,
     "diff": _diff,
 }
 """Each subcommand's handler: it reads its arguments, prints its output and returns the status."""

@@ -15,7 +15,7 @@ from jax.tree_util import DictKey
 from jaxtyping import PyTree
 
 from ._cache import structure_index
-from ._cast import cast_leaf
+from ._cast import PLACEMENTS, Placement, cast_leaf
 from ._compat import RESTORED_VARIABLE_KEY, variable_with_value
 from ._errors import (
     ConstantHyperparameterError,
@@ -26,6 +26,7 @@ from ._errors import (
     StructureError,
     bounded,
     raised_here,
+    short_repr,
 )
 from ._keys import KeyEntry, KeyPath, path_text
 from ._leaf import is_deleted, is_restored_variable, is_variable, unwrap, without_variables
@@ -50,13 +51,26 @@ _UNSET: Any = object()
 
 @overload
 def set(
-    tree: PyTree, query: Query, value: Any, /, *, every: bool = ..., optimizer: Optimizer | None = ...
+    tree: PyTree,
+    query: Query,
+    value: Any,
+    /,
+    *,
+    every: bool = ...,
+    optimizer: Optimizer | None = ...,
+    placement: Placement = ...,
 ) -> PyTree: ...
 
 
 @overload
 def set(
-    tree: PyTree, query: Mapping[Query, Any], /, *, every: bool = ..., optimizer: Optimizer | None = ...
+    tree: PyTree,
+    query: Mapping[Query, Any],
+    /,
+    *,
+    every: bool = ...,
+    optimizer: Optimizer | None = ...,
+    placement: Placement = ...,
 ) -> PyTree: ...
 
 
@@ -69,6 +83,7 @@ def set(
     *,
     every: bool = False,
     optimizer: Optimizer | None = None,
+    placement: Placement = "keep",
 ) -> PyTree:
     """A new tree with the node(s) that `query` selects replaced by `value`.
 
@@ -79,16 +94,25 @@ def set(
     - `every`: edit every match; otherwise each query must select exactly one node.
     - `optimizer`: the optax optimizer of the state, so that a query naming a hyperparameter it
       keeps in its closures is refused with a clear error instead of a no-match.
+    - `placement`: where an edited `jax.Array` leaf is placed. `"keep"` (the default): on its own
+      sharding, with its commitment, so a jitted step that takes it does not retrace. `"value"`: on
+      the value's sharding and commitment (for a function, on what it returns; in a subtree, each
+      leaf on its own value's), cast on the devices: move a leaf with
+      `lambda x: jax.device_put(x, sharding)`. A value with no placement (a NumPy array, a Python
+      number) raises `InvalidArgumentError`. Under `jax.jit` a traced leaf or value is cast as
+      with "keep": placement inside a jitted program is the program's. Python scalar, NumPy and
+      abstract leaves are cast as with "keep".
 
     **Returns:** a tree with the same treedef. An edited leaf keeps its shape (a scalar broadcasts),
     dtype (a same-kind cast such as float64 to float32 is made; float into int raises `TypeError`),
-    weak type and sharding, so a jitted step that takes it does not retrace. A Python scalar leaf
-    stays a Python scalar of its type when the value is concrete. A subtree takes a value of the same
-    structure. `None`, `MaskedNode()` and other empty nodes take only an equal structure; a non-array
-    leaf (a string, say) takes only a value of its own type. An nnx Variable stays a Variable with its
-    metadata. Untouched subtrees are the same objects. A hyperparameter driven by a schedule raises
-    `ScheduledHyperparameterError`. With `optimizer=`, a query that names a hyperparameter the
-    optimizer keeps in its closures raises `ConstantHyperparameterError`: it is not in the state.
+    weak type and sharding (unless `placement="value"`), so a jitted step that takes it does not
+    retrace. A Python scalar leaf stays a Python scalar of its type when the value is concrete. A
+    subtree takes a value of the same structure. `None`, `MaskedNode()` and other empty nodes take
+    only an equal structure; a non-array leaf (a string, say) takes only a value of its own type. An
+    nnx Variable stays a Variable with its metadata. Untouched subtrees are the same objects. A
+    hyperparameter driven by a schedule raises `ScheduledHyperparameterError`. With `optimizer=`, a
+    query that names a hyperparameter the optimizer keeps in its closures raises
+    `ConstantHyperparameterError`: it is not in the state.
 
     ```python
     >>> import jax.numpy as jnp, optax, optree_inspect as oi
@@ -99,6 +123,11 @@ def set(
 
     ```
     """
+    if not (isinstance(placement, str) and placement in PLACEMENTS):
+        raise InvalidArgumentError(
+            "placement must be 'keep' (an edited leaf stays on its sharding) or 'value' (it takes "
+            f"the value's sharding); got {short_repr(placement, 60)}."
+        )
     if isinstance(query, Mapping):
         if value is not _UNSET:
             raise InvalidArgumentError(
@@ -136,7 +165,7 @@ def set(
         tree, {path: (targets[path][0], new) for path, new in called.items()}
     )
     new_values = {
-        path: coerce(targets[path][0], new, path, call=False, restored=path in restored)
+        path: coerce(targets[path][0], new, path, call=False, restored=path in restored, placement=placement)
         for path, new in called.items()
     }
     return rebuild(tree, new_values.items())
@@ -272,15 +301,24 @@ def call_on(function: Any, old: Any, path: KeyPath) -> Any:
     return function(old)
 
 
-def coerce(old: Any, new: Any, path: KeyPath = (), *, call: bool = True, restored: bool = False) -> Any:
-    """`new` made to stand where `old` stands: same structure, and each leaf as `cast_leaf` makes it.
+def coerce(
+    old: Any,
+    new: Any,
+    path: KeyPath = (),
+    *,
+    call: bool = True,
+    restored: bool = False,
+    placement: Placement = "keep",
+) -> Any:
+    """`new` made to stand where `old` stands: same structure, and each leaf as `cast_leaf` makes it
+    (with `placement`).
 
     Functions in `new` (see `is_function`) are called on the old node they stand for. With
     `restored`, a `{"value": leaf}` dict in `old` is an nnx Variable restored without its target
     (`StructureIndex.variables`): a leaf for it is its value. Iterative, so that any depth JAX
     can flatten is fine.
     """
-    return build((old, new, path, call, restored), _expand)
+    return build((old, new, path, call, restored, placement), _expand)
 
 
 def _as_read(old: Any, restored: bool) -> Any:
@@ -307,24 +345,24 @@ def _restored_variables(tree: Any, targets: dict[KeyPath, tuple[Any, Any]]) -> f
     )
 
 
-def _expand(item: tuple[Any, Any, KeyPath, bool, bool]) -> Expanded:
+def _expand(item: tuple[Any, Any, KeyPath, bool, bool, Placement]) -> Expanded:
     """One node of a coercion: its cast leaf, or the old node with the children to coerce."""
-    old, new, path, call, restored = item
+    old, new, path, call, restored, placement = item
     if call and is_function(new):
         new = call_on(new, old, path)
     if is_variable(old) and not is_variable(new):
         children = children_with_keys(old)
         if children is None:  # flax before 0.11: a Variable is a leaf to JAX
-            return Built(variable_with_value(old, cast_leaf(unwrap(old), new, path)))
+            return Built(variable_with_value(old, cast_leaf(unwrap(old), new, path, placement=placement)))
         [(key, inner)] = children
-        return old, [(key, (inner, new, (*path, key), True, restored))]
+        return old, [(key, (inner, new, (*path, key), True, restored, placement))]
     if restored and is_restored_variable(old) and children_with_keys(new) is None:
         # a Variable restored without its target (`{"value": leaf}`): its value is set
         key = DictKey(RESTORED_VARIABLE_KEY)
-        return old, [(key, (old[RESTORED_VARIABLE_KEY], new, (*path, key), True, restored))]
+        return old, [(key, (old[RESTORED_VARIABLE_KEY], new, (*path, key), True, restored, placement))]
     old_children = children_with_keys(old)
     if old_children is None:
-        return Built(cast_leaf(old, new, path))
+        return Built(cast_leaf(old, new, path, placement=placement))
     new_children = children_with_keys(new)
     problem = _one_level_difference(old, old_children, new, new_children)
     if problem:
@@ -333,7 +371,7 @@ def _expand(item: tuple[Any, Any, KeyPath, bool, bool]) -> Expanded:
         )
     assert new_children is not None
     return old, [
-        (key, (o, n, (*path, key), True, restored))
+        (key, (o, n, (*path, key), True, restored, placement))
         for (key, o), (_, n) in zip(old_children, new_children, strict=True)
     ]
 

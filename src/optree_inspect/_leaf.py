@@ -30,6 +30,14 @@ def unwrap(leaf: Any) -> Any:
     return variable_value(leaf) if is_nnx_variable_type(type(leaf)) else leaf
 
 
+def unwrap_all(leaves: list[Any]) -> list[Any]:
+    """`unwrap` of each leaf; the list itself where no leaf is an nnx Variable (flax 0.11 and
+    later never makes one a leaf)."""
+    if not any(map(is_nnx_variable_type, set(map(type, leaves)))):
+        return leaves
+    return list(map(unwrap, leaves))
+
+
 def is_variable(node: Any) -> bool:
     """Whether `node` is an nnx Variable."""
     return is_nnx_variable_type(type(node))
@@ -282,14 +290,14 @@ def shortest(value: float, dtype: Any) -> str:
 def sharding_text(leaf: Any) -> str:
     """`@ P('data',)` or `@ replicated(8)` for a leaf on several devices, `""` otherwise."""
     sharding = getattr(leaf, "sharding", None)
-    if sharding is None or isinstance(leaf, jax.core.Tracer) or not hasattr(sharding, "device_set"):
+    if sharding is None or isinstance(leaf, jax.core.Tracer) or not hasattr(sharding, "num_devices"):
         return ""
-    if len(sharding.device_set) <= 1:
+    if sharding.num_devices <= 1:  # an AbstractMesh's sharding has no device_set
         return ""
     spec = getattr(sharding, "spec", None)
     if spec is not None and any(axis is not None for axis in spec):
         return f"@ {partition_spec_text(spec)}"
-    return f"@ replicated({len(sharding.device_set)})"
+    return f"@ replicated({sharding.num_devices})"
 
 
 def placement_text(leaf: Any) -> str | None:

@@ -47,8 +47,10 @@ def summary_text(row: Row) -> str:
 
 
 def leaves_text(leaves: Leaves) -> str:
-    """`3 leaves (dense1.w, head.w), 2 masked, f32/i32, 36 B, 1 deleted (mu.w)`."""
-    parts = [f"{leaves.total:,} lea{'ves' if leaves.total != 1 else 'f'}"]
+    """`3 leaves (dense1.w, head.w), 2 masked, f32/i32, 36 B, 1 deleted (mu.w)`, led by `other
+    shardings` for a `like` or run row whose leaves are placed otherwise than its reference's."""
+    parts = ["other shardings"] if leaves.other_shardings else []
+    parts.append(f"{leaves.total:,} lea{'ves' if leaves.total != 1 else 'f'}")
     if leaves.held is not None:
         parts[-1] += f" ({', '.join(leaves.held)}{', ...' if leaves.more_held else ''})"
     if leaves.masked:

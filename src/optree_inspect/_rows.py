@@ -13,6 +13,7 @@ The rows' text is `_render`'s: it reads these fields and never parses a summary.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import math
 import operator
@@ -27,13 +28,18 @@ from ._leaf import (
     LeafSummary,
     dtype_name,
     is_concrete_array_type,
+    is_placed,
     leaf_summary,
     scalar_number,
     scalar_text,
+    sharding_text,
+    unwrap,
+    unwrap_all,
 )
 from ._naming import shortest_query
 from ._optax.states import hyperparameter_nodes, is_counter, scheduled_slot_on
 from ._paths import value_at
+from ._placement import device_bytes, is_abstract_mesh, widest
 
 RowKind = Literal["node", "leaf", "fold", "like", "run", "more", "optimizer", "unmatched"]
 Role = Literal["", "hyperparameter", "counter"]
@@ -45,7 +51,9 @@ class Leaves(NamedTuple):
     """The leaves a folded, `like`, run or root row stands for: how many (`total`), their dtypes' short
     names (sorted), their bytes, how many masked holes lie among them, the first names of those a
     label's share of masked parameters holds (`held`, None where not shown; `more_held` when
-    there are more), and how many were deleted, with the queries of the first three."""
+    there are more), how many were deleted, with the queries of the first three, and, for a
+    `like` or run row in a tree with arrays over several devices, whether some leaf is placed
+    otherwise than the leaf at its position in the row it is like (`other_shardings`)."""
 
     total: int
     dtypes: tuple[str, ...]
@@ -55,6 +63,7 @@ class Leaves(NamedTuple):
     more_held: bool = False
     deleted: int = 0
     deleted_names: tuple[str, ...] = ()
+    other_shardings: bool = False
 
 
 class Range(NamedTuple):
@@ -108,7 +117,8 @@ class Row(NamedTuple):
     first_keys: tuple[str, ...] = ()
     """A folded, `like` or run row's: the first keys of its node (its first member's)."""
     leaf: LeafSummary | None = None
-    """A leaf, nnx Variable or None row's: the leaf as shown."""
+    """A leaf, nnx Variable or None row's: the leaf as shown (in a tree with arrays over several
+    devices, an array on one device has the `sharding` `@ device 3`)."""
     leaves: Leaves | None = None
     """A folded, `like`, run or root row's: the leaves it stands for."""
     siblings: int = 0
@@ -173,10 +183,12 @@ def _row(index: StructureIndex, tree: Any, leaves: list[Any], metadata: _LeafMet
         like = index.path(line.other) if line.kind == "like" else None
     if kind != "node" or node == 0:
         subtree = _leaves(index, node, node + 1, metadata)
+        if kind == "like" and metadata.spread and not _placed_alike(index, leaves, line.other, [node]):
+            subtree = subtree._replace(other_shardings=True)
     elif index.is_leaf[node]:
-        kind, leaf = "leaf", leaf_summary(leaves[index.leaf_starts[node]])
+        kind, leaf = "leaf", _leaf_row(leaves[index.leaf_starts[node]], metadata.spread)
     elif index.variables[node] and index.leaf_counts[node]:
-        kind, leaf = "leaf", leaf_summary(leaves[index.leaf_starts[node]])
+        kind, leaf = "leaf", _leaf_row(leaves[index.leaf_starts[node]], metadata.spread)
         if index.types[node] is not dict:  # a restored Variable's type is not known
             leaf = leaf._replace(variable=type_name)
     elif index.types[node] is type(None) or index.variables[node]:  # a Variable of a masked parameter
@@ -252,7 +264,10 @@ def _run_row(
         name = edge_label(index.keys[reference + offset])
         complete = len(numbers) == len(values)
         ranges.append(Range(name, min(numbers) if complete else None, max(numbers) if complete else None))
-    return row._replace(leaves=_leaves(index, first, last + 1, metadata), ranges=tuple(ranges))
+    subtree = _leaves(index, first, last + 1, metadata)
+    if metadata.spread and not _placed_alike(index, leaves, reference, members):
+        subtree = subtree._replace(other_shardings=True)
+    return row._replace(leaves=subtree, ranges=tuple(ranges))
 
 
 class _LeafMetadata:
@@ -271,11 +286,13 @@ class _LeafMetadata:
                 for leaf, d in zip(leaves, self.dtypes, strict=True)
             ]
         self.cumulative_bytes = [0, *itertools.accumulate(nbytes)]
-        concrete = {kind for kind in set(map(type, leaves)) if is_concrete_array_type(kind)}
+        types = set(map(type, leaves))
+        concrete = {kind for kind in types if is_concrete_array_type(kind)}
         deleted = operator.methodcaller("is_deleted")
         self.deleted = [  # positions of deleted (donated) arrays, ascending
             position for position, leaf in enumerate(leaves) if type(leaf) in concrete and deleted(leaf)
         ]
+        self.spread = spans_devices(leaves)
 
     def summary(self, start: int, stop: int) -> tuple[tuple[str, ...], int]:
         names = sorted({dtype_name(d) for d in set(self.dtypes[start:stop]) if d is not None})
@@ -320,3 +337,63 @@ def _masked_in(index: StructureIndex, start: int, stop: int) -> int:
     not read as the full params."""
     holes = index.holes
     return bisect.bisect_left(holes, stop) - bisect.bisect_left(holes, start)
+
+
+# Placement -------------------------------------------------------------------------------------
+
+
+def spans_devices(leaves: list[Any]) -> bool:
+    """Whether some leaf is placed over several devices, read from the shardings alone: then
+    `describe` marks the arrays on one device and the `like` rows placed otherwise.
+
+    >>> import jax.numpy as jnp
+    >>> spans_devices([jnp.zeros(3), 1.0])
+    False
+    """
+    return widest(unwrap_all(leaves)) > 1
+
+
+def _leaf_row(leaf: Any, spread: bool) -> LeafSummary:
+    """The leaf as its row shows it; in a tree with arrays over several devices, an array on one
+    device is marked with its device (an abstract mesh's by position): `@ device 0`."""
+    summary = leaf_summary(leaf)
+    if not spread or summary.sharding or summary.deleted or not is_placed(unwrap(leaf)):
+        return summary
+    found = device_bytes(leaf)
+    if not found or len(found) != 1:
+        return summary
+    return summary._replace(sharding=f"@ device {found[0][0]}")
+
+
+def _placed_alike(index: StructureIndex, leaves: list[Any], reference: int, nodes: list[int]) -> bool:
+    """Whether the leaves of each of `nodes` are placed as those of `reference`, position by
+    position (the nodes have its structure)."""
+    start, count = index.leaf_starts[reference], index.leaf_counts[reference]
+    expected = leaves[start : start + count]
+    for node in nodes:
+        begin = index.leaf_starts[node]
+        if index.leaf_counts[node] != count:
+            return False
+        if not all(map(_same_placement, expected, leaves[begin : begin + count])):
+            return False
+    return True
+
+
+def _same_placement(first: Any, second: Any) -> bool:
+    """Whether two leaves lie alike: equivalent shardings of concrete devices, else the same
+    sharding text and bytes on each device (an abstract mesh's by position); unplaced alike."""
+    first, second = unwrap(first), unwrap(second)
+    one = first.sharding if is_placed(first) else None
+    other = second.sharding if is_placed(second) else None
+    if one is None or other is None:
+        return one is other
+    if one is other:
+        return True
+    if not is_abstract_mesh(one) and not is_abstract_mesh(other) and first.ndim == second.ndim:
+        return _equivalent(one, other, first.ndim)
+    return sharding_text(first) == sharding_text(second) and device_bytes(first) == device_bytes(second)
+
+
+@functools.lru_cache(maxsize=4096)
+def _equivalent(one: Any, other: Any, ndim: int) -> bool:
+    return bool(one.is_equivalent_to(other, ndim))

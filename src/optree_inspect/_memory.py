@@ -1,0 +1,452 @@
+"""Where the memory goes: `memory` (bytes on each device, by role and by region, with the
+placements worth fixing). Read from shardings and shapes alone (docs/memory.md).
+
+>>> import jax.numpy as jnp, optax, optree_inspect as oi
+>>> state = optax.adam(1e-3).init({"w": jnp.zeros((4, 4))})
+>>> oi.memory(state, params={"w": jnp.zeros((4, 4))}).to_dict()["roles"]["mu"]["total_bytes"]
+64
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any, NamedTuple
+
+import numpy as np
+from jax.tree_util import keystr
+from jaxtyping import PyTree
+
+from ._cache import index_and_leaves
+from ._check import Finding, params_of, placement_findings
+from ._errors import bounded, raised_here
+from ._index import StructureIndex
+from ._layout import layout_of, line_entries
+from ._leaf import bytes_text, unwrap_all
+from ._listing import Listing
+from ._naming import shortest_query
+from ._optax.states import is_counter
+from ._placement import devices_text, placements
+from ._rows import is_hyperparameter
+
+PARAMS, SCALARS, OTHER = "params", "hyperparameters and counters", "other"
+"""The roles that are not a moment field's name."""
+_REGIONS_SHOWN = 8
+_FIX = re.compile(r"state = oi\.set\(.*?placement='value'\)")
+_GIVEN_PARAMS = "params="
+"""The one region that stands for the parameters given as `params=`."""
+
+
+class Usage(NamedTuple):
+    """Bytes of a role or a region: on its fullest device, in total over devices, once (the
+    arrays' own size), their ratio (`replication`: 1 for sharded arrays, the device count for
+    replicated ones; None where nothing is placed), the devices they live on, and the bytes of
+    leaves on no device (host arrays, abstract leaves without a sharding, tracers, deleted arrays)."""
+
+    fullest_device_bytes: int
+    total_bytes: int
+    logical_bytes: int
+    replication: float | None
+    devices: tuple[int, ...]
+    unplaced_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self._asdict(), "devices": list(self.devices)}
+
+
+class MemoryRow(NamedTuple):
+    """One row of the table: a role (`params`, a moment field such as `mu`, `hyperparameters and
+    counters`, `other`) or a region (keyed by the query `stats` uses for it), with its usage."""
+
+    kind: str
+    name: str
+    usage: Usage
+
+
+class Memory(Listing[MemoryRow]):
+    """What `memory` found: rows by role, then by region (iterate them), `findings`, the bytes
+    each device holds by role (`by_device`), `to_dict()`, a table when printed and a bar a device
+    in a notebook."""
+
+    def __init__(
+        self,
+        roles: dict[str, Usage],
+        regions: dict[str, Usage],
+        by_device: dict[int, dict[str, int]],
+        findings: list[Finding],
+        held: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__(
+            [MemoryRow("role", name, usage) for name, usage in roles.items()]
+            + [MemoryRow("region", name, usage) for name, usage in regions.items()]
+        )
+        self.roles = roles
+        self.regions = regions
+        self.by_device = by_device
+        self.findings = tuple(findings)
+        self._held = held or {}
+        """Bytes on the fullest device of the leaves each kind of finding names."""
+
+    @property
+    def fullest_device(self) -> int | None:
+        """The device holding the most bytes (the lowest id among equals), or None."""
+        totals = {device: sum(roles.values()) for device, roles in self.by_device.items()}
+        return max(totals, key=lambda device: (totals[device], -device)) if totals else None
+
+    def shares(self) -> dict[str, float]:
+        """The share of the fullest device's bytes each role takes, largest first."""
+        device = self.fullest_device
+        if device is None:
+            return {}
+        held = self.by_device[device]
+        total = sum(held.values()) or 1
+        return dict(sorted(((role, n / total) for role, n in held.items() if n), key=lambda item: -item[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: `devices`, `fullest_device` (its id, bytes and each role's share), `roles`
+        and `regions` (each a `Usage` as a dict), `by_device` and `findings`."""
+        device = self.fullest_device
+        return {
+            "devices": sorted(self.by_device),
+            "fullest_device": None
+            if device is None
+            else {"device": device, "bytes": sum(self.by_device[device].values()), "shares": self.shares()},
+            "roles": {name: usage.as_dict() for name, usage in self.roles.items()},
+            "regions": {name: usage.as_dict() for name, usage in self.regions.items()},
+            "by_device": {str(device): dict(roles) for device, roles in sorted(self.by_device.items())},
+            "findings": [
+                {"kind": f.kind, "path": keystr(f.path), "query": f.query, "message": f.message}
+                for f in self.findings
+            ],
+        }
+
+    def _header(self) -> str:
+        count, device = len(self.by_device), self.fullest_device
+        found = len(self.findings)
+        findings = f"{found} finding{'s' * (found != 1)}"
+        if device is None:
+            return f"Memory(no array on a device; {findings})"
+        held = bytes_text(sum(self.by_device[device].values()))
+        return f"Memory({count} device{'s' * (count != 1)}, fullest: device {device} with {held}; {findings})"
+
+    def __str__(self) -> str:
+        lines = [self._header(), _table_line("role", "fullest device", "total", "replication", "devices")]
+        lines += [_usage_line(name, usage) for name, usage in self.roles.items()]
+        shares = self.shares()
+        if shares:
+            parts = ", ".join(
+                f"{role} {share:.0%}" if share >= 0.005 else f"{role} <1%"
+                for role, share in list(shares.items())[:6]
+            )
+            lines.append(f"device {self.fullest_device} holds: {bounded(parts, 200)}")
+        regions = sorted(self.regions.items(), key=lambda item: (-item[1].fullest_device_bytes, item[0]))
+        if regions:
+            lines.append(_table_line(f"largest regions (of {len(regions):,})", "", "", "", ""))
+            lines += [
+                _usage_line("  " + bounded(name or "(root)", 40), usage)
+                for name, usage in regions[:_REGIONS_SHOWN]
+            ]
+        lines += self._finding_lines()
+        return "\n".join(lines)
+
+    def _finding_lines(self) -> list[str]:
+        if not self.findings:
+            return []
+        lines = [f"findings ({len(self.findings):,}; each with its fix in memory.findings):"]
+        for summary, fix in self.finding_groups():
+            lines.append(f"  {summary}")
+            if fix:
+                lines.append(f"    {fix}")
+        return lines
+
+    def finding_groups(self) -> list[tuple[str, str]]:
+        """The findings by kind: a line with the leaves and their bytes on the fullest device
+        (and that device's share), and the first one's fix (`""` where it has none)."""
+        groups = []
+        device = self.fullest_device
+        total = sum(self.by_device[device].values()) if device is not None else 0
+        for kind in dict.fromkeys(f.kind for f in self.findings):
+            mine = [f for f in self.findings if f.kind == kind]
+            names = ", ".join(bounded(f.query, 40) for f in mine[:3]) + (", ..." if len(mine) > 3 else "")
+            held = self._held.get(kind, 0)
+            share = f" ({held / total:.0%} of its bytes)" if total else ""
+            where = f": {bytes_text(held)} on device {device}{share}" if device is not None else ""
+            fix = _FIX.search(mine[0].message)
+            groups.append(
+                (f"{kind} x{len(mine)} ({names}){where}", bounded(fix.group(0), 200) if fix else "")
+            )
+        return groups
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        return _html(self)
+
+
+def _table_line(name: str, fullest: str, total: str, replication: str, devices: str) -> str:
+    return f"{name:<30} {fullest:>14} {total:>10} {replication:>11}  {devices}".rstrip()
+
+
+def _usage_line(name: str, usage: Usage) -> str:
+    replication = "" if usage.replication is None else f"{usage.replication:.3g}x"
+    devices = devices_text(usage.devices) if usage.devices else "none"
+    if usage.unplaced_bytes:
+        devices += f"; {bytes_text(usage.unplaced_bytes)} on no device"
+    return _table_line(
+        bounded(name, 30),
+        bytes_text(usage.fullest_device_bytes),
+        bytes_text(usage.total_bytes),
+        replication,
+        devices,
+    )
+
+
+@raised_here
+def memory(tree: PyTree, /, *, params: PyTree | None = None) -> Memory:
+    """The bytes `tree` takes on each device, by role and by region, and the placements worth
+    fixing.
+
+    Roles: `params` (the tree's own `params` or `model` field, or the tree given as `params=`),
+    each moment field of an optax state by its name (`mu`, `nu`, `trace`, `acc_grads`, `ema`, ...),
+    `hyperparameters and counters`, and `other`. Regions: the rows `describe` shows, keyed as
+    `stats` keys them (with `params=`, one more region, `params=`). Each has its bytes on its
+    fullest device, its total over devices, its replication and its devices (`Usage`). Figures
+    come from shardings and shapes only, so a live state (exact to the byte: they equal the sum
+    over each array's `addressable_shards`), a `jax.eval_shape` state whose `ShapeDtypeStruct`s
+    carry shardings, and `oi.load(path)` of a checkpoint (from its saved shardings; a mesh this
+    process lacks numbers its devices by position) give the same figures, and no array data is
+    read. Findings (`check`'s kinds): `replicated_moment` and `single_device`.
+
+    ```python
+    >>> import jax.numpy as jnp, optax, optree_inspect as oi
+    >>> params = {"w": jnp.zeros((256, 256))}
+    >>> report = oi.memory(optax.adam(1e-3).init(params), params=params)
+    >>> [row.name for row in report if row.kind == "role"]
+    ['params', 'mu', 'nu', 'hyperparameters and counters']
+    >>> report.roles["nu"].fullest_device_bytes
+    262144
+
+    ```
+    """
+    index, leaves = index_and_leaves(tree)
+    values = unwrap_all(leaves)
+    roles = _roles(index)
+    entries = _regions(index)
+    given = params_of(index, values, params)
+    extra_values: list[Any] = []
+    if params is not None and given is not None and not _holds_these(index, values, given.values):
+        extra_values = given.values
+    table = placements(values + extra_values)
+    devices = sorted({device for found in table.device_bytes if found for device, _ in found})
+    unique = _matrix(table.device_bytes, {device: position for position, device in enumerate(devices)})
+    matrix = unique[table.rows]
+    sizes = np.array(table.logical_bytes, dtype=np.int64)[table.rows]
+    placed = np.array([found is not None for found in table.device_bytes], dtype=bool)[table.rows]
+    role_names = [*roles, *([PARAMS] * len(extra_values))]
+    order = _role_order(role_names, matrix)
+    number_of = {name: number for number, name in enumerate(order)}
+    role_ids = np.array([number_of[name] for name in role_names], dtype=np.intp)
+    by_role = np.zeros((len(order), len(devices)), dtype=np.int64)
+    np.add.at(by_role, role_ids, matrix)
+    placed_sizes = np.where(placed, sizes, 0)
+    role_usage = {}
+    for number, name in enumerate(order):
+        mask = role_ids == number
+        role_usage[name] = _usage(
+            by_role[number], int(sizes[mask].sum()), int(placed_sizes[mask].sum()), devices
+        )
+    # regions are runs of leaves in tree order: each a difference of running sums
+    running = np.concatenate([np.zeros((1, len(devices)), np.int64), np.cumsum(matrix, axis=0)])
+    running_sizes = np.concatenate([[0], np.cumsum(sizes)])
+    running_placed = np.concatenate([[0], np.cumsum(placed_sizes)])
+    region_spans = [(name, span.start, span.stop) for name, span in entries]
+    if extra_values:
+        region_spans.append((_GIVEN_PARAMS, len(values), len(matrix)))
+    region_usage = {
+        name: _usage(
+            running[stop] - running[start],
+            int(running_sizes[stop] - running_sizes[start]),
+            int(running_placed[stop] - running_placed[start]),
+            devices,
+        )
+        for name, start, stop in region_spans
+    }
+    by_device = {
+        device: {name: int(by_role[number, column]) for number, name in enumerate(order)}
+        for column, device in enumerate(devices)
+    }
+    spread = max((len(found) for found in table.device_bytes if found), default=0)
+    findings = placement_findings(index, values, given, spread)
+    held: dict[str, int] = {}
+    if devices and findings:
+        fullest = int(np.argmax(matrix.sum(axis=0)))  # ties: the lowest id, as `fullest_device`
+        for kind in dict.fromkeys(f.kind for f in findings):
+            rows = np.zeros(len(matrix), dtype=bool)
+            for finding in findings:
+                if finding.kind == kind:
+                    node = index.number_of(finding.path)
+                    assert node is not None
+                    rows[index.leaf_starts[node] : index.leaf_starts[node] + index.leaf_counts[node]] = True
+            held[kind] = int(matrix[rows, fullest].sum())
+    return Memory(role_usage, region_usage, by_device, findings, held)
+
+
+def _holds_these(index: StructureIndex, values: list[Any], given: list[Any]) -> bool:
+    """Whether the parameters `given` are the tree's own `params`/`model` field (the same leaves),
+    so that they are not counted twice."""
+    fields = [c for c in index.children(0) if index.texts[c] in ("params", "model")]
+    if len(fields) != 1:
+        return False
+    start, count = index.leaf_starts[fields[0]], index.leaf_counts[fields[0]]
+    mine = values[start : start + count]
+    return len(mine) == len(given) and all(a is b for a, b in zip(mine, given, strict=True))
+
+
+def _matrix(found: list[tuple[tuple[int, int], ...] | None], column: dict[int, int]) -> np.ndarray:
+    """Bytes of each distinct placement (a row) on each device (a column)."""
+    matrix = np.zeros((len(found), len(column)), dtype=np.int64)
+    for row, placement in enumerate(found):
+        for device, count in placement or ():
+            matrix[row, column[device]] += count
+    return matrix
+
+
+def _usage(per_device: np.ndarray, logical: int, logical_placed: int, devices: list[int]) -> Usage:
+    """The usage of leaves with `per_device` bytes on each of `devices`, `logical` bytes of their
+    own, `logical_placed` of them on a device."""
+    total = int(per_device.sum())
+    return Usage(
+        fullest_device_bytes=int(per_device.max()) if len(per_device) else 0,
+        total_bytes=total,
+        logical_bytes=logical,
+        replication=total / logical_placed if logical_placed else None,
+        devices=tuple(d for d, n in zip(devices, per_device.tolist(), strict=True) if n),
+        unplaced_bytes=logical - logical_placed,
+    )
+
+
+def _role_order(role_names: list[str], matrix: np.ndarray) -> list[str]:
+    """`params` first, then the moments by their bytes (largest first), then hyperparameters and
+    counters, then other."""
+    names = list(dict.fromkeys(role_names))
+    moments = [n for n in names if n not in (PARAMS, SCALARS, OTHER)]
+    totals = matrix.sum(axis=1) if matrix.size else np.zeros(len(role_names), dtype=np.int64)
+    weight = dict.fromkeys(moments, 0)
+    for name, total in zip(role_names, totals.tolist(), strict=True):
+        if name in weight:
+            weight[name] += total
+    moments.sort(key=lambda n: -weight[n])
+    return [n for n in (PARAMS, *moments, SCALARS, OTHER) if n in names]
+
+
+_ROLES = ("memory", "roles")
+_REGION_ENTRIES = ("memory", "regions")
+
+
+def _roles(index: StructureIndex) -> list[str]:
+    """Each leaf's role, from the structure alone (memoised on the index)."""
+    cached = index.memo.results.get(_ROLES)
+    if cached is not None:
+        return cached
+    params_fields = [c for c in index.children(0) if index.texts[c] in ("params", "model")]
+    params_root = params_fields[0] if len(params_fields) == 1 else -1
+    role = [OTHER] * len(index)
+    for node in range(1, len(index)):
+        parent = index.parents[node]
+        if node == params_root:
+            role[node] = PARAMS
+        elif parent == 0 and index.texts[node] == "step" and index.leaf_counts[node] == 1:
+            role[node] = SCALARS  # a TrainState's or an nnx Optimizer's step
+        elif index.state_names[parent] is not None and not index.holds_state[node]:
+            role[node] = _field_role(index, node)
+        else:
+            role[node] = role[parent]
+    leaves = [role[node] for node in index.leaf_nodes]
+    index.memo.results[_ROLES] = leaves
+    return leaves
+
+
+def _field_role(index: StructureIndex, node: int) -> str:
+    """The role of a state's field: a counter, a hyperparameter (or their schedules' bookkeeping),
+    or a scalar leaf field (a flag) counts with the hyperparameters; else its name."""
+    if is_counter(index, node) or is_hyperparameter(index, node) or index.hidden[node]:
+        return SCALARS
+    if index.texts[node] == "hyperparams":  # inject_hyperparams' dict of them
+        return SCALARS
+    name = index.texts[node]
+    return f"{name} (state)" if name in (PARAMS, SCALARS, OTHER) else name
+
+
+def _regions(index: StructureIndex) -> list[tuple[str, slice]]:
+    """The regions `describe`'s rows make, keyed as `stats` keys them (memoised on the index)."""
+    cached = index.memo.results.get(_REGION_ENTRIES)
+    if cached is not None:
+        return cached
+    lines = layout_of(index)
+    entries = [
+        (shortest_query(index, node) if node else "", span)
+        for number in range(len(lines))
+        for node, span in line_entries(index, lines, number)
+    ]
+    index.memo.results[_REGION_ENTRIES] = entries
+    return entries
+
+
+# The notebook view ------------------------------------------------------------------------------
+
+_COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#edc948", "#76b7b2", "#ff9da7", "#9c755f")
+_SCALARS_COLOUR, _OTHER_COLOUR = "#8c8c8c", "#bab0ac"
+
+
+def _colours(roles: list[str]) -> dict[str, str]:
+    colours, palette = {}, iter(_COLOURS * 4)
+    for role in roles:
+        colours[role] = (
+            _SCALARS_COLOUR if role == SCALARS else _OTHER_COLOUR if role == OTHER else next(palette)
+        )
+    return colours
+
+
+def _html(report: Memory) -> str:
+    """A bar a device, stacked by role, with a legend and the findings; HTML and CSS only."""
+    roles = list(report.roles)
+    colours = _colours(roles)
+    totals = {device: sum(held.values()) for device, held in report.by_device.items()}
+    widest = max(totals.values(), default=0) or 1
+    escape = html.escape
+    legend = "".join(
+        f'<span style="margin-right:1em;white-space:nowrap"><span style="display:inline-block;width:0.8em;'
+        f'height:0.8em;background:{colours[r]};margin-right:0.3em;vertical-align:middle"></span>'
+        f"{escape(r)} ({escape(bytes_text(report.roles[r].fullest_device_bytes))} at most a device)</span>"
+        for r in roles
+    )
+    bars = []
+    for device in sorted(report.by_device):
+        held = report.by_device[device]
+        segments = "".join(
+            f'<div title="{escape(r)}: {escape(bytes_text(n))}" style="width:{100 * n / widest:.3f}%;'
+            f'background:{colours[r]};height:100%"></div>'
+            for r in roles
+            if (n := held.get(r, 0))
+        )
+        bars.append(
+            '<div style="display:flex;align-items:center;margin:2px 0">'
+            f'<div style="width:7em;flex:none">device {device}</div>'
+            '<div style="flex:1;height:1.1em;display:flex;background:rgba(127,127,127,0.15);'
+            f'border-radius:2px;overflow:hidden">{segments}</div>'
+            f'<div style="width:6em;flex:none;text-align:right">{escape(bytes_text(totals[device]))}</div>'
+            "</div>"
+        )
+    findings = "".join(
+        f"<li>{escape(summary)}" + (f"<br><code>{escape(fix)}</code>" if fix else "") + "</li>"
+        for summary, fix in report.finding_groups()
+    )
+    table = str(report).split("\n", 1)[1]
+    return (
+        '<div class="optree-inspect-memory" style="font-family:sans-serif;font-size:13px;color:inherit">'
+        f"<div style='font-weight:bold;margin-bottom:4px'>{escape(report._header())}</div>"
+        f"<div style='margin-bottom:6px'>{legend}</div>{''.join(bars)}"
+        f"{'<ul style=margin-top:6px>' + findings + '</ul>' if findings else ''}"
+        f"<details><summary>table</summary><pre>{escape(table)}</pre></details></div>"
+    )
