@@ -282,8 +282,41 @@ SCRIPT = textwrap.dedent(
     big = put(jax.random.normal(jax.random.key(0), (4096, 4096)), "data", "model")  # 64 MB
     checkpointer.save(f"{directory}/big", {"w": big})
     checkpointer.wait_until_finished()
-    single = {"w": jax.device_put(jnp.ones((64, 64)), jax.devices()[3]), "v": params["w1"]}
-    out["single"] = [(f.kind, f.query) for f in oi.memory(single).findings]
+    donated = jax.device_put(jnp.ones((8, 8)), jax.devices()[2])
+    donated.delete()
+    single = {
+        "w": jax.device_put(jnp.ones((64, 64)), jax.devices()[3]),
+        "v": params["w1"],
+        "empty": jax.device_put(jnp.ones((0, 4)), jax.devices()[1]),
+        "donated": donated,
+    }
+    report = oi.memory(single)
+    out["single"] = [(f.kind, f.query) for f in report.findings]
+    out["single_text"] = repr(report)
+    # pipeline stages: two meshes of 4 devices each; saved, then read in a process with one device
+    stage = lambda devices: jax.sharding.Mesh(np.array(devices).reshape(2, 2), ("x", "y"))
+    stages = {
+        "first": jax.device_put(jnp.ones((8, 8)), NamedSharding(stage(jax.devices()[:4]), P("x", "y"))),
+        "second": jax.device_put(jnp.ones((8, 8)), NamedSharding(stage(jax.devices()[4:]), P("x", "y"))),
+        "alone": jax.device_put(jnp.ones((3, 3)), jax.devices()[5]),
+    }
+    checkpointer.save(f"{directory}/stages", stages)
+    checkpointer.wait_until_finished()
+    out["stages"] = oi.memory(stages).to_dict()["by_device"]
+    # nnx Variables restored as {'value': x} beside plain params: matched by name
+    adam = cases["b"][0]
+    restored = {"mu": {k: {"value": v} for k, v in adam.mu.items()}, "count": {"value": adam.count}}
+    state = {"opt_state": [restored], "model": params}
+    out["restored"] = sorted(f.query for f in oi.check(state) if f.kind == "replicated_moment")
+    out["offloaded"] = None
+    try:
+        pinned = NamedSharding(mesh, P()).with_memory_kind("pinned_host")
+        offloaded = (cases["b"][0]._replace(mu=jax.device_put(cases["b"][0].mu, pinned)), cases["b"][1])
+        usage = oi.memory(offloaded, params=params).roles["mu"]
+        kinds = sorted({f.query for f in oi.memory(offloaded, params=params).findings})
+        out["offloaded"] = [usage.total_bytes, usage.unplaced_bytes, kinds]
+    except ValueError:  # no pinned_host memory on this backend
+        pass
     print(json.dumps(out))
     """
 )
@@ -320,7 +353,31 @@ def test_replicated_and_device_zero_moments_are_findings(eight_devices: Any) -> 
     assert all("(replicated over 8 devices)" in message for message in out["b"]["messages"])
     assert "replicated_moment x6 (mu.b1, mu.w1, mu.w2, ...)" in out["c"]["text"]
     assert "placement='value')" in out["c"]["text"]
-    assert out["single"] == [["single_device", "w"]]
+    assert out["single"] == [["single_device", "w"]]  # not the empty or the donated array
+    assert "single_device x1 (w): 16 KB on device 3 (94% of its bytes)" in out["single_text"]
+
+
+def test_a_checkpoint_keeps_its_device_ids(eight_devices: Any) -> None:
+    """Two pipeline stages on devices 0-3 and 4-7 and an array on device 5, read here on one
+    device: each byte on the device it was saved from."""
+    out, directory = eight_devices
+    assert oi.memory(oi.load(directory / "stages", scalars=False)).to_dict()["by_device"] == out["stages"]
+    assert out["stages"]["5"] == {"other": 64 // 4 * 4 + 9 * 4}
+    text = str(oi.describe(oi.load(directory / "stages")))
+    assert "alone: f32[3,3] @ device 5" in text
+
+
+def test_restored_variables_match_plain_params_by_name(eight_devices: Any) -> None:
+    assert eight_devices[0]["restored"] == ["mu.b1", "mu.w1", "mu.w2"]
+
+
+def test_offloaded_moments_take_no_device_memory(eight_devices: Any) -> None:
+    offloaded = eight_devices[0]["offloaded"]
+    if offloaded is None:
+        pytest.skip("no pinned_host memory on this backend")
+    total, unplaced, queries = offloaded
+    assert total == 0 and unplaced == 64 * 32 * 4 + 32 * 4 + 32 * 8 * 2
+    assert not any(query.startswith("mu.") for query in queries)
 
 
 @pytest.mark.parametrize("case", ["b", "c"])
@@ -382,3 +439,60 @@ def test_load_without_scalars_reads_nothing(tmp_path: pathlib.Path) -> None:
     assert with_scalars.total_bytes == 0 and with_scalars.unplaced_bytes > 0  # read to the host
     with pytest.raises(oi.InvalidArgumentError, match="scalars=False"):
         oi.load(tmp_path / "c", arrays=True, scalars=False)
+
+
+def test_params_given_that_are_leaves_of_the_tree_count_once() -> None:
+    state = optax.adam(1e-3).init(PARAMS)
+    together = oi.memory((PARAMS, state), params=PARAMS)
+    assert together.roles["params"].total_bytes == PARAM_BYTES and "other" not in together.roles
+    assert "params=" not in together.regions
+    alone = oi.memory(PARAMS, params=PARAMS)
+    assert _roles(alone) == {"params": PARAM_BYTES}
+
+
+def test_a_root_with_params_and_model_takes_params() -> None:
+    tree = {"params": PARAMS, "model": {"w": jnp.ones(3)}, "opt": optax.sgd(0.1).init(PARAMS)}
+    assert oi.memory(tree).roles["params"].total_bytes == PARAM_BYTES
+
+
+@pytest.mark.parametrize(
+    "tx",
+    [
+        optax.apply_if_finite(optax.adam(1e-3), 3),
+        optax.lbfgs(),
+        optax.contrib.schedule_free_adamw(1e-3),
+        optax.chain(*[optax.scale_by_adam(), optax.ema(0.9), optax.trace(0.9), optax.scale_by_lion()] * 6),
+    ],
+    ids=["apply_if_finite", "lbfgs", "schedule_free", "long_chain"],
+)
+def test_scalar_fields_count_with_the_hyperparameters(tx: Any) -> None:
+    state = tx.init(PARAMS)
+    report = oi.memory(state)
+    scalars = {"last_finite", "notfinite_count", "total_notfinite", "value", "learning_rate", "b1"}
+    assert not scalars & set(report.roles), report.roles.keys()
+    assert not {"weight_sum", "max_lr", "decrease_error"} & set(report.roles)
+    total = sum(x.nbytes for x in jax.tree.leaves(state))
+    assert sum(usage.total_bytes for usage in report.roles.values()) == total
+    assert "params" not in report.roles  # lbfgs's own `params` field is a state's
+    assert len(repr(report).splitlines()) <= 30
+    assert report._repr_html_().count(">device 0<") == 1
+
+
+def test_unreadable_placements_are_no_placement() -> None:
+    from jax.sharding import AbstractMesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = AbstractMesh((2,), ("data",))
+    tree = {
+        "spec": jax.ShapeDtypeStruct((4, 4), jnp.float32, sharding=NamedSharding(mesh, P(P.UNCONSTRAINED))),
+        "plain": jax.ShapeDtypeStruct((4,), jnp.float32, sharding=NamedSharding(mesh, P("data"))),
+    }
+    usage = oi.memory(tree).roles["other"]
+    assert (usage.total_bytes, usage.unplaced_bytes, usage.devices) == (16, 64, (0, 1))
+    str(oi.describe(tree))
+
+
+def test_finding_messages_are_bounded() -> None:
+    state = {"mu": {"k" * 5000: jnp.ones(4)}}
+    text = str(oi.check(state))
+    assert len(text) < 4000

@@ -29,7 +29,7 @@ from ._naming import shortest_query
 from ._optax.closures import Optimizer, read_optimizer
 from ._optax.names import DECAY_RATES, EPSILONS
 from ._optax.states import hyperparameter_nodes, is_counter
-from ._placement import device_bytes, device_count, placement_text, widest
+from ._placement import device_bytes, device_count, placement_text, sharding_of, widest
 from ._query import Query, parse_query
 from ._resolve import resolve_one
 from ._values import leaf_table, summarise
@@ -67,7 +67,7 @@ class Report(Listing[Finding]):
         return self._items
 
     def _line(self, item: Finding) -> str:
-        return f"{item.kind}: {item.query}: {item.message}"
+        return f"{item.kind}: {bounded(item.query, 200)}: {item.message}"
 
     def _header(self) -> str:
         count = len(self)
@@ -161,7 +161,9 @@ def check(tree: PyTree, /, *, optimizer: Optimizer | None = None, params: PyTree
     if not any(isinstance(v, jax.core.Tracer) for v in values):  # abstract and deleted leaves: no values
         findings.extend(_nonfinite(index, values))
         findings.extend(_rounded(index, values))
-    findings.extend(placement_findings(index, values, params_of(index, values, params)))
+    findings.extend(
+        finding for _, finding in placement_findings(index, values, params_of(index, values, params))
+    )
     return Report(findings)
 
 
@@ -256,44 +258,58 @@ class Params(NamedTuple):
     root: int
 
 
+def params_field(index: StructureIndex) -> int | None:
+    """The tree's own parameters: its root's `params` field (a flax `TrainState`, a dict), else
+    its `model` field (an `nnx.Optimizer`'s state); None where the root is itself an optimizer
+    state (lbfgs keeps a `params` field) or has neither."""
+    if index.state_names[0] is not None:
+        return None
+    found = {index.texts[child]: child for child in index.children(0)}
+    return found.get("params", found.get("model"))
+
+
 def params_of(index: StructureIndex, values: list[Any], params: Any) -> Params | None:
-    """`params=` (any tree), else the tree's own `params` field (a flax `TrainState`, a dict) or
-    `model` field (an `nnx.Optimizer`'s state), else None."""
+    """`params=` (any tree), else the tree's own parameters (`params_field`), else None."""
     if params is not None:
         params_index, params_leaves = index_and_leaves(params)
         return Params(params_index, unwrap_all(params_leaves), 0)
-    candidates = [c for c in index.children(0) if index.texts[c] in ("params", "model")]
-    return Params(index, values, candidates[0]) if len(candidates) == 1 else None
+    field = params_field(index)
+    return None if field is None else Params(index, values, field)
 
 
 def placement_findings(
     index: StructureIndex, values: list[Any], params: Params | None, spread: int | None = None
-) -> list[Finding]:
-    """`replicated_moment` and `single_device` findings (see `check`), in tree order: none where
-    every array lives on one device (`spread`, the most devices an array spans, where known)."""
+) -> list[tuple[int, Finding]]:
+    """`replicated_moment` and `single_device` findings (see `check`), in tree order, each with
+    the position of its first leaf: none where every array lives on one device (`spread`, the
+    most devices an array spans, where known)."""
     by_name = _params_by_name(params) if params is not None else {}
     if spread is None:
         spread = max(widest(values), widest(params.values) if params is not None and params.root == 0 else 0)
     if spread <= 1:
         return []
-    findings: dict[int, Finding] = {}
+    findings: dict[int, tuple[int, Finding]] = {}
     for leaf, position, name in _moment_leaves(index):
         param = by_name.get(name)
         if param is None:
             continue
-        message = _less_sharded(values[position], param, index, leaf)
+        node = _row_node(index, leaf)
+        query = shortest_query(index, node)
+        message = _less_sharded(values[position], param, query)
         if message:
-            findings[leaf] = Finding(
-                "replicated_moment", index.path(leaf), shortest_query(index, leaf), message
-            )
+            findings[leaf] = position, Finding("replicated_moment", index.path(node), query, message)
     for position, leaf in enumerate(index.leaf_nodes):
         value = values[position]
-        if leaf in findings or not is_placed(value) or not np.ndim(value):
+        if leaf in findings or not is_placed(value) or not np.ndim(value) or not np.size(value):
             continue
-        if device_count(value.sharding) == 1:
+        found = device_bytes(value)  # None: deleted, or offloaded to host memory
+        if found and len(found) == 1 and device_count(sharding_of(value)) == 1:
             node = _row_node(index, leaf)
             query = shortest_query(index, node)
-            findings[leaf] = Finding("single_device", index.path(node), query, _alone(value, spread, query))
+            findings[leaf] = (
+                position,
+                Finding("single_device", index.path(node), query, _alone(value, spread, query)),
+            )
     return [findings[leaf] for leaf in sorted(findings)]
 
 
@@ -319,9 +335,9 @@ def _alone(value: Any, spread: int, query: str) -> str:
     size = bytes_text(math.prod(value.shape) * int(value.dtype.itemsize))
     return (
         f"{size} {placement_text(value)}, beside arrays over {spread} devices: that device holds all of "
-        f"it. Move it onto the mesh: state = oi.set(state, {query!r}, lambda x: jax.device_put(x, "
-        "NamedSharding(mesh, P(...))), placement='value'); or create the state placed: "
-        "jax.jit(tx.init, out_shardings=...)."
+        f"it. Move it onto the mesh: state = oi.set(state, {bounded(query, 200)!r}, lambda x: "
+        "jax.device_put(x, NamedSharding(mesh, P(...))), placement='value'); or create the state "
+        "placed: jax.jit(tx.init, out_shardings=...)."
     )
 
 
@@ -338,10 +354,12 @@ def _moment_roots(index: StructureIndex) -> list[int]:
 
 
 def _name_under(index: StructureIndex, root: int, leaf: int) -> tuple[str, ...]:
-    """The key names from `root` (excluded) down to `leaf`: `()` for the root itself."""
-    if leaf == root:
+    """The key names from `root` (excluded) down to `leaf` (to its nnx Variable, where one holds
+    it, so that a Variable and a plain array of one name match): `()` for the root itself."""
+    node = _row_node(index, leaf)
+    if node <= root:
         return ()
-    return tuple(index.texts[n] for n in [*index.ancestors(leaf)[index.depths[root] + 1 :], leaf])
+    return tuple(index.texts[n] for n in [*index.ancestors(node)[index.depths[root] + 1 :], node])
 
 
 def _most_elements(leaf: Any) -> int | None:
@@ -381,22 +399,24 @@ def _param_names(index: StructureIndex, root: int) -> list[tuple[int, tuple[str,
     return cached
 
 
-def _less_sharded(moment: Any, param: _Param, index: StructureIndex, leaf: int) -> str | None:
+def _less_sharded(moment: Any, param: _Param, query: str) -> str | None:
     """Why `moment` takes more memory per device than its parameter, or None: concrete arrays, or
     abstract ones (`jax.ShapeDtypeStruct`, as `jax.eval_shape` gives) that carry a sharding."""
     value = param.value
     if not (is_placed(moment) and is_placed(value)) or moment.shape != value.shape:
         return None
-    if moment.sharding == value.sharding:
+    if sharding_of(moment) == sharding_of(value):
         return None
     mine, theirs = _most_elements(moment), _most_elements(value)
     if mine is None or theirs is None or mine <= theirs:
         return None
-    query = shortest_query(index, _row_node(index, leaf))
-    name = f"params{keystr(param.path)}"
+    target = f"{bounded(f'params{keystr(param.path)}', 80)}.sharding"
+    kind = getattr(sharding_of(moment), "memory_kind", None)
+    if kind != getattr(sharding_of(value), "memory_kind", None) and kind is not None:
+        target += f".with_memory_kind({kind!r})"  # keep it in the memory it was placed in
     return (
         f"{mine:,} elements on its fullest device ({placement_text(moment)}), {mine / theirs:.3g}x its "
         f"parameter's {theirs:,} ({placement_text(value)}). Place it like the parameter: state = "
-        f"oi.set(state, {query!r}, lambda x: jax.device_put(x, {bounded(name, 80)}.sharding), "
+        f"oi.set(state, {bounded(query, 200)!r}, lambda x: jax.device_put(x, {target}), "
         "placement='value') (`jax.jit(tx.init)` alone does not place zeros like the params)."
     )

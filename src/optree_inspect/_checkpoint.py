@@ -25,6 +25,7 @@ from ._errors import (
     raised_here,
     short_repr,
 )
+from ._placement import SavedStruct
 
 _INSTALL = "pip install 'optree_inspect[orbax]'"
 _STEP_NAME = re.compile(r"(?:.+_)?(\d+)")
@@ -295,9 +296,10 @@ def _read_ocdbt_item(directory: pathlib.Path, scalars: bool) -> Any:
                     saved = sharding_metadata.from_serialized_string(serialized)
                 except Exception:  # another version's format: no placement
                     saved = None
-                jax_shardings[serialized] = None if saved is None else _saved_sharding(saved)
-            sharding = None if serialized is None else jax_shardings[serialized]
-            leaf = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+                jax_shardings[serialized] = (None, None) if saved is None else _saved_sharding(saved)
+            leaf = _leaf_struct(
+                shape, dtype, (None, None) if serialized is None else jax_shardings[serialized]
+            )
             if shape == () and scalars:
                 spec = {"driver": "zarr", "kvstore": {**base, "path": f"{name}/"}}
                 openings.append((keys, ts.open(spec, open=True, read=True)))
@@ -327,17 +329,17 @@ def _insert(root: Any, keys: list[tuple[Any, int]], leaf: Any) -> Any:
 
 def _struct(metadata: Any) -> jax.ShapeDtypeStruct:
     saved = getattr(metadata, "sharding", None)
-    sharding = None if saved is None else _saved_sharding(saved)
-    return jax.ShapeDtypeStruct(tuple(metadata.shape), metadata.dtype, sharding=sharding)
+    placed = (None, None) if saved is None else _saved_sharding(saved)
+    return _leaf_struct(tuple(metadata.shape), metadata.dtype, placed)
 
 
-def _saved_sharding(saved: Any) -> jax.sharding.Sharding | None:
+def _saved_sharding(saved: Any) -> tuple[jax.sharding.Sharding | None, tuple[int, ...] | None]:
     """The sharding orbax recorded for an array: on this process's devices where it has them;
-    else, from the mesh's shape, axis names and spec alone, over an `AbstractMesh` (which names
-    devices by their position in the mesh), so that `memory` and `describe` still show the
-    placement; a single device this process lacks becomes a one-device abstract mesh."""
+    else, from the mesh's shape, axis names and spec alone, over an `AbstractMesh`, with the saved
+    devices' ids in mesh order (a single device this process lacks is a one-device mesh), so that
+    `memory` and `describe` show the placement of a checkpoint saved on other devices."""
     try:
-        return saved.to_jax_sharding()
+        return saved.to_jax_sharding(), None
     except Exception:  # saved on devices this process does not have
         pass
     shape, names = getattr(saved, "shape", None), getattr(saved, "axis_names", None)
@@ -346,10 +348,30 @@ def _saved_sharding(saved: Any) -> jax.sharding.Sharding | None:
         if shape is not None and names is not None and spec is not None:
             axes = [tuple(axis) if isinstance(axis, list | tuple) else axis for axis in spec]
             mesh = jax.sharding.AbstractMesh(tuple(int(n) for n in shape), tuple(names))
-            return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*axes))
-        if getattr(saved, "device_str", None) is not None:
+            rows = getattr(getattr(saved, "device_mesh", None), "mesh", None)
+            ids = (
+                tuple(int(d.id) for d in np.asarray(rows, dtype=object).ravel()) if rows is not None else None
+            )
+            if ids is not None and len(ids) != int(np.prod(shape)):
+                ids = None
+            return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*axes)), ids
+        device = getattr(saved, "device_str", None)
+        if device is not None:
+            number = re.search(r"\d+", str(device))
             mesh = jax.sharding.AbstractMesh((1,), ("device",))
-            return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            single = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            return single, (int(number[0]),) if number else None
     except Exception:  # a mesh or spec this JAX cannot express
-        return None
-    return None
+        return None, None
+    return None, None
+
+
+def _leaf_struct(
+    shape: Any, dtype: Any, placed: tuple[jax.sharding.Sharding | None, tuple[int, ...] | None]
+) -> jax.ShapeDtypeStruct:
+    """A leaf of the metadata: a `ShapeDtypeStruct` with its saved sharding (`_saved_sharding`'s
+    result), a `SavedStruct` where the sharding's devices are not this process's."""
+    sharding, ids = placed
+    if ids is not None:
+        return SavedStruct(shape, dtype, sharding=sharding, device_ids=ids)
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)

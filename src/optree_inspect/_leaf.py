@@ -103,10 +103,18 @@ def is_concrete(leaf: Any) -> bool:
 
 
 def is_placed(leaf: Any) -> bool:
-    """A leaf with a sharding: a concrete `jax.Array`, or a `ShapeDtypeStruct` that carries one."""
+    """A leaf with a sharding: a concrete `jax.Array`, or a `ShapeDtypeStruct` that carries one
+    (a `PartitionSpec` without its mesh, which JAX cannot read here, is none)."""
     if isinstance(leaf, jax.ShapeDtypeStruct):
-        return getattr(leaf, "sharding", None) is not None
+        return isinstance(_sharding(leaf), jax.sharding.Sharding)
     return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
+
+
+def _sharding(leaf: Any) -> Any:
+    try:
+        return getattr(leaf, "sharding", None)
+    except Exception:  # a ShapeDtypeStruct's PartitionSpec outside its mesh's context
+        return None
 
 
 def aval(leaf: Any) -> Any:
@@ -187,13 +195,19 @@ def dtype_name(dtype: Any) -> str:
 
 
 def bytes_text(count: int) -> str:
-    """`12 B`, `1.5 KB`, `3.2 GB`."""
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
+    """`12 B`, `1.5 KB`, `1000 KB`, `3.2 GB`, `1.2 PB`: three significant digits, never an exponent.
+
+    >>> bytes_text(512), bytes_text(1_024_000), bytes_text(5 * 2**50)
+    ('512 B', '1000 KB', '5 PB')
+    """
+    value, units = float(count), ["B", "KB", "MB", "GB", "TB", "PB"]
+    while value >= 1024 and len(units) > 1:
         value /= 1024
-    return ""
+        units.pop(0)
+    unit = units[0]
+    if unit == "B" or value >= 100:
+        return f"{value:.0f} {unit}"
+    return f"{value:.3g} {unit}"
 
 
 class LeafSummary(NamedTuple):
@@ -289,8 +303,8 @@ def shortest(value: float, dtype: Any) -> str:
 
 def sharding_text(leaf: Any) -> str:
     """`@ P('data',)` or `@ replicated(8)` for a leaf on several devices, `""` otherwise."""
-    sharding = getattr(leaf, "sharding", None)
-    if sharding is None or isinstance(leaf, jax.core.Tracer) or not hasattr(sharding, "num_devices"):
+    sharding = None if isinstance(leaf, jax.core.Tracer) else _sharding(leaf)
+    if not isinstance(sharding, jax.sharding.Sharding):
         return ""
     if sharding.num_devices <= 1:  # an AbstractMesh's sharding has no device_set
         return ""

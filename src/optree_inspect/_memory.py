@@ -18,7 +18,7 @@ from jax.tree_util import keystr
 from jaxtyping import PyTree
 
 from ._cache import index_and_leaves
-from ._check import Finding, params_of, placement_findings
+from ._check import Finding, params_field, params_of, placement_findings
 from ._errors import bounded, raised_here
 from ._index import StructureIndex
 from ._layout import layout_of, line_entries
@@ -32,6 +32,7 @@ from ._rows import is_hyperparameter
 PARAMS, SCALARS, OTHER = "params", "hyperparameters and counters", "other"
 """The roles that are not a moment field's name."""
 _REGIONS_SHOWN = 8
+_ROLES_SHOWN = 10
 _FIX = re.compile(r"state = oi\.set\(.*?placement='value'\)")
 _GIVEN_PARAMS = "params="
 """The one region that stands for the parameters given as `params=`."""
@@ -74,7 +75,7 @@ class Memory(Listing[MemoryRow]):
         regions: dict[str, Usage],
         by_device: dict[int, dict[str, int]],
         findings: list[Finding],
-        held: dict[str, int] | None = None,
+        held: dict[str, tuple[int, int]] | None = None,
     ) -> None:
         super().__init__(
             [MemoryRow("role", name, usage) for name, usage in roles.items()]
@@ -85,7 +86,7 @@ class Memory(Listing[MemoryRow]):
         self.by_device = by_device
         self.findings = tuple(findings)
         self._held = held or {}
-        """Bytes on the fullest device of the leaves each kind of finding names."""
+        """For each kind of finding: the device where its leaves hold the most, and those bytes."""
 
     @property
     def fullest_device(self) -> int | None:
@@ -131,7 +132,10 @@ class Memory(Listing[MemoryRow]):
 
     def __str__(self) -> str:
         lines = [self._header(), _table_line("role", "fullest device", "total", "replication", "devices")]
-        lines += [_usage_line(name, usage) for name, usage in self.roles.items()]
+        roles = list(self.roles.items())
+        lines += [_usage_line(name, usage) for name, usage in roles[:_ROLES_SHOWN]]
+        if len(roles) > _ROLES_SHOWN:
+            lines.append(f"... {len(roles) - _ROLES_SHOWN:,} more roles (memory.roles)")
         shares = self.shares()
         if shares:
             parts = ", ".join(
@@ -160,17 +164,17 @@ class Memory(Listing[MemoryRow]):
         return lines
 
     def finding_groups(self) -> list[tuple[str, str]]:
-        """The findings by kind: a line with the leaves and their bytes on the fullest device
-        (and that device's share), and the first one's fix (`""` where it has none)."""
+        """The findings by kind: a line with the leaves, their bytes on the device where they hold
+        the most (and that device's share), and the first one's fix (`""` where it has none)."""
         groups = []
-        device = self.fullest_device
-        total = sum(self.by_device[device].values()) if device is not None else 0
         for kind in dict.fromkeys(f.kind for f in self.findings):
             mine = [f for f in self.findings if f.kind == kind]
             names = ", ".join(bounded(f.query, 40) for f in mine[:3]) + (", ..." if len(mine) > 3 else "")
-            held = self._held.get(kind, 0)
-            share = f" ({held / total:.0%} of its bytes)" if total else ""
-            where = f": {bytes_text(held)} on device {device}{share}" if device is not None else ""
+            where = ""
+            if kind in self._held:
+                device, held = self._held[kind]
+                total = sum(self.by_device[device].values())
+                where = f": {bytes_text(held)} on device {device} ({held / total:.0%} of its bytes)"
             fix = _FIX.search(mine[0].message)
             groups.append(
                 (f"{kind} x{len(mine)} ({names}){where}", bounded(fix.group(0), 200) if fix else "")
@@ -231,12 +235,19 @@ def memory(tree: PyTree, /, *, params: PyTree | None = None) -> Memory:
     """
     index, leaves = index_and_leaves(tree)
     values = unwrap_all(leaves)
-    roles = _roles(index)
+    roles = _scalar_fields_demoted(index, values)
     entries = _regions(index)
     given = params_of(index, values, params)
     extra_values: list[Any] = []
-    if params is not None and given is not None and not _holds_these(index, values, given.values):
-        extra_values = given.values
+    if params is not None and given is not None:
+        # a given parameter that is also a leaf of the tree (the same array) counts once, as params
+        theirs = {id(v) for v in given.values if hasattr(v, "shape")}
+        roles = [
+            PARAMS if id(v) in theirs and hasattr(v, "shape") else r
+            for v, r in zip(values, roles, strict=True)
+        ]
+        mine = {id(v) for v in values if hasattr(v, "shape")}
+        extra_values = [v for v in given.values if not hasattr(v, "shape") or id(v) not in mine]
     table = placements(values + extra_values)
     devices = sorted({device for found in table.device_bytes if found for device, _ in found})
     unique = _matrix(table.device_bytes, {device: position for position, device in enumerate(devices)})
@@ -278,29 +289,15 @@ def memory(tree: PyTree, /, *, params: PyTree | None = None) -> Memory:
     }
     spread = max((len(found) for found in table.device_bytes if found), default=0)
     findings = placement_findings(index, values, given, spread)
-    held: dict[str, int] = {}
-    if devices and findings:
-        fullest = int(np.argmax(matrix.sum(axis=0)))  # ties: the lowest id, as `fullest_device`
-        for kind in dict.fromkeys(f.kind for f in findings):
-            rows = np.zeros(len(matrix), dtype=bool)
-            for finding in findings:
-                if finding.kind == kind:
-                    node = index.number_of(finding.path)
-                    assert node is not None
-                    rows[index.leaf_starts[node] : index.leaf_starts[node] + index.leaf_counts[node]] = True
-            held[kind] = int(matrix[rows, fullest].sum())
-    return Memory(role_usage, region_usage, by_device, findings, held)
-
-
-def _holds_these(index: StructureIndex, values: list[Any], given: list[Any]) -> bool:
-    """Whether the parameters `given` are the tree's own `params`/`model` field (the same leaves),
-    so that they are not counted twice."""
-    fields = [c for c in index.children(0) if index.texts[c] in ("params", "model")]
-    if len(fields) != 1:
-        return False
-    start, count = index.leaf_starts[fields[0]], index.leaf_counts[fields[0]]
-    mine = values[start : start + count]
-    return len(mine) == len(given) and all(a is b for a, b in zip(mine, given, strict=True))
+    held: dict[str, tuple[int, int]] = {}
+    for kind in dict.fromkeys(finding.kind for _, finding in findings):
+        rows = np.zeros(len(matrix), dtype=bool)
+        rows[[position for position, finding in findings if finding.kind == kind]] = True
+        per_device = matrix[rows].sum(axis=0)
+        if per_device.any():
+            column = int(np.argmax(per_device))
+            held[kind] = devices[column], int(per_device[column])
+    return Memory(role_usage, region_usage, by_device, [finding for _, finding in findings], held)
 
 
 def _matrix(found: list[tuple[tuple[int, int], ...] | None], column: dict[int, int]) -> np.ndarray:
@@ -344,14 +341,41 @@ _ROLES = ("memory", "roles")
 _REGION_ENTRIES = ("memory", "regions")
 
 
-def _roles(index: StructureIndex) -> list[str]:
-    """Each leaf's role, from the structure alone (memoised on the index)."""
+def _scalar_fields_demoted(index: StructureIndex, values: list[Any]) -> list[str]:
+    """Each leaf's role (`_roles`), where a state's field that holds only scalars (a flag such as
+    `apply_if_finite`'s `last_finite`, a running value such as lbfgs's `value`) counts with the
+    hyperparameters and counters rather than as a moment."""
+    roles, fields = _roles(index)
+    candidates = [
+        p
+        for p, (role, field) in enumerate(zip(roles, fields, strict=True))
+        if field >= 0 and role not in _NAMED
+    ]
+    if not candidates:
+        return roles
+    holds_array = set()
+    for position in candidates:
+        if len(getattr(values[position], "shape", ())):
+            holds_array.add(fields[position])
+    demoted = list(roles)
+    for position in candidates:
+        if fields[position] not in holds_array:
+            demoted[position] = SCALARS
+    return demoted
+
+
+_NAMED = frozenset({PARAMS, SCALARS, OTHER})
+
+
+def _roles(index: StructureIndex) -> tuple[list[str], list[int]]:
+    """Each leaf's role from the structure alone, and the state field that holds it (-1 where
+    none), memoised on the index."""
     cached = index.memo.results.get(_ROLES)
     if cached is not None:
         return cached
-    params_fields = [c for c in index.children(0) if index.texts[c] in ("params", "model")]
-    params_root = params_fields[0] if len(params_fields) == 1 else -1
+    params_root = params_field(index)
     role = [OTHER] * len(index)
+    field = [-1] * len(index)
     for node in range(1, len(index)):
         parent = index.parents[node]
         if node == params_root:
@@ -359,12 +383,12 @@ def _roles(index: StructureIndex) -> list[str]:
         elif parent == 0 and index.texts[node] == "step" and index.leaf_counts[node] == 1:
             role[node] = SCALARS  # a TrainState's or an nnx Optimizer's step
         elif index.state_names[parent] is not None and not index.holds_state[node]:
-            role[node] = _field_role(index, node)
+            role[node], field[node] = _field_role(index, node), node
         else:
-            role[node] = role[parent]
-    leaves = [role[node] for node in index.leaf_nodes]
-    index.memo.results[_ROLES] = leaves
-    return leaves
+            role[node], field[node] = role[parent], field[parent]
+    result = [role[node] for node in index.leaf_nodes], [field[node] for node in index.leaf_nodes]
+    index.memo.results[_ROLES] = result
+    return result
 
 
 def _field_role(index: StructureIndex, node: int) -> str:
@@ -396,16 +420,14 @@ def _regions(index: StructureIndex) -> list[tuple[str, slice]]:
 # The notebook view ------------------------------------------------------------------------------
 
 _COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#edc948", "#76b7b2", "#ff9da7", "#9c755f")
+"""params first, then one a moment (repeating past eight)."""
 _SCALARS_COLOUR, _OTHER_COLOUR = "#8c8c8c", "#bab0ac"
 
 
 def _colours(roles: list[str]) -> dict[str, str]:
-    colours, palette = {}, iter(_COLOURS * 4)
-    for role in roles:
-        colours[role] = (
-            _SCALARS_COLOUR if role == SCALARS else _OTHER_COLOUR if role == OTHER else next(palette)
-        )
-    return colours
+    moments = [role for role in roles if role not in _NAMED]
+    colours = {role: _COLOURS[(number + 1) % len(_COLOURS)] for number, role in enumerate(moments)}
+    return {**colours, PARAMS: _COLOURS[0], SCALARS: _SCALARS_COLOUR, OTHER: _OTHER_COLOUR}
 
 
 def _html(report: Memory) -> str:

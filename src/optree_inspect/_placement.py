@@ -2,8 +2,9 @@
 
 Read from the sharding alone, never from array data, so that a live array, a `jax.ShapeDtypeStruct`
 that carries a sharding (a what-if before allocating) and a checkpoint's metadata give the same
-figures. A sharding over an `AbstractMesh` (a checkpoint read without the devices it was saved on)
-names its devices by their position in the mesh.
+figures. A sharding over an `AbstractMesh` (a checkpoint read without the devices it was saved on,
+a `SavedStruct`) names its devices by the ids saved with it. Bytes in `pinned_host` memory (the
+memory kind JAX offloads to) are on no device.
 
 >>> import jax, jax.numpy as jnp
 >>> placement_text(jnp.zeros(3)), device_bytes(jnp.zeros((2, 3)))
@@ -36,15 +37,42 @@ def is_abstract_mesh(sharding: Any) -> bool:
 
 
 def itemsize(dtype: Any) -> int:
-    """Bytes an element takes, a PRNG key's included (`jax.random.key`'s dtype has its size)."""
-    return int(dtype.itemsize)
+    """Bytes an element takes, a PRNG key's included (`jax.random.key`'s dtype has its size); 0
+    for what is no dtype."""
+    try:
+        return int(dtype.itemsize)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
+class SavedStruct(jax.ShapeDtypeStruct):
+    """A `jax.ShapeDtypeStruct` read from a checkpoint saved on devices this process lacks: its
+    sharding is over an `AbstractMesh` of the saved mesh's shape, and `device_ids` are the saved
+    devices' ids in the mesh's order."""
+
+    __slots__ = ("device_ids",)
+
+    def __init__(self, shape: Any, dtype: Any, *, sharding: Any, device_ids: tuple[int, ...]) -> None:
+        super().__init__(shape, dtype, sharding=sharding)
+        self.device_ids = device_ids
+
+
+def sharding_of(leaf: Any) -> Any:
+    """A leaf's `jax.sharding.Sharding`, or None: none, not readable here (a `PartitionSpec`
+    given to a `ShapeDtypeStruct` outside its mesh's context), or not a sharding."""
+    try:
+        sharding = leaf.sharding
+    except Exception:  # JAX raises TypeError or ValueError for a spec without its mesh
+        return None
+    return sharding if isinstance(sharding, jax.sharding.Sharding) else None
 
 
 def device_bytes(leaf: Any) -> tuple[tuple[int, int], ...] | None:
-    """`(device, bytes)` for each device the placed leaf has data on, by device id (an abstract
-    mesh's by position), or None for a leaf on no device: a host array, a Python number, an
-    abstract leaf without a sharding, a tracer, a deleted array. Exact to the byte: a live
-    array's figures equal the sum of `shard.data.nbytes` over its shards.
+    """`(device, bytes)` for each device the placed leaf has data on, by device id, or None for a
+    leaf on no device: a host array, a Python number, an abstract leaf without a sharding, a
+    tracer, a deleted array, an array offloaded to `pinned_host` memory, or a sharding whose split
+    is not known (`P.UNCONSTRAINED`). Exact to the byte: a live array's figures equal the sum of
+    `shard.data.nbytes` over its shards.
 
     >>> import jax.numpy as jnp
     >>> device_bytes(jax.ShapeDtypeStruct((4,), jnp.float32)) is None  # no sharding: no device
@@ -53,14 +81,26 @@ def device_bytes(leaf: Any) -> tuple[tuple[int, int], ...] | None:
     leaf = unwrap(leaf)
     if not is_placed(leaf) or is_deleted(leaf):
         return None
-    return _bytes_by_device(tuple(leaf.shape), leaf.dtype, leaf.sharding)
+    sharding = sharding_of(leaf)
+    if sharding is None or getattr(sharding, "memory_kind", None) == OFFLOADED:
+        return None
+    try:
+        size = itemsize(leaf.dtype)
+        return _bytes_by_device(tuple(leaf.shape), size, sharding, getattr(leaf, "device_ids", None))
+    except Exception:  # a sharding JAX cannot split this shape by (it would refuse the array too)
+        return None
+
+
+OFFLOADED = "pinned_host"
+"""The memory kind JAX offloads arrays to: host memory, not the device's."""
 
 
 @functools.lru_cache(maxsize=65536)
-def _bytes_by_device(shape: tuple[int, ...], dtype: Any, sharding: Any) -> tuple[tuple[int, int], ...]:
-    size = itemsize(dtype)
+def _bytes_by_device(
+    shape: tuple[int, ...], size: int, sharding: Any, device_ids: tuple[int, ...] | None
+) -> tuple[tuple[int, int], ...] | None:
     if is_abstract_mesh(sharding):
-        return _abstract_bytes(shape, size, sharding)
+        return _abstract_bytes(shape, size, sharding, device_ids)
     found: dict[int, int] = {}
     for device, index in sharding.devices_indices_map(shape).items():
         count = math.prod(
@@ -70,13 +110,18 @@ def _bytes_by_device(shape: tuple[int, ...], dtype: Any, sharding: Any) -> tuple
     return tuple(sorted(found.items()))
 
 
-def _abstract_bytes(shape: tuple[int, ...], size: int, sharding: Any) -> tuple[tuple[int, int], ...]:
-    """Per mesh position, as JAX splits a dimension over mesh axes: chunks of the dimension divided
-    by the axes' product, rounded up, the last ones shorter (or empty)."""
+def _abstract_bytes(
+    shape: tuple[int, ...], size: int, sharding: Any, device_ids: tuple[int, ...] | None
+) -> tuple[tuple[int, int], ...] | None:
+    """Per mesh position (or the saved device at it), as JAX splits a dimension over mesh axes:
+    chunks of the dimension divided by the axes' product, rounded up, the last ones shorter (or
+    empty); None for a spec entry that leaves the split to the compiler."""
     mesh = sharding.mesh
     axis_sizes = dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))
     spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
-    found = []
+    if not all(axes is None or isinstance(axes, str | tuple) for axes in spec):
+        return None
+    found: dict[int, int] = {}
     for position, coordinates in enumerate(itertools.product(*map(range, mesh.axis_sizes))):
         where = dict(zip(mesh.axis_names, coordinates, strict=True))
         count = 1
@@ -88,8 +133,9 @@ def _abstract_bytes(shape: tuple[int, ...], size: int, sharding: Any) -> tuple[t
             for name in names:  # the shard's number along this dimension, major axis first
                 shard = shard * axis_sizes[name] + where[name]
             count *= max(0, min(chunk, length - shard * chunk))
-        found.append((position, count * size))
-    return tuple(found)
+        device = device_ids[position] if device_ids is not None and position < len(device_ids) else position
+        found[device] = found.get(device, 0) + count * size
+    return tuple(sorted(found.items()))
 
 
 class Placements(NamedTuple):
@@ -122,7 +168,13 @@ def placements(values: list[Any]) -> Placements:
         if nature == "array":
             key: tuple[Any, ...] = (value.shape, value.dtype, id(value.sharding), value.is_deleted())
         elif nature == "struct":
-            key = (value.shape, value.dtype, id(value.sharding), False)
+            key = (
+                value.shape,
+                value.dtype,
+                id(sharding_of(value)),
+                False,
+                getattr(value, "device_ids", None),
+            )
         elif hasattr(value, "shape") and hasattr(value, "dtype"):  # a tracer, a NumPy array
             key = (tuple(value.shape), value.dtype, None, True)
         else:
@@ -130,9 +182,9 @@ def placements(values: list[Any]) -> Placements:
         number = seen.get(key)
         if number is None:
             number = seen[key] = len(found)
-            on_device = len(key) == 4 and not key[3]
+            on_device = len(key) >= 4 and not key[3]
             found.append(device_bytes(value) if on_device else None)
-            logical.append(math.prod(key[0]) * itemsize(key[1]) if len(key) == 4 else 0)
+            logical.append(math.prod(key[0]) * itemsize(key[1]) if len(key) >= 4 else 0)
         rows[position] = number
     return Placements(rows, found, logical)
 
@@ -150,8 +202,10 @@ def widest(values: list[Any]) -> int:
         return int("array" in natures)
     shardings = {}
     for value in values:
-        if _nature(type(value)) != "other" and value.sharding is not None:
-            shardings[id(value.sharding)] = value.sharding  # arrays often share one
+        if _nature(type(value)) != "other":
+            sharding = value.sharding if _nature(type(value)) == "array" else sharding_of(value)
+            shardings[id(sharding)] = sharding  # arrays often share one
+    shardings.pop(id(None), None)
     return max(map(device_count, shardings.values()), default=0)
 
 
@@ -185,13 +239,16 @@ def placement_text(leaf: Any) -> str:
     """A placed leaf's placement in words: `on device 0 only`, `replicated over 8 devices`,
     `P('data', 'model') over 8 devices`."""
     leaf = unwrap(leaf)
-    sharding = leaf.sharding
+    sharding = sharding_of(leaf)
+    if sharding is None:
+        return "on no device"
+    memory = " in pinned_host memory" if getattr(sharding, "memory_kind", None) == OFFLOADED else ""
     count = device_count(sharding)
     if count == 1:
-        found = device_bytes(leaf)
-        return f"on device {found[0][0]} only" if found else "on one device"
+        found = device_bytes(leaf) or _bytes_by_device((), 0, sharding, getattr(leaf, "device_ids", None))
+        return f"on device {found[0][0]} only{memory}" if found else f"on one device{memory}"
     if sharding.is_fully_replicated:
-        return f"replicated over {count} devices"
+        return f"replicated over {count} devices{memory}"
     spec = getattr(sharding, "spec", None)
     shown = partition_spec_text(spec) if spec is not None else str(sharding)
-    return f"{bounded(shown, 80)} over {count} devices"
+    return f"{bounded(shown, 80)} over {count} devices{memory}"
