@@ -41,6 +41,7 @@ ORDER = [
     "_rows",
     "_render",
     "_describe",
+    "_roles",
     "_check",
     "_memory",
     "_diff",

@@ -9,7 +9,6 @@ nonfinite: mu.w: 1 NaN in 3 elements (f32[3])
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, NamedTuple
 
@@ -28,10 +27,11 @@ from ._listing import Listing
 from ._naming import shortest_query
 from ._optax.closures import Optimizer, read_optimizer
 from ._optax.names import DECAY_RATES, EPSILONS
-from ._optax.states import hyperparameter_nodes, is_counter
+from ._optax.states import hyperparameter_nodes
 from ._placement import device_bytes, device_count, placement_text, sharding_of, widest
 from ._query import Query, parse_query
 from ._resolve import resolve_one
+from ._roles import moment_roots, names_under, params_field, row_node
 from ._values import leaf_table, summarise
 
 KINDS = ("nonfinite", "rounded_hyperparameter", "replicated_moment", "single_device")
@@ -108,7 +108,7 @@ def stats(tree: PyTree, query: Query | None = None) -> dict[str, dict[str, np.nu
         node = index.number_of(path)
         assert node is not None
         entries.extend(
-            (_row_node(index, leaf), slice(index.leaf_starts[leaf], index.leaf_starts[leaf] + 1))
+            (row_node(index, leaf), slice(index.leaf_starts[leaf], index.leaf_starts[leaf] + 1))
             for leaf in range(node, node + index.sizes[node])
             if index.is_leaf[leaf]
         )
@@ -117,12 +117,6 @@ def stats(tree: PyTree, query: Query | None = None) -> dict[str, dict[str, np.nu
         if table.numeric[span].any():
             result[shortest_query(index, node) if node else ""] = summarise(table, span)
     return result
-
-
-def _row_node(index: StructureIndex, leaf: int) -> int:
-    """The node whose row shows `leaf`: its nnx Variable where one holds it."""
-    parent = index.parents[leaf] if leaf else 0
-    return parent if leaf and index.variables[parent] else leaf
 
 
 @raised_here
@@ -258,16 +252,6 @@ class Params(NamedTuple):
     root: int
 
 
-def params_field(index: StructureIndex) -> int | None:
-    """The tree's own parameters: its root's `params` field (a flax `TrainState`, a dict), else
-    its `model` field (an `nnx.Optimizer`'s state); None where the root is itself an optimizer
-    state (lbfgs keeps a `params` field) or has neither."""
-    if index.state_names[0] is not None:
-        return None
-    found = {index.texts[child]: child for child in index.children(0)}
-    return found.get("params", found.get("model"))
-
-
 def params_of(index: StructureIndex, values: list[Any], params: Any) -> Params | None:
     """`params=` (any tree), else the tree's own parameters (`params_field`), else None."""
     if params is not None:
@@ -293,7 +277,7 @@ def placement_findings(
         param = by_name.get(name)
         if param is None:
             continue
-        node = _row_node(index, leaf)
+        node = row_node(index, leaf)
         query = shortest_query(index, node)
         message = _less_sharded(values[position], param, query)
         if message:
@@ -304,7 +288,7 @@ def placement_findings(
             continue
         found = device_bytes(value)  # None: deleted, or offloaded to host memory
         if found and len(found) == 1 and device_count(sharding_of(value)) == 1:
-            node = _row_node(index, leaf)
+            node = row_node(index, leaf)
             query = shortest_query(index, node)
             findings[leaf] = (
                 position,
@@ -323,8 +307,8 @@ def _moment_leaves(index: StructureIndex) -> list[tuple[int, int, tuple[str, ...
     if cached is None:
         positions = {node: position for position, node in enumerate(index.leaf_nodes)}
         cached = index.memo.results[_MOMENT_LEAVES] = [
-            (leaf, positions[leaf], _name_under(index, root, leaf))
-            for root in _moment_roots(index)
+            (leaf, positions[leaf], names_under(index, root, leaf))
+            for root in moment_roots(index)
             for leaf in range(root, root + index.sizes[root])
             if index.is_leaf[leaf]
         ]
@@ -339,27 +323,6 @@ def _alone(value: Any, spread: int, query: str) -> str:
         "jax.device_put(x, NamedSharding(mesh, P(...))), placement='value'); or create the state "
         "placed: jax.jit(tx.init, out_shardings=...)."
     )
-
-
-def _moment_roots(index: StructureIndex) -> list[int]:
-    """The fields of optax states that hold params-shaped subtrees (`mu`, `nu`, `trace`), or one
-    array where the params are one array (never a counter)."""
-    states = itertools.compress(range(len(index)), index.state_names)
-    return [
-        child
-        for state in states
-        for child in index.children(state)
-        if not index.holds_state[child] and not (index.is_leaf[child] and is_counter(index, child))
-    ]
-
-
-def _name_under(index: StructureIndex, root: int, leaf: int) -> tuple[str, ...]:
-    """The key names from `root` (excluded) down to `leaf` (to its nnx Variable, where one holds
-    it, so that a Variable and a plain array of one name match): `()` for the root itself."""
-    node = _row_node(index, leaf)
-    if node <= root:
-        return ()
-    return tuple(index.texts[n] for n in [*index.ancestors(node)[index.depths[root] + 1 :], node])
 
 
 def _most_elements(leaf: Any) -> int | None:
@@ -394,7 +357,7 @@ def _param_names(index: StructureIndex, root: int) -> list[tuple[int, tuple[str,
                 path = index.path(leaf)[depth:]
                 if path and index.variables[index.parents[leaf]]:
                     path = path[:-1]
-                cached.append((position, _name_under(index, root, leaf), path))
+                cached.append((position, names_under(index, root, leaf), path))
         index.memo.results[key] = cached
     return cached
 

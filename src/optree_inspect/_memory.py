@@ -18,19 +18,16 @@ from jax.tree_util import keystr
 from jaxtyping import PyTree
 
 from ._cache import index_and_leaves
-from ._check import Finding, params_field, params_of, placement_findings
+from ._check import Finding, params_of, placement_findings
 from ._errors import bounded, raised_here
 from ._index import StructureIndex
 from ._layout import layout_of, line_entries
 from ._leaf import bytes_text, unwrap_all
 from ._listing import Listing
 from ._naming import shortest_query
-from ._optax.states import is_counter
 from ._placement import devices_text, placements
-from ._rows import is_hyperparameter
+from ._roles import NAMED, OTHER, PARAMS, SCALARS, leaf_roles
 
-PARAMS, SCALARS, OTHER = "params", "hyperparameters and counters", "other"
-"""The roles that are not a moment field's name."""
 _REGIONS_SHOWN = 8
 _ROLES_SHOWN = 10
 _FIX = re.compile(r"state = oi\.set\(.*?placement='value'\)")
@@ -218,9 +215,9 @@ def memory(tree: PyTree, /, *, params: PyTree | None = None) -> Memory:
     fullest device, its total over devices, its replication and its devices (`Usage`). Figures
     come from shardings and shapes only, so a live state (exact to the byte: they equal the sum
     over each array's `addressable_shards`), a `jax.eval_shape` state whose `ShapeDtypeStruct`s
-    carry shardings, and `oi.load(path)` of a checkpoint (from its saved shardings; a mesh this
-    process lacks numbers its devices by position) give the same figures, and no array data is
-    read. Findings (`check`'s kinds): `replicated_moment` and `single_device`.
+    carry shardings, and `oi.load(path, scalars=False)` of a checkpoint (from its saved
+    shardings and device ids, devices this process lacks included) give the same figures, and no
+    array data is read. Findings (`check`'s kinds): `replicated_moment` and `single_device`.
 
     ```python
     >>> import jax.numpy as jnp, optax, optree_inspect as oi
@@ -235,7 +232,7 @@ def memory(tree: PyTree, /, *, params: PyTree | None = None) -> Memory:
     """
     index, leaves = index_and_leaves(tree)
     values = unwrap_all(leaves)
-    roles = _scalar_fields_demoted(index, values)
+    roles = leaf_roles(index, values)
     entries = _regions(index)
     given = params_of(index, values, params)
     extra_values: list[Any] = []
@@ -337,69 +334,7 @@ def _role_order(role_names: list[str], matrix: np.ndarray) -> list[str]:
     return [n for n in (PARAMS, *moments, SCALARS, OTHER) if n in names]
 
 
-_ROLES = ("memory", "roles")
 _REGION_ENTRIES = ("memory", "regions")
-
-
-def _scalar_fields_demoted(index: StructureIndex, values: list[Any]) -> list[str]:
-    """Each leaf's role (`_roles`), where a state's field that holds only scalars (a flag such as
-    `apply_if_finite`'s `last_finite`, a running value such as lbfgs's `value`) counts with the
-    hyperparameters and counters rather than as a moment."""
-    roles, fields = _roles(index)
-    candidates = [
-        p
-        for p, (role, field) in enumerate(zip(roles, fields, strict=True))
-        if field >= 0 and role not in _NAMED
-    ]
-    if not candidates:
-        return roles
-    holds_array = set()
-    for position in candidates:
-        if len(getattr(values[position], "shape", ())):
-            holds_array.add(fields[position])
-    demoted = list(roles)
-    for position in candidates:
-        if fields[position] not in holds_array:
-            demoted[position] = SCALARS
-    return demoted
-
-
-_NAMED = frozenset({PARAMS, SCALARS, OTHER})
-
-
-def _roles(index: StructureIndex) -> tuple[list[str], list[int]]:
-    """Each leaf's role from the structure alone, and the state field that holds it (-1 where
-    none), memoised on the index."""
-    cached = index.memo.results.get(_ROLES)
-    if cached is not None:
-        return cached
-    params_root = params_field(index)
-    role = [OTHER] * len(index)
-    field = [-1] * len(index)
-    for node in range(1, len(index)):
-        parent = index.parents[node]
-        if node == params_root:
-            role[node] = PARAMS
-        elif parent == 0 and index.texts[node] == "step" and index.leaf_counts[node] == 1:
-            role[node] = SCALARS  # a TrainState's or an nnx Optimizer's step
-        elif index.state_names[parent] is not None and not index.holds_state[node]:
-            role[node], field[node] = _field_role(index, node), node
-        else:
-            role[node], field[node] = role[parent], field[parent]
-    result = [role[node] for node in index.leaf_nodes], [field[node] for node in index.leaf_nodes]
-    index.memo.results[_ROLES] = result
-    return result
-
-
-def _field_role(index: StructureIndex, node: int) -> str:
-    """The role of a state's field: a counter, a hyperparameter (or their schedules' bookkeeping),
-    or a scalar leaf field (a flag) counts with the hyperparameters; else its name."""
-    if is_counter(index, node) or is_hyperparameter(index, node) or index.hidden[node]:
-        return SCALARS
-    if index.texts[node] == "hyperparams":  # inject_hyperparams' dict of them
-        return SCALARS
-    name = index.texts[node]
-    return f"{name} (state)" if name in (PARAMS, SCALARS, OTHER) else name
 
 
 def _regions(index: StructureIndex) -> list[tuple[str, slice]]:
@@ -425,7 +360,7 @@ _SCALARS_COLOUR, _OTHER_COLOUR = "#8c8c8c", "#bab0ac"
 
 
 def _colours(roles: list[str]) -> dict[str, str]:
-    moments = [role for role in roles if role not in _NAMED]
+    moments = [role for role in roles if role not in NAMED]
     colours = {role: _COLOURS[(number + 1) % len(_COLOURS)] for number, role in enumerate(moments)}
     return {**colours, PARAMS: _COLOURS[0], SCALARS: _SCALARS_COLOUR, OTHER: _OTHER_COLOUR}
 
