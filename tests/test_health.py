@@ -57,10 +57,12 @@ def test_planted_nan_and_inf_are_found_with_their_paths(holder: str) -> None:
     assert not oi.check(state)  # healthy
     poisoned = _poisoned(state, nan_at, inf_at)
     report = oi.check(poisoned)
-    assert bool(report) and len(report) == 2
-    kinds = {f.kind for f in report}
-    assert kinds == {"nonfinite"}
-    by_message = {f.message.split(" in ")[0]: f for f in report}
+    assert bool(report) and len(report) == 3
+    assert [f.kind for f in report] == ["nonfinite_origin", "nonfinite", "nonfinite"]
+    origin = report.findings[0]
+    assert origin.path == report.findings[1].path and origin.message.startswith("2 of ")
+    assert "moment leaves non-finite" in origin.message and "pass grads=" in origin.message
+    by_message = {f.message.split(" in ")[0]: f for f in report.findings[1:]}
     nan_finding, inf_finding = by_message["1 NaN"], by_message["1 Inf"]
     for finding, query in ((nan_finding, nan_at), (inf_finding, inf_at)):
         [expected] = [m for m in oi.find(poisoned, query) if jax.tree_util.all_leaves([m.value])] or [
@@ -73,7 +75,7 @@ def test_planted_nan_and_inf_are_found_with_their_paths(holder: str) -> None:
     assert sum("!! 1 NaN" in line for line in text.splitlines()) == 1
     assert sum("!! 1 Inf" in line for line in text.splitlines()) == 1
     assert [line for line in str(report).splitlines()] == [
-        f"nonfinite: {f.query}: {f.message}" for f in report
+        f"{f.kind}: {f.query}: {f.message}" for f in report
     ]
 
 
@@ -109,14 +111,17 @@ def test_findings_come_most_serious_first() -> None:
     tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3, b2=0.999)
     state = tx.init(jax.tree.map(lambda x: x.astype(jnp.bfloat16), PARAMS))
     state = oi.set(state, "mu.head.w", lambda x: x.at[0, 0].set(jnp.nan))
-    assert [f.kind for f in oi.check(state)] == ["nonfinite", "rounded_hyperparameter"]
+    assert [f.kind for f in oi.check(state)] == ["nonfinite", "rounded_hyperparameter"]  # one: no origin
+    state = oi.set(state, "nu.head.w", lambda x: x.at[0, 0].set(jnp.inf))
+    kinds = [f.kind for f in oi.check(state)]
+    assert kinds == ["nonfinite_origin", "nonfinite", "nonfinite", "rounded_hyperparameter"]
 
 
 def test_a_report_is_bounded() -> None:
     state = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), seed_optimizer().init(layered_params(100)))
     report = oi.check(state)
-    assert len(report) == 406  # every mu and nu leaf, and the 6 float hyperparameters
-    assert len(str(report).splitlines()) == 41 and "366 more findings" in str(report)
+    assert len(report) == 407  # where it started, every mu and nu leaf, the 6 float hyperparameters
+    assert len(str(report).splitlines()) == 41 and "367 more findings" in str(report)
 
 
 # Statistics ------------------------------------------------------------------------------------
@@ -257,3 +262,70 @@ def test_moments_less_sharded_than_their_params_are_found() -> None:
         finite.mean(), rel=1e-12
     )
     assert big_mean == pytest.approx(big.mean(), rel=1e-6)  # on the devices, in float32
+
+
+# Where it started ------------------------------------------------------------------------------
+
+
+def _nan_step(tx: optax.GradientTransformation) -> tuple[Any, Any, Any, Any]:
+    """One step of `tx` with one NaN in the gradient of `l2.b`: params, grads, updates, state."""
+    params = {f"l{i}": {"w": jnp.ones((4, 4)), "b": jnp.ones(4)} for i in range(3)}
+    grads = jax.tree.map(jnp.ones_like, params)
+    grads["l2"]["b"] = grads["l2"]["b"].at[1].set(jnp.nan)
+    updates, state = tx.update(grads, tx.init(params), params)
+    return optax.apply_updates(params, updates), grads, updates, state
+
+
+def test_a_global_norm_clip_spreads_one_nan_gradient_and_the_origin_names_it() -> None:
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+    params, grads, updates, state = _nan_step(tx)
+    report = oi.check(state, params=params, grads=grads, updates=updates)
+    origin, *rest = report
+    assert (origin.kind, origin.tree, origin.query) == ("nonfinite_origin", "grads", "l2.b")
+    assert origin.message.startswith("1 of 6 gradient leaves non-finite (`l2.b`); every update, moment")
+    assert "global-norm clip" in origin.message
+    trees = [f.tree for f in rest]
+    assert trees == ["grads"] + ["updates"] * 6 + ["state"] * 12 + ["params"] * 6  # the data flow
+    assert str(report).splitlines()[1] == "nonfinite: [grads] l2.b: 1 NaN in 4 elements (f32[4])"
+
+
+def test_without_a_global_step_only_the_leaf_s_moments_follow() -> None:
+    params, grads, _, state = _nan_step(optax.adam(1e-3))
+    origin = oi.check(state, params=params, grads=grads).findings[0]
+    assert origin.message == (
+        "1 of 6 gradient leaves non-finite (`l2.b`); then 2 of 12 moment leaves, 1 of 6 parameter leaves."
+    )
+
+
+def test_a_train_state_takes_grads_and_its_own_params() -> None:
+    from flax.training import train_state
+
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+    params, grads, _, state = _nan_step(tx)
+    ts = train_state.TrainState.create(apply_fn=None, params=params, tx=tx).replace(opt_state=state)
+    report = oi.check(ts, grads=grads)
+    assert report.findings[0].query == "l2.b" and report.findings[0].tree == "grads"
+    assert "every moment and parameter leaf followed" in report.findings[0].message
+    assert [f.tree for f in report][-6:] == ["state"] * 6 and report.findings[-1].query.startswith("params.")
+
+
+def test_healthy_gradients_put_the_origin_in_the_state() -> None:
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    state = oi.set(optax.adam(1e-3).init(params), "nu.w", jnp.array([1.0, jnp.inf, 1.0]))
+    state = oi.set(state, "mu.w", jnp.array([1.0, jnp.nan, 1.0]))
+    origin = oi.check(state, grads=jax.tree.map(jnp.ones_like, params)).findings[0]
+    assert (origin.tree, origin.query) == ("state", "mu.w")
+    assert origin.message == "2 of 4 moment leaves non-finite (`mu.w`, `nu.w`)."
+    assert not oi.check(optax.adam(1e-3).init(params), grads=jax.tree.map(jnp.ones_like, params))
+
+
+def test_a_folded_row_names_its_first_non_finite_leaves() -> None:
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+    _, _, _, state = _nan_step(tx)
+    description = oi.describe(state, stats=True)
+    [like] = [row for row in description if row.kind == "like"]
+    assert like.first_nonfinite == ("nu.l0.b", "nu.l0.w", "nu.l1.b", "...")
+    assert "[!! 60 NaN (first: nu.l0.b, nu.l0.w, nu.l1.b, ...)]" in str(description)
+    assert "!! 60 NaN (first: nu.l0.b, nu.l0.w, nu.l1.b, ...)" in description._repr_html_()
+    healthy = oi.describe(tx.init({"w": jnp.ones(3)}), stats=True)
+    assert all(row.first_nonfinite == () for row in healthy) and "first:" not in str(healthy)

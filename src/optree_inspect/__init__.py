@@ -43,6 +43,7 @@ from ._migrate import MigrationRow as MigrationRow
 from ._migrate import migrate as migrate
 from ._optax.closures import Optimizer as Optimizer
 from ._optax.hyperparams import hyperparams as hyperparams
+from ._placement import SavedStruct as SavedStruct
 from ._query import Query as Query
 from ._resolve import Match as Match
 from ._resolve import find as find
@@ -77,6 +78,7 @@ __all__ = [
     "Report",
     "RestoreMismatchError",
     "Row",
+    "SavedStruct",
     "ScheduledHyperparameterError",
     "StructureError",
     "TreeError",

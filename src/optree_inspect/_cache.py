@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,11 +28,22 @@ about one structure every step."""
 
 
 def clear_caches() -> None:
-    """Forget every cached structure index (for tests and long sessions)."""
+    """Forget every cached structure index, and what the modules that registered with
+    `on_clear` cache beside it (for tests and long sessions)."""
     global _last
     with _LOCK:
         _CACHE.clear()
         _last = None
+    for clear in _CLEARERS:
+        clear()
+
+
+_CLEARERS: list[Callable[[], None]] = []
+
+
+def on_clear(clear: Callable[[], None]) -> None:
+    """Have `clear_caches` call `clear` too (a module's own cache, of shardings say)."""
+    _CLEARERS.append(clear)
 
 
 def structure_index(tree: Any) -> StructureIndex:

@@ -32,7 +32,8 @@ from ._errors import (
     short_repr,
 )
 from ._keys import KeyPath, path_text
-from ._leaf import PYTHON_SCALARS, is_deleted, is_weak
+from ._leaf import PYTHON_SCALARS, is_deleted, is_weak, sharding_of
+from ._placement import is_abstract_mesh
 from ._registry import children_with_keys
 
 Placement = Literal["keep", "value"]
@@ -94,10 +95,8 @@ def _filled(old: jax.ShapeDtypeStruct, new: Any, path: KeyPath) -> Any:
         array = jnp.asarray(_cast(np.broadcast_to(zero, old.shape), new, path))
         if old.weak_type:
             array = weakly_typed_like(old, array)
-    placeable = old.sharding is not None and not isinstance(
-        getattr(old.sharding, "mesh", None), jax.sharding.AbstractMesh
-    )
-    return jax.device_put(array, old.sharding) if placeable else array
+    sharding = sharding_of(old)
+    return array if sharding is None or is_abstract_mesh(sharding) else jax.device_put(array, sharding)
 
 
 def _cast(old: Any, new: Any, path: KeyPath, placement: Placement = "keep") -> Any:

@@ -22,7 +22,7 @@ from ._errors import bounded, raised_here
 from ._index import StructureIndex
 from ._keys import KeyPath
 from ._layout import layout_of, line_entries
-from ._leaf import bytes_text, dtype_name, is_deleted, is_placed, unwrap, unwrap_all
+from ._leaf import bytes_text, dtype_name, is_deleted, is_placed, unwrap_all
 from ._listing import Listing
 from ._naming import shortest_query
 from ._optax.closures import Optimizer, read_optimizer
@@ -31,10 +31,11 @@ from ._optax.states import hyperparameter_nodes
 from ._placement import device_bytes, device_count, placement_text, sharding_of, widest
 from ._query import Query, parse_query
 from ._resolve import resolve_one
-from ._roles import moment_roots, names_under, params_field, row_node
+from ._roles import NAMED, PARAMS, leaf_roles, moment_roots, names_under, params_field
+from ._rows import row_node
 from ._values import leaf_table, summarise
 
-KINDS = ("nonfinite", "rounded_hyperparameter", "replicated_moment", "single_device")
+KINDS = ("nonfinite_origin", "nonfinite", "rounded_hyperparameter", "replicated_moment", "single_device")
 """The kinds of finding, most serious first."""
 _SHOWN = 40
 _IN_FLOAT32 = "Keep hyperparameters in float32: optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)."
@@ -42,12 +43,14 @@ _IN_FLOAT32 = "Keep hyperparameters in float32: optax.inject_hyperparams(..., hy
 
 class Finding(NamedTuple):
     """One thing wrong in a state: its kind (one of `KINDS`), the node's key path, a query that
-    selects that node alone, and what is wrong, in a sentence."""
+    selects that node alone, what is wrong, in a sentence, and the tree it is in: `state` (the
+    tree checked), or `grads`, `updates` or `params` (given to `check`)."""
 
     kind: str
     path: KeyPath
     query: str
     message: str
+    tree: str = "state"
 
 
 class Report(Listing[Finding]):
@@ -67,7 +70,8 @@ class Report(Listing[Finding]):
         return self._items
 
     def _line(self, item: Finding) -> str:
-        return f"{item.kind}: {bounded(item.query, 200)}: {item.message}"
+        where = "" if item.tree == "state" else f"[{item.tree}] "
+        return f"{item.kind}: {where}{bounded(item.query, 200)}: {item.message}"
 
     def _header(self) -> str:
         count = len(self)
@@ -120,10 +124,22 @@ def stats(tree: PyTree, query: Query | None = None) -> dict[str, dict[str, np.nu
 
 
 @raised_here
-def check(tree: PyTree, /, *, optimizer: Optimizer | None = None, params: PyTree | None = None) -> Report:
+def check(
+    tree: PyTree,
+    /,
+    *,
+    optimizer: Optimizer | None = None,
+    params: PyTree | None = None,
+    grads: PyTree | None = None,
+    updates: PyTree | None = None,
+) -> Report:
     """Findings in `tree`, most serious first (see `KINDS` and docs/health.md):
 
-    - `nonfinite`: a leaf holding NaN or Inf, with the counts;
+    - `nonfinite_origin`: where non-finite values started, first, when several leaves hold one: the
+      earliest of the gradients (`grads=`), the updates (`updates=`), the state's moments and the
+      parameters that holds one, its share of that tree's leaves, and what followed;
+    - `nonfinite`: a leaf holding NaN or Inf, with the counts, in the order the values flow
+      (gradients, updates, moments and the rest of the state, then the parameters);
     - `rounded_hyperparameter`: an injected decay rate (`b1`, `b2`, `decay`, `momentum`) equal to
       1, or an `eps` equal to 0, in its dtype (a bf16 `b2` of 0.999 is stored as 1);
     - `replicated_moment`: a moment leaf less sharded than its parameter (more memory on every
@@ -150,10 +166,10 @@ def check(tree: PyTree, /, *, optimizer: Optimizer | None = None, params: PyTree
     index, leaves = index_and_leaves(tree)
     if optimizer is not None:
         read_optimizer(optimizer, tree)  # a mismatch is an error, as for every verb
-    values = list(map(unwrap, leaves))
+    values = unwrap_all(leaves)
     findings: list[Finding] = []
     if not any(isinstance(v, jax.core.Tracer) for v in values):  # abstract and deleted leaves: no values
-        findings.extend(_nonfinite(index, values))
+        findings.extend(_nonfinite_by_flow(index, values, params, grads, updates))
         findings.extend(_rounded(index, values))
     findings.extend(
         finding for _, finding in placement_findings(index, values, params_of(index, values, params))
@@ -161,7 +177,93 @@ def check(tree: PyTree, /, *, optimizer: Optimizer | None = None, params: PyTree
     return Report(findings)
 
 
+class _Stage(NamedTuple):
+    """A tree the values flow through, with its non-finite findings and its count of leaves."""
+
+    tree: str
+    noun: str
+    findings: list[Finding]
+    leaves: int
+
+
+def _nonfinite_by_flow(
+    index: StructureIndex, values: list[Any], params: Any, grads: Any, updates: Any
+) -> list[Finding]:
+    """`nonfinite` findings in the order the values flow (gradients, updates, the state's moments,
+    the rest of the state, the parameters), after a `nonfinite_origin` finding."""
+    stages = [
+        _stage_of(tree, name, noun)
+        for name, noun, tree in (("grads", "gradient", grads), ("updates", "update", updates))
+        if tree is not None
+    ]
+    found = _nonfinite_at(index, values)
+    given = _stage_of(params, "params", "parameter") if params is not None else None
+    if not found and not any(stage.findings for stage in stages) and not (given and given.findings):
+        return []
+    roles = leaf_roles(index, values)
+    groups: dict[str, list[Finding]] = {"moment": [], "other": [], "parameter": []}
+    counts = dict.fromkeys(groups, 0)
+    for role in roles:
+        counts[_group(role)] += 1
+    for position, finding in found:
+        groups[_group(roles[position])].append(finding)
+    stages += [_Stage("state", noun, groups[noun], counts[noun]) for noun in ("moment", "other")]
+    mine = _Stage("state", "parameter", groups["parameter"], counts["parameter"])
+    if given is not None:
+        mine = given._replace(findings=mine.findings + given.findings, leaves=mine.leaves + given.leaves)
+    stages.append(mine)
+    flowing = [finding for stage in stages for finding in stage.findings]
+    return [_origin(stages), *flowing] if len(flowing) > 1 else flowing
+
+
+def _group(role: str) -> str:
+    """Where a leaf of the state stands in the flow of values, by its role."""
+    if role == PARAMS:
+        return "parameter"
+    return "other" if role in NAMED else "moment"
+
+
+def _stage_of(tree: Any, name: str, noun: str) -> _Stage:
+    index, leaves = index_and_leaves(tree)
+    values = unwrap_all(leaves)
+    found = [finding._replace(tree=name) for finding in _nonfinite(index, values)]
+    return _Stage(name, noun, found, len(values))
+
+
+def _origin(stages: list[_Stage]) -> Finding:
+    """Where the non-finite values started: the earliest stage that holds one, and what followed."""
+    first = next(number for number, stage in enumerate(stages) if stage.findings)
+    stage = stages[first]
+    names = ", ".join(f"`{bounded(f.query, 60)}`" for f in stage.findings[:3])
+    names += ", ..." if len(stage.findings) > 3 else ""
+    bad = len(stage.findings)
+    text = f"{bad:,} of {stage.leaves:,} {stage.noun} leaves non-finite ({names})"
+    later = [s for s in stages[first + 1 :] if s.leaves and (s.findings or s.noun != "other")]
+    if later:
+        every = all(len(s.findings) == s.leaves for s in later)
+        if every and bad < stage.leaves:
+            named = list(dict.fromkeys(s.noun for s in later))
+            nouns = ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else named[0]
+            text += (
+                f"; every {nouns} leaf followed, as a step that mixes leaves (a global-norm clip, "
+                "a global gradient norm, a loss scale) spreads one non-finite value to all"
+            )
+        elif any(s.findings for s in later):
+            parts = [f"{len(s.findings):,} of {s.leaves:,} {s.noun} leaves" for s in later if s.findings]
+            text += "; then " + ", ".join(parts)
+    if not any(s.tree in ("grads", "updates") for s in stages):
+        text += "; pass grads= (and updates=) to see whether it started in the gradients"
+    origin = stage.findings[0]
+    return Finding("nonfinite_origin", origin.path, origin.query, text + ".", origin.tree)
+
+
 def _nonfinite(index: StructureIndex, values: list[Any]) -> list[Finding]:
+    """A `nonfinite` finding for each leaf that holds NaN or Inf, in tree order."""
+    return [finding for _, finding in _nonfinite_at(index, values)]
+
+
+def _nonfinite_at(index: StructureIndex, values: list[Any]) -> list[tuple[int, Finding]]:
+    """`_nonfinite`, each finding with its leaf's position."""
     table = leaf_table(values)
     counts = np.asarray(table.counts)
     bad = np.flatnonzero((counts[:, 0] > 0) | (counts[:, 1] > 0))
@@ -179,7 +281,9 @@ def _nonfinite(index: StructureIndex, values: list[Any]) -> list[Finding]:
         kind = f"{dtype_name(dtype)}[{shape}]" if dtype is not None else type(leaf).__name__
         message = f"{what} in {size:,} element{'s' * (size != 1)} ({kind})"
         node = nodes[position]
-        findings.append(Finding("nonfinite", index.path(node), shortest_query(index, node), message))
+        findings.append(
+            (position, Finding("nonfinite", index.path(node), shortest_query(index, node), message))
+        )
     return findings
 
 
@@ -319,9 +423,9 @@ def _alone(value: Any, spread: int, query: str) -> str:
     size = bytes_text(math.prod(value.shape) * int(value.dtype.itemsize))
     return (
         f"{size} {placement_text(value)}, beside arrays over {spread} devices: that device holds all of "
-        f"it. Move it onto the mesh: state = oi.set(state, {bounded(query, 200)!r}, lambda x: "
-        "jax.device_put(x, NamedSharding(mesh, P(...))), placement='value'); or create the state "
-        "placed: jax.jit(tx.init, out_shardings=...)."
+        f"it. Move it onto your mesh with the spec it should have: state = oi.set(state, "
+        f"{bounded(query, 200)!r}, lambda x: jax.device_put(x, NamedSharding(mesh, spec)), "
+        "placement='value'); or create the state placed: jax.jit(tx.init, out_shardings=...)."
     )
 
 
@@ -332,32 +436,35 @@ def _most_elements(leaf: Any) -> int | None:
 
 
 class _Param(NamedTuple):
-    """A parameter as a placement finding names it: its value and its path under its root."""
+    """A parameter as a placement finding names it: its value, and the code that reads it where
+    the fix runs (`params['w']` for `params=`, `oi.get(state, 'params.w')` in the state)."""
 
     value: Any
-    path: KeyPath
+    reference: str
 
 
 def _params_by_name(params: Params) -> dict[tuple[str, ...], _Param]:
     """The parameters by their key names from their root."""
     names = _param_names(params.structure, params.root)
-    return {name: _Param(params.values[position], path) for position, name, path in names}
+    return {name: _Param(params.values[position], reference) for position, name, reference in names}
 
 
-def _param_names(index: StructureIndex, root: int) -> list[tuple[int, tuple[str, ...], KeyPath]]:
-    """Each leaf under `root`: its position, its key names from `root` and its path under `root`
-    (an nnx Variable's path for its value), memoised on the index."""
+def _param_names(index: StructureIndex, root: int) -> list[tuple[int, tuple[str, ...], str]]:
+    """Each leaf under `root`: its position, its key names from `root`, and the code that reads
+    it in a fix: `params[...]` for a tree given as `params=` (root 0), else `oi.get(state, query)`
+    (memoised on the index)."""
     key = ("check", "param names", root)
     cached = index.memo.results.get(key)
     if cached is None:
-        depth = len(index.path(root))
         cached = []
         for position, leaf in enumerate(index.leaf_nodes):
             if root <= leaf < root + index.sizes[root]:
-                path = index.path(leaf)[depth:]
-                if path and index.variables[index.parents[leaf]]:
-                    path = path[:-1]
-                cached.append((position, names_under(index, root, leaf), path))
+                node = row_node(index, leaf)  # an nnx Variable's value: the Variable
+                if root == 0:
+                    reference = f"params{keystr(index.path(node))}"
+                else:
+                    reference = f"oi.get(state, {shortest_query(index, node)!r})"
+                cached.append((position, names_under(index, root, leaf), bounded(reference, 120)))
         index.memo.results[key] = cached
     return cached
 
@@ -373,10 +480,7 @@ def _less_sharded(moment: Any, param: _Param, query: str) -> str | None:
     mine, theirs = _most_elements(moment), _most_elements(value)
     if mine is None or theirs is None or mine <= theirs:
         return None
-    target = f"{bounded(f'params{keystr(param.path)}', 80)}.sharding"
-    kind = getattr(sharding_of(moment), "memory_kind", None)
-    if kind != getattr(sharding_of(value), "memory_kind", None) and kind is not None:
-        target += f".with_memory_kind({kind!r})"  # keep it in the memory it was placed in
+    target = f"{param.reference}.sharding"
     return (
         f"{mine:,} elements on its fullest device ({placement_text(moment)}), {mine / theirs:.3g}x its "
         f"parameter's {theirs:,} ({placement_text(value)}). Place it like the parameter: state = "

@@ -26,7 +26,7 @@ from ._listing import Listing
 from ._naming import attached_query, shortest_query
 from ._optax.closures import ConstantHyperparameter, Optimizer, OptimizerReading, read_optimizer
 from ._render import html_of, summary_text, text_line
-from ._rows import Held, Row, rows_of, step_of
+from ._rows import Held, Row, row_node, rows_of, step_of
 from ._values import leaf_table, summarise
 
 
@@ -125,11 +125,23 @@ def _with_values(index: StructureIndex, leaves: list[Any], lines: list[Line], ro
             continue
         values = {key: value.item() for key, value in summarise(table, positions).items()}
         row = row._replace(stats=values)
+        if (values["nan"] or values["inf"]) and row.kind in ("fold", "like", "run", "more"):
+            row = row._replace(first_nonfinite=_first_nonfinite(index, table, positions))
         if line.node == 0 and has_children(index, 0):
             counts = np.asarray(table.counts)
             row = row._replace(nonfinite=(int((counts[:, 0] > 0).sum()), int((counts[:, 1] > 0).sum())))
         result.append(row)
     return result
+
+
+def _first_nonfinite(
+    index: StructureIndex, table: Any, positions: list[int], shown: int = 3
+) -> tuple[str, ...]:
+    """The queries of the first leaves at `positions` that hold NaN or Inf (their rows' nodes)."""
+    counts = np.asarray(table.counts)[positions]
+    bad = [positions[i] for i in np.flatnonzero((counts[:, 0] > 0) | (counts[:, 1] > 0))[: shown + 1]]
+    names = tuple(shortest_query(index, row_node(index, index.leaf_nodes[p])) for p in bad[:shown])
+    return (*names, "...") if len(bad) > shown else names
 
 
 def _with_optimizer(

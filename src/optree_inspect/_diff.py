@@ -33,7 +33,7 @@ from ._leaf import (
     is_concrete,
     is_deleted,
     is_variable,
-    placement_text,
+    sharding_text_if_placed,
     short_text,
     unwrap,
     value_kind,
@@ -290,7 +290,7 @@ def _leaf_findings(
         return [("shape", _short(a), _short(b))], None
     if dtype_a != dtype_b:  # the short texts only where a row needs them: most leaves have none
         findings.append(("dtype", _short(a), _short(b)))
-    sharding_a, sharding_b = placement_text(a), placement_text(b)
+    sharding_a, sharding_b = sharding_text_if_placed(a), sharding_text_if_placed(b)
     if sharding_a is not None and sharding_b is not None and not _same_placement(a, b):
         findings.append(("sharding", sharding_a or "one device", sharding_b or "one device"))
     if not (is_concrete(a) and is_concrete(b)):

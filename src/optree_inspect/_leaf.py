@@ -106,15 +106,18 @@ def is_placed(leaf: Any) -> bool:
     """A leaf with a sharding: a concrete `jax.Array`, or a `ShapeDtypeStruct` that carries one
     (a `PartitionSpec` without its mesh, which JAX cannot read here, is none)."""
     if isinstance(leaf, jax.ShapeDtypeStruct):
-        return isinstance(_sharding(leaf), jax.sharding.Sharding)
+        return sharding_of(leaf) is not None
     return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
 
 
-def _sharding(leaf: Any) -> Any:
+def sharding_of(leaf: Any) -> Any:
+    """A leaf's `jax.sharding.Sharding`, or None: none, not readable here (a `PartitionSpec`
+    given to a `ShapeDtypeStruct` outside its mesh's context), or not a sharding."""
     try:
-        return getattr(leaf, "sharding", None)
-    except Exception:  # a ShapeDtypeStruct's PartitionSpec outside its mesh's context
+        sharding = getattr(leaf, "sharding", None)
+    except Exception:  # JAX raises TypeError or ValueError for a spec without its mesh
         return None
+    return sharding if isinstance(sharding, jax.sharding.Sharding) else None
 
 
 def aval(leaf: Any) -> Any:
@@ -303,8 +306,8 @@ def shortest(value: float, dtype: Any) -> str:
 
 def sharding_text(leaf: Any) -> str:
     """`@ P('data',)` or `@ replicated(8)` for a leaf on several devices, `""` otherwise."""
-    sharding = None if isinstance(leaf, jax.core.Tracer) else _sharding(leaf)
-    if not isinstance(sharding, jax.sharding.Sharding):
+    sharding = None if isinstance(leaf, jax.core.Tracer) else sharding_of(leaf)
+    if sharding is None:
         return ""
     if sharding.num_devices <= 1:  # an AbstractMesh's sharding has no device_set
         return ""
@@ -314,6 +317,6 @@ def sharding_text(leaf: Any) -> str:
     return f"@ replicated({sharding.num_devices})"
 
 
-def placement_text(leaf: Any) -> str | None:
+def sharding_text_if_placed(leaf: Any) -> str | None:
     """The placement text of a placed leaf (`""` on one device), or None where it has none."""
     return sharding_text(leaf) if is_placed(leaf) else None

@@ -25,7 +25,7 @@ from ._layout import layout_of, line_entries
 from ._leaf import bytes_text, unwrap_all
 from ._listing import Listing
 from ._naming import shortest_query
-from ._placement import devices_text, placements
+from ._placement import devices_text, placements, widest
 from ._roles import NAMED, OTHER, PARAMS, SCALARS, leaf_roles
 
 _REGIONS_SHOWN = 8
@@ -48,7 +48,7 @@ class Usage(NamedTuple):
     devices: tuple[int, ...]
     unplaced_bytes: int
 
-    def as_dict(self) -> dict[str, Any]:
+    def _plain(self) -> dict[str, Any]:
         return {**self._asdict(), "devices": list(self.devices)}
 
 
@@ -109,8 +109,8 @@ class Memory(Listing[MemoryRow]):
             "fullest_device": None
             if device is None
             else {"device": device, "bytes": sum(self.by_device[device].values()), "shares": self.shares()},
-            "roles": {name: usage.as_dict() for name, usage in self.roles.items()},
-            "regions": {name: usage.as_dict() for name, usage in self.regions.items()},
+            "roles": {name: usage._plain() for name, usage in self.roles.items()},
+            "regions": {name: usage._plain() for name, usage in self.regions.items()},
             "by_device": {str(device): dict(roles) for device, roles in sorted(self.by_device.items())},
             "findings": [
                 {"kind": f.kind, "path": keystr(f.path), "query": f.query, "message": f.message}
@@ -154,13 +154,13 @@ class Memory(Listing[MemoryRow]):
         if not self.findings:
             return []
         lines = [f"findings ({len(self.findings):,}; each with its fix in memory.findings):"]
-        for summary, fix in self.finding_groups():
+        for summary, fix in self._finding_groups():
             lines.append(f"  {summary}")
             if fix:
                 lines.append(f"    {fix}")
         return lines
 
-    def finding_groups(self) -> list[tuple[str, str]]:
+    def _finding_groups(self) -> list[tuple[str, str]]:
         """The findings by kind: a line with the leaves, their bytes on the device where they hold
         the most (and that device's share), and the first one's fix (`""` where it has none)."""
         groups = []
@@ -284,7 +284,7 @@ def memory(tree: PyTree, /, *, params: PyTree | None = None) -> Memory:
         device: {name: int(by_role[number, column]) for number, name in enumerate(order)}
         for column, device in enumerate(devices)
     }
-    spread = max((len(found) for found in table.device_bytes if found), default=0)
+    spread = widest(values + extra_values)
     findings = placement_findings(index, values, given, spread)
     held: dict[str, tuple[int, int]] = {}
     for kind in dict.fromkeys(finding.kind for _, finding in findings):
@@ -397,7 +397,7 @@ def _html(report: Memory) -> str:
         )
     findings = "".join(
         f"<li>{escape(summary)}" + (f"<br><code>{escape(fix)}</code>" if fix else "") + "</li>"
-        for summary, fix in report.finding_groups()
+        for summary, fix in report._finding_groups()
     )
     table = str(report).split("\n", 1)[1]
     return (

@@ -21,9 +21,10 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from ._cache import on_clear
 from ._compat import partition_spec_text
 from ._errors import bounded
-from ._leaf import is_concrete_array_type, is_deleted, is_placed, unwrap
+from ._leaf import is_concrete_array_type, is_deleted, is_placed, sharding_of, unwrap
 
 
 def device_count(sharding: Any) -> int:
@@ -55,16 +56,6 @@ class SavedStruct(jax.ShapeDtypeStruct):
     def __init__(self, shape: Any, dtype: Any, *, sharding: Any, device_ids: tuple[int, ...]) -> None:
         super().__init__(shape, dtype, sharding=sharding)
         self.device_ids = device_ids
-
-
-def sharding_of(leaf: Any) -> Any:
-    """A leaf's `jax.sharding.Sharding`, or None: none, not readable here (a `PartitionSpec`
-    given to a `ShapeDtypeStruct` outside its mesh's context), or not a sharding."""
-    try:
-        sharding = leaf.sharding
-    except Exception:  # JAX raises TypeError or ValueError for a spec without its mesh
-        return None
-    return sharding if isinstance(sharding, jax.sharding.Sharding) else None
 
 
 def device_bytes(leaf: Any) -> tuple[tuple[int, int], ...] | None:
@@ -108,6 +99,9 @@ def _bytes_by_device(
         )
         found[device.id] = found.get(device.id, 0) + count * size
     return tuple(sorted(found.items()))
+
+
+on_clear(_bytes_by_device.cache_clear)
 
 
 def _abstract_bytes(
@@ -190,8 +184,9 @@ def placements(values: list[Any]) -> Placements:
 
 
 def widest(values: list[Any]) -> int:
-    """The most devices any of `values` spans (0 where none is placed), each distinct sharding
-    asked once; in a process with one device and no `ShapeDtypeStruct`, no sharding is read.
+    """The most devices any of `values` has bytes on (0 where none is placed; deleted and
+    offloaded arrays have none), each distinct sharding asked once; in a process with one
+    device and no `ShapeDtypeStruct`, no sharding is read.
 
     >>> import jax.numpy as jnp
     >>> widest([jnp.zeros(2), 3, None])
@@ -202,11 +197,14 @@ def widest(values: list[Any]) -> int:
         return int("array" in natures)
     shardings = {}
     for value in values:
-        if _nature(type(value)) != "other":
-            sharding = value.sharding if _nature(type(value)) == "array" else sharding_of(value)
-            shardings[id(sharding)] = sharding  # arrays often share one
-    shardings.pop(id(None), None)
-    return max(map(device_count, shardings.values()), default=0)
+        nature = _nature(type(value))
+        if nature == "array" and not value.is_deleted():
+            shardings[id(value.sharding)] = value.sharding  # arrays often share one
+        elif nature == "struct":
+            sharding = sharding_of(value)
+            shardings[id(sharding)] = sharding
+    found = [s for s in shardings.values() if s is not None and getattr(s, "memory_kind", None) != OFFLOADED]
+    return max(map(device_count, found), default=0)
 
 
 def _nature(kind: type) -> str:

@@ -139,11 +139,19 @@ def _note_parts(row: Row) -> tuple[str, list[str]]:
             for n, what in ((nan, "NaN"), (inf, "Inf"))
             if n
         ]
-        return (f"!! {', '.join(parts)}" if parts else ""), []
+        return (f"!! {', '.join(parts)}{_first_text(row)}" if parts else ""), []
     if row.stats is None:
         return "", []
     shown = row.leaf is not None and row.leaf.value is not None  # a scalar's value needs no range
-    return _stats_parts(row.stats, range_shown=not shown)
+    bad, rest = _stats_parts(row.stats, range_shown=not shown)
+    return (bad + _first_text(row) if bad else bad), rest
+
+
+def _first_text(row: Row) -> str:
+    """` (first: mu.l2.b, nu.l2.b)`: where a row of several leaves holds its NaN or Inf."""
+    if not row.first_nonfinite:
+        return ""
+    return f" (first: {', '.join(bounded(name, 60) for name in row.first_nonfinite)})"
 
 
 def _stats_parts(values: dict[str, Any], range_shown: bool) -> tuple[str, list[str]]:

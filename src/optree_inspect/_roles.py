@@ -16,17 +16,11 @@ from typing import Any
 
 from ._index import StructureIndex
 from ._optax.states import is_counter
-from ._rows import is_hyperparameter
+from ._rows import is_hyperparameter, row_node
 
 PARAMS, SCALARS, OTHER = "params", "hyperparameters and counters", "other"
 """The roles that are not a moment field's name."""
 NAMED = frozenset({PARAMS, SCALARS, OTHER})
-
-
-def row_node(index: StructureIndex, leaf: int) -> int:
-    """The node whose row shows `leaf`: its nnx Variable where one holds it."""
-    parent = index.parents[leaf] if leaf else 0
-    return parent if leaf and index.variables[parent] else leaf
 
 
 def params_field(index: StructureIndex) -> int | None:
@@ -61,14 +55,16 @@ def names_under(index: StructureIndex, root: int, leaf: int) -> tuple[str, ...]:
 
 
 def leaf_roles(index: StructureIndex, values: list[Any]) -> list[str]:
-    """Each leaf's role (`_structural_roles`), where a state's field that holds only scalars (a flag such as
-    `apply_if_finite`'s `last_finite`, a running value such as lbfgs's `value`) counts with the
-    hyperparameters and counters rather than as a moment."""
+    """Each leaf's role (`_structural_roles`), where a state's field that is a scalar (a flag
+    such as `apply_if_finite`'s `last_finite`, a running value such as lbfgs's `value`) or a
+    NamedTuple of scalars (lbfgs's linesearch `info`) counts with the hyperparameters and
+    counters rather than as a moment; a dict of scalars (the moments of scalar parameters) stays
+    a moment."""
     roles, fields = _structural_roles(index)
     candidates = [
         p
         for p, (role, field) in enumerate(zip(roles, fields, strict=True))
-        if field >= 0 and role not in NAMED
+        if field >= 0 and role not in NAMED and _may_be_scalars(index, field)
     ]
     if not candidates:
         return roles
@@ -81,6 +77,15 @@ def leaf_roles(index: StructureIndex, values: list[Any]) -> list[str]:
         if fields[position] not in holds_array:
             demoted[position] = SCALARS
     return demoted
+
+
+def _may_be_scalars(index: StructureIndex, field: int) -> bool:
+    """A field that is a leaf (or an nnx Variable), or a NamedTuple of leaves: a record of
+    scalars, never a params-shaped moment."""
+    kind = index.types[field]
+    if index.is_leaf[field] or index.variables[field]:
+        return True
+    return issubclass(kind, tuple) and hasattr(kind, "_fields")
 
 
 _ROLES = ("roles", "by structure")

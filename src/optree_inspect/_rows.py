@@ -20,6 +20,7 @@ import operator
 from collections.abc import Iterable
 from typing import Any, Literal, NamedTuple
 
+from ._cache import on_clear
 from ._errors import bounded
 from ._index import StructureIndex
 from ._keys import KeyPath, edge_label
@@ -133,12 +134,21 @@ class Row(NamedTuple):
     """An `unmatched` row's: what could not be matched."""
     nonfinite: tuple[int, int] | None = None
     """With `stats=True`, the root's: how many leaves hold NaN, and how many Inf."""
+    first_nonfinite: tuple[str, ...] = ()
+    """With `stats=True`, a row that stands for several leaves (a folded, `like`, run or "more"
+    row): the queries of its first leaves (at most 3) that hold NaN or Inf, in tree order."""
 
 
 def rows_of(index: StructureIndex, tree: Any, leaves: list[Any], lines: list[Line]) -> list[Row]:
     """A row for each line of the plan, its query and summary left empty (see `_render`)."""
     metadata = _LeafMetadata(leaves)
     return [_row(index, tree, leaves, metadata, line) for line in lines]
+
+
+def row_node(index: StructureIndex, leaf: int) -> int:
+    """The node whose row shows `leaf`: its nnx Variable where one holds it."""
+    parent = index.parents[leaf] if leaf else 0
+    return parent if leaf and index.variables[parent] else leaf
 
 
 def is_hyperparameter(index: StructureIndex, node: int) -> bool:
@@ -397,3 +407,6 @@ def _same_placement(first: Any, second: Any) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _equivalent(one: Any, other: Any, ndim: int) -> bool:
     return bool(one.is_equivalent_to(other, ndim))
+
+
+on_clear(_equivalent.cache_clear)
