@@ -308,6 +308,16 @@ SCRIPT = textwrap.dedent(
     restored = {"mu": {k: {"value": v} for k, v in adam.mu.items()}, "count": {"value": adam.count}}
     state = {"opt_state": [restored], "model": params}
     out["restored"] = sorted(f.query for f in oi.check(state) if f.kind == "replicated_moment")
+    # a TrainState holds its params: the fix reads them from the state, and runs as printed
+    from flax.training import train_state
+
+    ts = train_state.TrainState.create(apply_fn=None, params=params, tx=tx).replace(opt_state=cases["c"])
+    fixed = ts
+    for finding in oi.memory(ts).findings:
+        namespace = {"oi": oi, "jax": jax, "state": fixed}
+        exec(finding.message[finding.message.index("state = ") :].split(" (`jax.jit", 1)[0], namespace)
+        fixed = namespace["state"]
+    out["train_state"] = [len(oi.memory(ts).findings), [f.kind for f in oi.memory(fixed).findings]]
     out["offloaded"] = None
     try:
         pinned = NamedSharding(mesh, P()).with_memory_kind("pinned_host")
@@ -365,6 +375,10 @@ def test_a_checkpoint_keeps_its_device_ids(eight_devices: Any) -> None:
     assert out["stages"]["5"] == {"other": 64 // 4 * 4 + 9 * 4}
     text = str(oi.describe(oi.load(directory / "stages")))
     assert "alone: f32[3,3] @ device 5" in text
+
+
+def test_the_fix_runs_on_a_train_state(eight_devices: Any) -> None:
+    assert eight_devices[0]["train_state"] == [6, []]
 
 
 def test_restored_variables_match_plain_params_by_name(eight_devices: Any) -> None:
@@ -494,9 +508,9 @@ def test_unreadable_placements_are_no_placement() -> None:
 
 
 def test_finding_lines_are_bounded_whatever_the_keys() -> None:
-    state = optax.adam(1e-3).init({"k" * 5000: jnp.ones(2)})
-    report = oi.check(oi.set(state, "mu.*", jnp.array([1.0, jnp.nan])))
-    assert [f.kind for f in report] == ["nonfinite_origin", "nonfinite"]
+    state = optax.adam(1e-3).init({"k" * 5000: jnp.ones(2), "k" * 4000: jnp.ones(2)})
+    report = oi.check(oi.set(state, "mu.*", jnp.array([1.0, jnp.nan]), every=True))
+    assert [f.kind for f in report] == ["nonfinite_origin", "nonfinite", "nonfinite"]
     assert max(len(line) for line in str(report).splitlines()) < 1000
 
 
@@ -518,7 +532,10 @@ def test_shardings_given_as_specs_under_a_mesh() -> None:
     if use_mesh is None:
         pytest.skip("this JAX has no mesh context for bare specs")
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    tree = [jax.ShapeDtypeStruct((n + 1,), jnp.float32, sharding=P("data")) for n in range(400)]
+    try:
+        tree = [jax.ShapeDtypeStruct((n + 1,), jnp.float32, sharding=P("data")) for n in range(400)]
+    except ValueError:
+        pytest.skip("this JAX takes no bare spec in a ShapeDtypeStruct")
     with use_mesh(mesh):
         try:
             report = oi.memory(tree)
