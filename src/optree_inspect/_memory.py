@@ -238,13 +238,11 @@ def memory(tree: PyTree, /, *, params: PyTree | None = None) -> Memory:
     extra_values: list[Any] = []
     if params is not None and given is not None:
         # a given parameter that is also a leaf of the tree (the same array) counts once, as params
-        theirs = {id(v) for v in given.values if hasattr(v, "shape")}
-        roles = [
-            PARAMS if id(v) in theirs and hasattr(v, "shape") else r
-            for v, r in zip(values, roles, strict=True)
-        ]
-        mine = {id(v) for v in values if hasattr(v, "shape")}
-        extra_values = [v for v in given.values if not hasattr(v, "shape") or id(v) not in mine]
+        by_id = {id(v): v for v in given.values}
+        shared = {i for i in by_id.keys() & set(map(id, values)) if hasattr(by_id[i], "shape")}
+        if shared:
+            roles = [PARAMS if id(v) in shared else r for v, r in zip(values, roles, strict=True)]
+        extra_values = [v for v in given.values if id(v) not in shared]
     table = placements(values + extra_values)
     devices = sorted({device for found in table.device_bytes if found for device, _ in found})
     unique = _matrix(table.device_bytes, {device: position for position, device in enumerate(devices)})

@@ -150,25 +150,20 @@ def placements(values: list[Any]) -> Placements:
     >>> table.rows.tolist(), table.device_bytes, table.logical_bytes
     ([0, 0, 1], [((0, 8),), None], [8, 0])
     """
-    rows = np.empty(len(values), dtype=np.intp)
+    rows: list[int] = []
     seen: dict[Any, int] = {}
     found: list[tuple[tuple[int, int], ...] | None] = []
     logical: list[int] = []
-    natures = _NATURES
-    for position, value in enumerate(values):
+    natures, add = _NATURES, rows.append
+    for value in values:
         kind = type(value)
         nature = natures.get(kind) or _nature(kind)
-        # every sharding stays alive during the call, so its id is a key (cheaper than its hash)
         if nature == "array":
+            # an array's sharding lives as long as the array, so its id is a key (cheaper than a hash)
             key: tuple[Any, ...] = (value.shape, value.dtype, id(value.sharding), value.is_deleted())
         elif nature == "struct":
-            key = (
-                value.shape,
-                value.dtype,
-                id(sharding_of(value)),
-                False,
-                getattr(value, "device_ids", None),
-            )
+            # a bare PartitionSpec makes a new sharding at each read: keyed by value, not by id
+            key = (value.shape, value.dtype, sharding_of(value), False, getattr(value, "device_ids", None))
         elif hasattr(value, "shape") and hasattr(value, "dtype"):  # a tracer, a NumPy array
             key = (tuple(value.shape), value.dtype, None, True)
         else:
@@ -179,8 +174,8 @@ def placements(values: list[Any]) -> Placements:
             on_device = len(key) >= 4 and not key[3]
             found.append(device_bytes(value) if on_device else None)
             logical.append(math.prod(key[0]) * itemsize(key[1]) if len(key) >= 4 else 0)
-        rows[position] = number
-    return Placements(rows, found, logical)
+        add(number)
+    return Placements(np.array(rows, dtype=np.intp), found, logical)
 
 
 def widest(values: list[Any]) -> int:
