@@ -46,6 +46,7 @@ ORDER = [
     "_memory",
     "_diff",
     "_checkpoint",
+    "_first_bad",
     "_restore",
     "_migrate",
     "_cli",

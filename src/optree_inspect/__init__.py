@@ -34,6 +34,9 @@ from ._errors import ScheduledHyperparameterError as ScheduledHyperparameterErro
 from ._errors import StructureError as StructureError
 from ._errors import TreeError as TreeError
 from ._errors import TreeTooDeepError as TreeTooDeepError
+from ._first_bad import FirstBad as FirstBad
+from ._first_bad import StepRead as StepRead
+from ._first_bad import first_bad as first_bad
 from ._memory import Memory as Memory
 from ._memory import MemoryRow as MemoryRow
 from ._memory import Usage as Usage
@@ -61,6 +64,7 @@ __all__ = [
     "EditConflictError",
     "Error",
     "Finding",
+    "FirstBad",
     "InvalidArgumentError",
     "LeafTypeError",
     "Match",
@@ -80,6 +84,7 @@ __all__ = [
     "Row",
     "SavedStruct",
     "ScheduledHyperparameterError",
+    "StepRead",
     "StructureError",
     "TreeError",
     "TreeTooDeepError",
@@ -89,6 +94,7 @@ __all__ = [
     "describe",
     "diff",
     "find",
+    "first_bad",
     "get",
     "hyperparams",
     "keystr",

@@ -62,7 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     command("hyperparams", "injected hyperparameters", "path").add_argument(
         "--counters", action="store_true", help="the step counters too"
     )
-    command("check", "what is wrong in the saved state", "path")
+    check = command("check", "what is wrong in the saved state", "path")
+    check.add_argument(
+        "--first-bad",
+        action="store_true",
+        help="the first step of a CheckpointManager directory whose state holds NaN or Inf (bisection)",
+    )
+    check.add_argument("--all", action="store_true", help="with --first-bad: read every step, a line a step")
+    check.add_argument("--quiet", action="store_true", help="with --first-bad: no progress on stderr")
     command("memory", "bytes on each device by role, from the saved shardings", "path")
     command("diff", "what differs between two checkpoints", "path_a", "path_b")
     return parser
@@ -173,12 +180,38 @@ def _hyperparams(arguments: argparse.Namespace) -> int:
 
 
 def _check(arguments: argparse.Namespace) -> int:
+    if arguments.first_bad:
+        return _first_bad(arguments)
+    if arguments.all or arguments.quiet:
+        raise _Usage(f"{'--all' if arguments.all else '--quiet'} goes with --first-bad")
     report = oi.check(oi.load(arguments.path, step=arguments.step, arrays=True))
-    findings = [
+    _emit(arguments.json, {"findings": _findings(report)}, str(report))
+    return 1 if report else 0
+
+
+def _findings(report: oi.Report) -> list[dict[str, str]]:
+    return [
         {"kind": f.kind, "path": oi.keystr(f.path), "query": f.query, "message": f.message} for f in report
     ]
-    _emit(arguments.json, {"findings": findings}, str(report))
-    return 1 if report else 0
+
+
+def _first_bad(arguments: argparse.Namespace) -> int:
+    """`check --first-bad`: the first step holding NaN or Inf (docs/first-bad.md)."""
+    if arguments.step is not None:
+        raise _Usage("--first-bad reads the steps itself; leave out --step")
+    found = oi.first_bad(
+        arguments.path, every_step=arguments.all, progress=False if arguments.quiet else None
+    )
+    document: dict[str, Any] = {
+        "first_bad_step": found.step,
+        "steps_read": found.steps_read,
+        "findings": _findings(found.report),
+    }
+    if arguments.all:
+        fields = ("step", "leaves", "nonfinite_leaves", "nan", "inf")
+        document["steps"] = [{name: getattr(read, name) for name in fields} for read in found.steps]
+    _emit(arguments.json, document, str(found))
+    return 0 if found.step is None else 1
 
 
 def _memory(arguments: argparse.Namespace) -> int:
