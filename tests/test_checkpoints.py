@@ -270,7 +270,7 @@ def test_the_script_and_python_m_run_the_command_line(saved: dict[str, Any]) -> 
 def test_layered_state_describe_fits_a_screen(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _save(tmp_path / "layered", seed_optimizer().init(layered_params(2000)))
+    path = _save(tmp_path / "layered", seed_optimizer().init(layered_params(800)))
     code, out, _ = _run(["describe", str(path)], capsys)
     assert code == 0 and len(out.splitlines()) < 40
 

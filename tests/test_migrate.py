@@ -280,7 +280,9 @@ def _without_hyperparameters(tree: Any) -> list[tuple[str, np.ndarray]]:
     ]
 
 
-@hypothesis.settings(deadline=None)
+@hypothesis.settings(
+    deadline=None, max_examples=max(5, hypothesis.settings().max_examples // 2)
+)  # each: two inits
 @hypothesis.given(data=hypothesis.strategies.data())
 def test_random_optimizers_with_a_wrapper_added_or_removed(data: Any) -> None:
     from strategies import optimizers, params_trees
