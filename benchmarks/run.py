@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import platform
 import statistics
 import time
@@ -354,6 +355,113 @@ def values_section(layers: int, treescope_layers: int, large: int) -> None:
         print(f"| {name} | {shown} |")
 
 
+def by_hand_metrics(state: Any, params: Any, grads: Any, updates: Any) -> dict[str, jax.Array]:
+    """The peer: the same values written by hand for this one optimizer, as users do (optax issue
+    #326): an RMS per tree and top-level key, non-finite counts, the hyperparameters."""
+
+    def rms(tree: Any) -> jax.Array:
+        leaves = jax.tree.leaves(tree)
+        return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves) / sum(x.size for x in leaves))
+
+    adam = state.inner_state[0]
+    trees = {"params": params, "grads": grads, "updates": updates, "mu": adam.mu, "nu": adam.nu}
+    found = dict(state.hyperparams)
+    for region in [None, *params]:
+        mine = trees if region is None else {name: tree[region] for name, tree in trees.items()}
+        name = region or "all"
+        found.update({f"{name}/{key}_rms": rms(tree) for key, tree in mine.items()})
+        found[f"{name}/update_ratio"] = found[f"{name}/updates_rms"] / found[f"{name}/params_rms"]
+        found[f"{name}/nonfinite"] = sum(jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves(mine))
+    return found
+
+
+def mlp_steps(sizes: list[int], batch: int) -> tuple[Timing, Timing, Timing]:
+    """A small MLP's jitted adamw step: alone, returning `metrics`, and returning the same values
+    written by hand; each a call on the same arrays."""
+    from optree_inspect._metrics import metrics
+
+    key = jax.random.PRNGKey(0)
+    params = {}
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        key, sub = jax.random.split(key)
+        weights = jax.random.normal(sub, (fan_in, fan_out)) / fan_in**0.5
+        params[f"dense{i}"] = {"w": weights, "b": jnp.zeros(fan_out)}
+    x = jax.random.normal(key, (batch, sizes[0]))
+    y = jax.random.normal(jax.random.split(key)[0], (batch, sizes[-1]))
+    tx = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3)
+
+    def loss(params: Any) -> jax.Array:
+        h = x
+        for i in range(len(params)):
+            h = h @ params[f"dense{i}"]["w"] + params[f"dense{i}"]["b"]
+            h = jax.nn.relu(h) if i < len(params) - 1 else h
+        return jnp.mean((h - y) ** 2)
+
+    @jax.jit
+    def plain(params: Any, state: Any) -> Any:
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, value
+
+    def with_metrics(read: Callable[..., Any]) -> Callable[..., Any]:
+        @jax.jit
+        def step(params: Any, state: Any) -> Any:
+            value, grads = jax.value_and_grad(loss)(params)
+            updates, state = tx.update(grads, state, params)
+            found = read(state, params=params, grads=grads, updates=updates)
+            return optax.apply_updates(params, updates), state, value, found
+
+        return step
+
+    ours, by_hand = with_metrics(metrics), with_metrics(by_hand_metrics)
+    state = tx.init(params)
+    return lambda: plain(params, state), lambda: ours(params, state), lambda: by_hand(params, state)
+
+
+def alternating_medians(first: Timing, second: Timing, steps: int) -> tuple[float, float]:
+    """The median seconds of each of two steps, timed in alternation so that a noisy machine slows
+    both alike. Each is timed to its new parameters being ready, as a training loop waits for
+    them; the other outputs come from the same execution."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for function in (first, second):
+        jax.block_until_ready(function())
+    for _ in range(steps):
+        for function, samples in zip((first, second), times, strict=True):
+            start = time.perf_counter()
+            jax.block_until_ready(function()[0])
+            samples.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def metrics_section(steps: int = 2000) -> None:
+    """What returning `metrics` adds to a jitted training step of a small MLP on CPU: the step
+    alone and the step that also returns `metrics(state, params=, grads=, updates=)`, side by
+    side, timed in alternation (the median of `steps` steps each), and the same for the values
+    written by hand; then an eager call on the seed state."""
+    from optree_inspect._metrics import metrics
+
+    print("\n| adamw step of an MLP (sizes, batch) | params | step | + metrics | ratio | by hand: ratio |")
+    print("|---|---|---|---|---|---|")
+    for sizes, batch in (([32, 64, 64, 10], 32), ([784, 256, 256, 10], 128), ([784, 256, 256, 10], 1024)):
+        plain, ours, by_hand = mlp_steps(sizes, batch)
+        runs = steps if batch < 1024 else steps // 4
+        alone, both = alternating_medians(plain, ours, runs)
+        peer_alone, peer = alternating_medians(plain, by_hand, runs)
+        count = sum(a * b + b for a, b in itertools.pairwise(sizes))
+        times = f"{format_seconds(alone)} | {format_seconds(both)} | {both / alone:.3f}"
+        print(f"| {'-'.join(map(str, sizes))}, {batch} | {count:,} | {times} | {peer / peer_alone:.3f} |")
+    state = jax.tree.map(lambda x: x + 0.5, seed_state(1000))
+    params = {f"layer{i}": {"w": jnp.zeros((4, 4)), "b": jnp.zeros(4)} for i in range(1000)}
+    count = len(jax.tree.leaves((state, params)))
+    start = time.perf_counter()
+    metrics(state, params=params)
+    first = time.perf_counter() - start
+    print(f"\n| metrics eagerly ({count:,} leaves, 1,000 regions) | time |\n|---|---|")
+    print(f"| first call (compilation included) | {format_seconds(first)} |")
+    print(f"| later calls | {format_seconds(median_seconds(lambda: metrics(state, params=params)))} |")
+    print(f"| ours stats, same state | {format_seconds(median_seconds(lambda: oi.stats(state)))} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 layers only")
@@ -361,7 +469,11 @@ def main() -> None:
     parser.add_argument("--first-call-only", action="store_true", help="only the first-call section")
     parser.add_argument("--migrate-only", action="store_true", help="only the migrate section")
     parser.add_argument("--memory-only", action="store_true", help="only the memory section")
+    parser.add_argument("--metrics-only", action="store_true", help="only the metrics section")
     arguments = parser.parse_args()
+    if arguments.metrics_only:
+        metrics_section()
+        return
     if arguments.memory_only:
         memory_section(10000)
         return
@@ -412,6 +524,7 @@ def main() -> None:
     first_call_section(layers[-1])
     migrate_section(layers[-1] * 2)
     memory_section(layers[-1] * 2)
+    metrics_section(500 if arguments.quick else 2000)
     values_section(
         layers[-1], 1000 if not arguments.quick else 100, 1 << 24 if not arguments.quick else 1 << 20
     )

@@ -44,6 +44,7 @@ ORDER = [
     "_roles",
     "_check",
     "_memory",
+    "_metrics",
     "_diff",
     "_checkpoint",
     "_first_bad",

@@ -41,6 +41,7 @@ from ._memory import Memory as Memory
 from ._memory import MemoryRow as MemoryRow
 from ._memory import Usage as Usage
 from ._memory import memory as memory
+from ._metrics import metrics as metrics
 from ._migrate import Migration as Migration
 from ._migrate import MigrationRow as MigrationRow
 from ._migrate import migrate as migrate
@@ -100,6 +101,7 @@ __all__ = [
     "keystr",
     "load",
     "memory",
+    "metrics",
     "migrate",
     "restore_like",
     "set",
