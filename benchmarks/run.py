@@ -257,7 +257,7 @@ def migrate_section(layers: int, rounds: int = 5) -> None:
 
 def by_hand_device_bytes(tree: Any) -> dict[int, int]:
     """The peer: bytes per device summed over each array's shards, as users write it by hand
-    (the `per_device_total` dump of marin issue #7987)."""
+    (a `per_device_total` dump over `addressable_shards`)."""
     totals: dict[int, int] = {}
     for leaf in jax.tree.leaves(tree):
         for shard in leaf.addressable_shards:
