@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -121,3 +124,37 @@ def skip_unless_a_pytree(node: Any) -> None:
 
     if jax.tree_util.default_registry.flatten_one_level(node) is None:
         pytest.skip(f"a {type(node).__name__} is not a pytree in this flax (before 0.11): use its opt_state")
+
+
+def as_restored(tree: Any) -> Any:
+    """What orbax restores without a target: NamedTuples as dicts, tuples as lists, empty states
+    as None, any mapping as a dict."""
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return {k: as_restored(v) for k, v in tree._asdict().items()} if tree._fields else None
+    if isinstance(tree, tuple | list):
+        return [as_restored(v) for v in tree]
+    if isinstance(tree, dict) or type(tree).__name__ == "FrozenDict":
+        return {k: as_restored(v) for k, v in tree.items()}
+    return tree
+
+
+def run_two_processes(command: list[str], env: dict[str, str]) -> list[str]:
+    """`python command... RANK PORT` as two processes joined by `jax.distributed` on a free local
+    port, each given 300 s so that a hang fails; their outputs, once both exited 0."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    processes = [
+        subprocess.Popen(
+            [sys.executable, *command, str(rank), port],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-3000:]
+    return [out for out, _ in outputs]

@@ -17,22 +17,11 @@ import pytest
 from jax.tree_util import DictKey
 
 import optree_inspect as oi
+from helpers import as_restored
 
 ocp = pytest.importorskip("orbax.checkpoint")
 
 PARAMS = {f"layer{i}": {"w": jnp.full((4, 4), i + 1.0), "b": jnp.zeros(4)} for i in range(12)}
-
-
-def as_restored(tree: Any) -> Any:
-    """What orbax restores without a target: NamedTuples as dicts, tuples as lists, empty states
-    as None, any mapping as a dict."""
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return {k: as_restored(v) for k, v in tree._asdict().items()} if tree._fields else None
-    if isinstance(tree, tuple | list):
-        return [as_restored(v) for v in tree]
-    if isinstance(tree, dict) or type(tree).__name__ == "FrozenDict":
-        return {k: as_restored(v) for k, v in tree.items()}
-    return tree
 
 
 def orbax_round_trip(tree: Any, directory: pathlib.Path) -> Any:

@@ -22,7 +22,7 @@ from hypothesis import given, note, reject, settings
 from hypothesis import strategies as st
 
 import optree_inspect as oi
-from helpers import compilations, nnx_optimizer
+from helpers import as_restored, compilations, nnx_optimizer
 from optree_inspect import metrics
 from strategies import optimizers, params_trees
 
@@ -32,18 +32,6 @@ PARAMS = {
 }
 GRADS = jax.tree.map(lambda p: jnp.cos(p) / 5, PARAMS)
 LABELS = {"dense1": {"w": "decay", "b": "no_decay"}, "head": {"w": "decay"}}
-
-
-def as_restored(tree: Any) -> Any:
-    """What orbax restores without a target: NamedTuples as dicts, tuples as lists, empty states
-    as None, any mapping as a dict."""
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return {k: as_restored(v) for k, v in tree._asdict().items()} if tree._fields else None
-    if isinstance(tree, tuple | list):
-        return [as_restored(v) for v in tree]
-    if isinstance(tree, dict) or type(tree).__name__ == "FrozenDict":
-        return {k: as_restored(v) for k, v in tree.items()}
-    return tree
 
 
 def stepped(tx: optax.GradientTransformation, params: Any = PARAMS, steps: int = 2) -> tuple[Any, Any]:

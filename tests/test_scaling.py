@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import collections
 import os
-import socket
-import subprocess
-import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -16,7 +13,7 @@ import pytest
 from flax import nnx
 
 import optree_inspect as oi
-from helpers import layered_params, seed_optimizer
+from helpers import layered_params, run_two_processes, seed_optimizer
 from optree_inspect import _cache
 
 
@@ -160,31 +157,12 @@ def test_the_last_structure_shortcut_never_answers_for_another_tree(name: str) -
     _cold()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_two_processes_joined_by_jax_distributed() -> None:
     """set and describe on arrays this process cannot address (gloo CPU collectives)."""
     worker = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")
-    port = str(_free_port())
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, worker, str(i), port],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [process.communicate(timeout=300) for process in processes]
-    for process, (_, err) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, err[-3000:]
-    assert sorted(out.strip() for out, _ in outputs) == ["OK 0", "OK 1"]
+    outputs = run_two_processes([worker], env)
+    assert sorted(out.strip() for out in outputs) == ["OK 0", "OK 1"]
 
 
 # describe fits a screen, whatever the state ----------------------------------------------------

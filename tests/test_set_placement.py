@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ import optax
 import pytest
 
 import optree_inspect as oi
-from helpers import nnx_optimizer
+from helpers import nnx_optimizer, run_two_processes
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -161,28 +160,9 @@ PROCESS_SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_values_of_several_processes_are_placed_without_a_host_copy() -> None:
-    port = str(_free_port())
     env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", PROCESS_SCRIPT, str(i), port],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [process.communicate(timeout=300) for process in processes]
-    for process, (out, err) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, err[-3000:]
+    for out in run_two_processes(["-c", PROCESS_SCRIPT], env):
         printed = set(out.splitlines())  # gloo prints its own lines too
         assert {"moved False True True bfloat16", "values 0.5", "range True"} <= printed, out
 
