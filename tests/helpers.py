@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -139,8 +140,14 @@ def as_restored(tree: Any) -> Any:
 
 
 def run_two_processes(command: list[str], env: dict[str, str]) -> list[str]:
-    """`python command... RANK PORT` as two processes joined by `jax.distributed` on a free local
-    port, each given 300 s so that a hang fails; their outputs, once both exited 0."""
+    """`run_processes` of two."""
+    return run_processes(command, env, 2)
+
+
+def run_processes(command: list[str], env: dict[str, str], count: int, timeout: float = 300) -> list[str]:
+    """`python command... RANK PORT` as `count` processes joined by `jax.distributed` on a free
+    local port, each given `timeout` seconds so that a hang fails; their outputs, once all exited
+    0."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
@@ -152,9 +159,16 @@ def run_two_processes(command: list[str], env: dict[str, str]) -> list[str]:
             stderr=subprocess.PIPE,
             text=True,
         )
-        for rank in range(2)
+        for rank in range(count)
     ]
-    outputs = [process.communicate(timeout=300) for process in processes]
+    deadline = time.monotonic() + timeout
+    try:
+        outputs = [
+            process.communicate(timeout=max(1.0, deadline - time.monotonic())) for process in processes
+        ]
+    finally:
+        for process in processes:
+            process.kill()
     for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err[-3000:]
     return [out for out, _ in outputs]

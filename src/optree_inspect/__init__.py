@@ -37,6 +37,7 @@ from ._errors import TreeTooDeepError as TreeTooDeepError
 from ._first_bad import FirstBad as FirstBad
 from ._first_bad import StepRead as StepRead
 from ._first_bad import first_bad as first_bad
+from ._listing import print_once as print_once
 from ._memory import Memory as Memory
 from ._memory import MemoryRow as MemoryRow
 from ._memory import Usage as Usage
@@ -103,6 +104,7 @@ __all__ = [
     "memory",
     "metrics",
     "migrate",
+    "print_once",
     "restore_like",
     "set",
     "stats",

@@ -96,7 +96,7 @@ def _filled(old: jax.ShapeDtypeStruct, new: Any, path: KeyPath) -> Any:
         if old.weak_type:
             array = weakly_typed_like(old, array)
     sharding = sharding_of(old)
-    return array if sharding is None or is_abstract_mesh(sharding) else jax.device_put(array, sharding)
+    return array if sharding is None or is_abstract_mesh(sharding) else placed(array, sharding)
 
 
 def _cast(old: Any, new: Any, path: KeyPath, placement: Placement = "keep") -> Any:
@@ -160,6 +160,7 @@ def _cast(old: Any, new: Any, path: KeyPath, placement: Placement = "keep") -> A
         return _placed_like_value(old, new, weak, path)
     if _on_devices(old, new):
         return _coerced_on_device(old, new, weak, path)
+    new = _readable_here(new, path)
     _check_range(np.dtype(dtype), new, path)
     if isinstance(old, np.ndarray):
         return np.broadcast_to(host_array(new, dtype), old.shape).copy()
@@ -192,12 +193,14 @@ def _dtype_of(value: Any, path: KeyPath) -> np.dtype:
 
 
 def _on_devices(old: Any, new: Any) -> bool:
-    """A JAX array value for a JAX array leaf, both on this process's devices: coerce it there."""
+    """A JAX array value for a JAX array leaf, both on this process's devices or the value on
+    several processes' (a global array, as every process holds it): coerce it there. A value of
+    this process alone for a leaf of several processes is placed from the host, each process
+    placing its own shards."""
     return (
         isinstance(new, jax.Array)
         and isinstance(old, jax.Array)
-        and new.is_fully_addressable
-        and old.is_fully_addressable
+        and (not new.is_fully_addressable or old.is_fully_addressable)
     )
 
 
@@ -214,6 +217,20 @@ def _coerced_on_device(old: jax.Array, new: jax.Array, weak: bool, path: KeyPath
     if old.committed or result.sharding != old.sharding:
         result = jax.device_put(result, old.sharding)
     return result
+
+
+def _readable_here(value: Any, path: KeyPath) -> Any:
+    """`value`, or this process's copy of a replicated array of several processes; an array whose
+    shards this process does not all hold is refused, as its values cannot be read here."""
+    if not isinstance(value, jax.Array) or value.is_fully_addressable:
+        return value
+    if value.is_fully_replicated and value.addressable_shards:
+        return value.addressable_data(0)
+    raise InvalidArgumentError(
+        f"The value for the leaf at {path_text(path)} is a jax.Array sharded over several processes; "
+        "the leaf is a host value (a NumPy array or a Python scalar) that would need all of it here. "
+        "Gather it first (jax.experimental.multihost_utils.process_allgather) or set a jax.Array leaf."
+    )
 
 
 def _placed_like_value(old: jax.Array, new: Any, weak: bool, path: KeyPath) -> jax.Array:
@@ -259,7 +276,8 @@ def _check_range_on_device(dtype: np.dtype, new: jax.Array, path: KeyPath) -> No
         return
     low = target[0] if source[0] < target[0] else None
     high = target[1] if source[1] > target[1] else None
-    if bool(jax.device_get(_outside(new, low=low, high=high))):
+    outside = _outside(new, low=low, high=high)  # replicated: every process reads its own copy
+    if bool(jax.device_get(outside if outside.is_fully_addressable else outside.addressable_data(0))):
         raise _out_of_range(
             dtype, None, path, _shown_limits(dtype, target), what=f"A {new.dtype} array value has values"
         )
@@ -385,13 +403,21 @@ def _check_shape(shape: tuple[int, ...], new_shape: tuple[int, ...], path: KeyPa
 def _placed_like(old: jax.Array, host: np.ndarray, weak: bool, path: KeyPath) -> jax.Array:
     """`host` as a jax.Array placed as `old` is: same sharding and commitment."""
     sharding = old.sharding
-    if not sharding.is_fully_addressable:
-        # Multi-process: each process builds only its own shards, reading no remote data.
-        global_array = jax.make_array_from_callback(old.shape, sharding, lambda index: host[index])
-        return weakly_typed_like(old, global_array) if weak else global_array
-    result: jax.Array = jnp.asarray(host)
-    if weak:
-        result = weakly_typed_like(old, result)
-    if old.committed:
-        result = jax.device_put(result, sharding)
-    return result
+    whole_here = sharding.is_fully_addressable
+    result = placed(host, sharding) if old.committed or not whole_here else jnp.asarray(host)
+    return weakly_typed_like(old, result) if weak else result
+
+
+def placed(host: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host value (or an array of this process) placed on `sharding`. On devices of several
+    processes each process builds only its own shards from its copy: nothing is sent between
+    processes, and no process compares its copy with the others' (`jax.device_put` does, and
+    refuses a NaN, which equals nothing)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(host, sharding)
+    dtype = getattr(host, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.extended):  # PRNG keys: by their data
+        data = placed(jax.random.key_data(host), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(host))
+    values = np.asarray(host)
+    return jax.make_array_from_callback(values.shape, sharding, lambda index: values[index])

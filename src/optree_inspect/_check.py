@@ -333,8 +333,12 @@ def _host_floats(value: Any) -> np.ndarray | None:
         return None
     if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
         return None
-    if isinstance(value, jax.Array) and (is_deleted(value) or not value.is_fully_addressable):
+    if isinstance(value, jax.Array) and is_deleted(value):
         return None
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:  # another process's shards
+        if not (value.is_fully_replicated and value.addressable_shards):
+            return None
+        value = value.addressable_data(0)  # this process's own copy of a replicated value
     return np.asarray(value)
 
 

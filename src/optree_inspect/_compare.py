@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, Shaped
 
-from ._engine import Kernel, run
+from ._engine import Kernel, combined, run, split
 
 _DEVICE_GROUP = 1 << 22
 """Large leaves are compared where they live, by one compiled function per shape, dtypes and
@@ -71,15 +71,35 @@ def compare_values(pairs: list[Pair], rtol: float, atol: float) -> list[Compared
         key=lambda pair: pair.words,
         together=_DEVICE_GROUP,
     )
-    results = [_NOTHING] * len(pairs)
-    for piece in run(pairs, kernel):
+    parts = split(
+        pairs, lambda pair: (pair.a, pair.b), lambda pair, arrays: pair._replace(a=arrays[0], b=arrays[1])
+    )
+    results = [_NOTHING] * len(parts.items)
+    for piece in run(parts.items, kernel):
         if piece.where == "device":
             [i] = piece.items
-            results[i] = _compared(pairs[i], *piece.output)
+            results[i] = _compared(parts.items[i], *piece.output)
         else:
             for i, found in zip(piece.items, piece.output, strict=True):
                 results[i] = found
-    return results
+    if not parts.spread:
+        return results
+    return [_NOTHING if found is None else found for found in combined(parts, results, _merged)]
+
+
+def _merged(shards: list[Compared]) -> Compared:
+    """A pair's comparison from its shards'."""
+    return Compared(
+        changed=sum(c.changed for c in shards),
+        size=sum(c.size for c in shards),
+        nan=sum(c.nan for c in shards),
+        inf=sum(c.inf for c in shards),
+        neginf=sum(c.neginf for c in shards),
+        unfinite=sum(c.unfinite for c in shards),
+        measured=sum(c.measured for c in shards),
+        largest=max(c.largest for c in shards),
+        relative=max(c.relative for c in shards),
+    )
 
 
 def _device_compare_pair(pair: Pair, rtol: float, atol: float) -> Any:

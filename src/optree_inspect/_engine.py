@@ -14,10 +14,9 @@ Where each item is computed, by its size and where its arrays live:
   (`Kernel.stackable`), computed on that device by `Kernel.stack`, `CHUNK` at a time (the last
   chunk padded to a power of two, at least `STACKED`): one compilation serves at least `STACKED`
   items, and their results are a few arrays.
-- on their devices: larger items, and items this process does not hold whole, one `Kernel.device`
-  call each, where the large items of one shape, dtypes and placement hold at least
-  `Kernel.together` elements between them (else on the host): each compilation is paid for by as
-  much data. XLA reduces each shard and combines the partial results: nothing is gathered.
+- on their devices: larger items, one `Kernel.device` call each, where the large items of one
+  shape, dtypes and placement hold at least `Kernel.together` elements between them (else on the
+  host): each compilation is paid for by as much data.
 - under `jit` (an item with a tracer): items of one shape, dtype and key stacked in the trace by
   `Kernel.stack`, `CHUNK` at a time (a large one alone); their results are tracers, returned as
   they are.
@@ -36,6 +35,14 @@ on its device:
 >>> totals, [piece.where for piece in run(items, sums)]
 ([3.0, 5.0, 65536.0], ['device', 'host', 'host'])
 
+Arrays on several devices are computed shard by shard (`split`, then `combined`): each process
+computes the distinct shards it holds (replica 0 of each), as one-device items of the kind above,
+and, in a multi-process run, the shards' results are exchanged in one collective that every process
+makes, whatever the values; each item's result is then merged from its shards' in the order of
+their indices, the same on every process. Nothing is gathered and no compiled program holds a
+collective, so no number of leaves can leave the devices' threads waiting on one another; a
+replicated array is read from this process's own copy.
+
 A verb's kernel adds `stack` (`stats`: many small moments at once, and everything under `jit`),
 `arrays` and `key` (`diff`: an item is a pair of leaves, and how many values make one element),
 `together` (`diff`: compile for a shape only where it holds enough data).
@@ -43,6 +50,7 @@ A verb's kernel adds `stack` (`stats`: many small moments at once, and everythin
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
@@ -62,6 +70,7 @@ HOST_ELEMENTS = 1 << 22
 """The most elements (of the first part) given to one call of `Kernel.host`."""
 
 Item = TypeVar("Item")
+Result = TypeVar("Result")
 Where = Literal["host", "stacked", "device", "traced"]
 
 
@@ -102,13 +111,13 @@ class Piece(NamedTuple):
 
 def run(items: Sequence[Item], kernel: Kernel[Item]) -> list[Piece]:
     """Each item computed by `kernel` (see the module's docstring), in pieces. An item without
-    elements is in no piece: its result is the verb's neutral one."""
+    elements is in no piece: its result is the verb's neutral one. Every array of the items is
+    held whole by this process (`split` first where one may not be)."""
     host: list[int] = []
     device: list[int] = []
     large: dict[Hashable, list[int]] = {}
     small: dict[Hashable, list[int]] = {}
     traced: dict[Hashable, list[int]] = {}
-    everything_here = jax.process_count() == 1
     arrays_of, key_of, stacks = kernel.arrays, kernel.key, kernel.stack is not None
     array, tracer = jax.Array, jax.core.Tracer
     for position, item in enumerate(items):
@@ -135,9 +144,7 @@ def run(items: Sequence[Item], kernel: Kernel[Item]) -> list[Piece]:
             signature: Hashable = (first.shape, first.dtype, first.sharding, key)
         else:
             signature = (first.shape, *(p.dtype for p in parts), *(p.sharding for p in parts), key)
-        if not (everything_here or all(part.is_fully_addressable for part in parts)):
-            device.append(position)  # another process holds part of it: only a compiled function sees it all
-        elif size >= SMALL:
+        if size >= SMALL:
             large.setdefault(signature, []).append(position)
         elif stacks:
             small.setdefault(signature, []).append(position)
@@ -187,7 +194,7 @@ def _computed(
     host_parts = [_parts(kernel, items[p]) for p in host]
     batches = _runs([sum(array.nbytes for array in parts) for parts in host_parts], HOST_BYTES)
     first = batches[0] if batches else range(0)
-    results, fetched = jax.device_get((_local(outputs), host_parts[first.start : first.stop]))
+    results, fetched = jax.device_get((outputs, host_parts[first.start : first.stop]))
     for position, output in zip(device, results[: len(device)], strict=True):
         pieces.append(Piece("device", [position], output))
     for chunk, output in zip(chunks, results[len(device) :], strict=True):
@@ -234,10 +241,143 @@ def _host_pieces(
     return pieces
 
 
-def _local(outputs: list[Any]) -> list[Any]:
-    """Device results to fetch: one not fully addressable (a replicated result of arrays of several
-    processes) from this process's own copy."""
-    return jax.tree.map(
-        lambda x: x if not isinstance(x, jax.Array) or x.is_fully_addressable else x.addressable_data(0),
-        outputs,
-    )
+@dataclass(frozen=True)
+class Split(Generic[Item]):
+    """Items as this process computes them (`split`): `items[j]` is (a shard of) the given item
+    `owner[j]`, at `index[j]` (None: the whole item); `spread` tells whether any given item was
+    split into shards, `shared` which given items have shards on other processes (the same on
+    every process)."""
+
+    items: list[Item]
+    owner: list[int]
+    index: list[tuple[tuple[int, int], ...] | None]
+    count: int
+    spread: bool
+    shared: frozenset[int]
+
+
+def split(
+    items: Sequence[Item],
+    arrays: Callable[[Item], tuple[Any, ...]],
+    rebuild: Callable[[Item, tuple[Any, ...]], Item],
+) -> Split[Item]:
+    """`items` with each concrete array of several devices that this process does not hold whole,
+    or holds on several devices, replaced: a replicated one by this process's own copy; another by
+    the distinct shards this process holds (one item a shard; all of an item's arrays resharded like
+    its first, so that their shards pair up). `arrays` gives an item's arrays, `rebuild` the item
+    with others in their place."""
+    computed: list[Item] = []
+    owner: list[int] = []
+    index: list[tuple[tuple[int, int], ...] | None] = []
+    spread = False
+    shared: set[int] = set()
+    for position, item in enumerate(items):
+        parts = arrays(item)
+        how = _how(parts)
+        if how == "whole":
+            computed.append(item)
+            owner.append(position)
+            index.append(None)
+            continue
+        if how == "own copy":
+            computed.append(rebuild(item, tuple(part.addressable_data(0) for part in parts)))
+            owner.append(position)
+            index.append(None)
+            continue
+        spread = True
+        if how == "shards":
+            shared.add(position)
+        if how == "shards":  # placed like the first array of several processes
+            sharding = next(
+                p for p in parts if isinstance(p, jax.Array) and not p.is_fully_addressable
+            ).sharding
+        else:  # like the one on most devices
+            sharding = max(parts, key=lambda p: len(p.sharding.device_set)).sharding
+        aligned = [_resharded(part, sharding) for part in parts]
+        by_device = [{shard.device: shard for shard in part.addressable_shards} for part in aligned]
+        for shard in aligned[0].addressable_shards:
+            if shard.replica_id:
+                continue
+            shards = tuple(by_device[k][shard.device].data for k in range(len(aligned)))
+            computed.append(rebuild(item, shards))
+            owner.append(position)
+            index.append(tuple((s.start or 0, -1 if s.stop is None else s.stop) for s in shard.index))
+    return Split(computed, owner, index, len(items), spread, frozenset(shared))
+
+
+def _how(parts: tuple[Any, ...]) -> Literal["whole", "own copy", "shards", "shards here"]:
+    """How an item is computed: whole (no concrete array in it, or all held whole here and small or
+    on one device), from this process's own copy (replicated on devices of every process), or
+    shard by shard ("shards here": all its arrays held whole here). Decided from shapes and
+    shardings only: the same on every process."""
+    arrays = []
+    for part in parts:
+        if isinstance(part, jax.core.Tracer) or not np.size(part):
+            return "whole"
+        if isinstance(part, jax.Array):
+            arrays.append(part)
+    if not arrays:
+        return "whole"
+    if all(part.is_fully_addressable for part in arrays):
+        several = np.size(parts[0]) >= SMALL and len(arrays) == len(parts)
+        return "shards here" if several and any(len(p.sharding.device_set) > 1 for p in arrays) else "whole"
+    everyone = set(range(jax.process_count()))
+    if len(arrays) == len(parts) and all(
+        part.is_fully_replicated and _processes(part.sharding) == everyone for part in arrays
+    ):
+        return "own copy"
+    return "shards"
+
+
+def _processes(sharding: jax.sharding.Sharding) -> set[int]:
+    return {device.process_index for device in sharding.device_set}  # type: ignore[attr-defined]
+
+
+def _resharded(part: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """`part` placed on `sharding`: a host value by each process placing its own shards (no
+    comparison between processes), an array moved by JAX where it is placed otherwise."""
+    if not isinstance(part, jax.Array):
+        host = np.asarray(part)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    if part.sharding.is_equivalent_to(sharding, part.ndim):
+        return part
+    return jax.device_put(part, sharding)
+
+
+def combined(
+    parts: Split[Item], results: Sequence[Result], merge: Callable[[list[Result]], Result]
+) -> list[Result | None]:
+    """The result of each given item (None for one without a computed item): its own, or its
+    shards' merged by `merge` in the order of their indices, after one exchange of the shards'
+    results between the processes of a multi-process run (every process makes it, and gets the
+    same results)."""
+    found: list[Result | None] = [None] * parts.count
+    shards: dict[int, dict[tuple[tuple[int, int], ...], Result]] = {}
+    for owner, index, result in zip(parts.owner, parts.index, results, strict=True):
+        if index is None:
+            found[owner] = result
+        else:
+            shards.setdefault(owner, {})[index] = result
+    if not parts.spread:
+        return found
+    if parts.shared and jax.process_count() > 1:
+        mine = {owner: shards.get(owner, {}) for owner in parts.shared}
+        for theirs in _all_processes(mine):
+            for owner, results_of in theirs.items():
+                shards.setdefault(owner, {}).update(results_of)
+    for owner, results_of in shards.items():
+        found[owner] = merge([results_of[index] for index in sorted(results_of)])
+    return found
+
+
+def _all_processes(value: Any) -> list[Any]:
+    """`value` of every process, in process order: one exchange of its pickled bytes (their
+    lengths first), which every process must make."""
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(pickle.dumps(value), dtype=np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64))).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: data.size] = data
+    everything = np.asarray(multihost_utils.process_allgather(padded))
+    return [pickle.loads(row[:length].tobytes()) for row, length in zip(everything, lengths, strict=True)]

@@ -275,7 +275,7 @@ def scalar_text(leaf: Any) -> str | None:
     if not jnp.issubdtype(leaf.dtype, jnp.number) and leaf.dtype != np.bool_:
         return None
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-        if not leaf.is_fully_replicated:
+        if not (leaf.is_fully_replicated and leaf.addressable_shards):
             return None
         leaf = leaf.addressable_data(0)
     value = np.asarray(leaf).item()

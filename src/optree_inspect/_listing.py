@@ -75,3 +75,18 @@ class Listing(Generic[T]):
         """The repr's lines in a monospace block (None: the notebook shows the plain repr)."""
         lines = "".join(f"<div>{html.escape(line)}</div>" for line in repr(self).splitlines())
         return f'<div class="optree-inspect" style="font-family: monospace">{lines}</div>'
+
+
+def print_once(*values: Any, **options: Any) -> None:
+    """`print(*values, **options)` on process 0 only: in a multi-process JAX run every process
+    calls the verbs and gets the same answer; this prints it once. Without `jax.distributed`, it
+    is `print`.
+
+    ```python
+    oi.print_once(oi.check(state))  # every process calls check (a collective); one prints it
+    ```
+    """
+    import jax
+
+    if jax.process_index() == 0:
+        print(*values, **options)

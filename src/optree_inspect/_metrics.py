@@ -46,6 +46,7 @@ from ._paths import value_at
 from ._query import ParsedQuery, PredicateQuery, parse_query
 from ._resolve import no_match_error
 from ._roles import NAMED, field_role, leaf_roles, moment_roots, names_under, params_field
+from ._values import leaf_table
 
 ALL = "all"
 """The region of every leaf."""
@@ -112,7 +113,7 @@ def metrics(
     plan = layout.plan(candidates)
     arguments = tuple(candidates[number] for number in plan.arguments)
     try:
-        floats, counts = _compute(plan, arguments)
+        floats, counts = _from_leaf_rows(plan, arguments) if _spread(arguments) else _compute(plan, arguments)
     except Exception:
         if any(map(is_deleted, arguments)):
             raise DeletedArrayError(
@@ -610,6 +611,34 @@ def _vectors(plan: _Plan, arguments: tuple[Any, ...]) -> tuple[Array, Array]:
 
 _compute = jax.jit(_vectors, static_argnums=0)
 """`_vectors` compiled once per plan and argument shapes; inlined into a jitted caller's trace."""
+
+
+def _spread(arguments: tuple[Any, ...]) -> bool:
+    """Concrete arrays of which one has shards on other processes."""
+    return any(
+        isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and not x.is_fully_addressable
+        for x in arguments
+    )
+
+
+def _from_leaf_rows(plan: _Plan, arguments: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """`_vectors`' results from each argument's statistics (`leaf_table`: each process reduces
+    the shards it holds and the rows are exchanged once), where arrays span processes: one
+    partitioned program of every reduction would take XLA minutes to compile."""
+    table = leaf_table(list(arguments))
+    counts, sums = np.asarray(table.counts), np.asarray(table.sums)
+    nan, inf = counts[:, 0], counts[:, 1]
+    squares = sums[:, 4] * sums[:, 2] * sums[:, 2]  # of the finite elements, unscaled
+    squares = np.where(nan > 0, np.nan, np.where(inf > 0, np.inf, squares))
+    sizes = np.asarray([np.size(x) for x in arguments], np.float64)
+    with np.errstate(all="ignore"):  # an empty region's RMS is NaN, as on a device
+        rms = np.asarray([squares[list(m)].sum() / sizes[list(m)].sum() for m in plan.rms], np.float64)
+        rms = np.sqrt(rms)
+        ratios = np.asarray([rms[updates] / rms[params] for updates, params in plan.ratios], np.float64)
+    floats = np.concatenate([rms, ratios]).astype(jax.dtypes.canonicalize_dtype(np.float64))
+    nonfinite = np.asarray([(nan + inf)[list(m)].sum() for m in plan.nonfinite], np.int64)
+    return floats, nonfinite.astype(jax.dtypes.canonicalize_dtype(np.int64))
+
 
 _CHUNK = 64
 """The most small arrays stacked together: XLA's compile time grows fast with the operands of one

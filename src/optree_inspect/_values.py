@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, Shaped
 
-from ._engine import Kernel, run
+from ._engine import Kernel, combined, run, split
 from ._leaf import host_number, is_numeric, unwrap
 
 _COUNTED = (1 << 31) - 1
@@ -209,24 +209,42 @@ def leaf_table(leaves: Sequence[Any]) -> LeafTable:
     counts = np.zeros((len(values), len(COUNTS)), np.int64)
     sums = np.tile(np.asarray(_NEUTRAL), (len(values), 1))
     rows_of = np.asarray(positions, dtype=np.int64)
+    parts = split(items, lambda item: (item,), lambda item, arrays: arrays[0])
+    computed = parts.items
+    part_counts = np.zeros((len(computed), len(COUNTS)), np.int64)
+    part_sums = np.tile(np.asarray(_NEUTRAL), (len(computed), 1))
+    owner = np.asarray(parts.owner, dtype=np.int64)
     traced: list[tuple[np.ndarray, Any, bool]] = []
-    for piece in run(items, _STATISTICS):
-        rows = rows_of[piece.items]
+    for piece in run(computed, _STATISTICS):
+        rows = np.asarray(piece.items, dtype=np.int64)
         if piece.where == "host":
-            counts[rows], sums[rows] = piece.output
+            part_counts[rows], part_sums[rows] = piece.output
         elif piece.where == "stacked":
-            counts[rows] = np.asarray(piece.output[0], np.int64)
-            sums[rows] = _with_scale(np, np.asarray(piece.output[1], np.float64))
+            part_counts[rows] = np.asarray(piece.output[0], np.int64)
+            part_sums[rows] = _with_scale(np, np.asarray(piece.output[1], np.float64))
         elif piece.where == "device":
             [item] = piece.items
-            complex_ = bool(jnp.issubdtype(items[item].dtype, jnp.complexfloating))
-            counts[rows[0]], sums[rows[0]] = _merged_pieces(piece.output, complex_)
+            complex_ = bool(jnp.issubdtype(computed[item].dtype, jnp.complexfloating))
+            part_counts[item], part_sums[item] = _merged_pieces(piece.output, complex_)
         else:
-            complex_ = bool(jnp.issubdtype(items[piece.items[0]].dtype, jnp.complexfloating))
-            traced.append((rows, piece.output, complex_))
+            complex_ = bool(jnp.issubdtype(computed[piece.items[0]].dtype, jnp.complexfloating))
+            traced.append((rows_of[owner[rows]], piece.output, complex_))
+    if not parts.spread:
+        counts[rows_of], sums[rows_of] = part_counts, part_sums
+    else:
+        merged = combined(parts, list(zip(part_counts, part_sums, strict=True)), _merged_rows)
+        for position, row in zip(rows_of.tolist(), merged, strict=True):
+            if row is not None:
+                counts[position], sums[position] = row
     if not traced:
         return LeafTable(counts, sums, numeric)
     return _with_traced(traced, counts, sums, numeric)
+
+
+def _merged_rows(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The row of an array from its shards' rows."""
+    merged = _merge(np, np.stack([c for c, _ in rows]), np.stack([s for _, s in rows]))
+    return np.asarray(merged[:4], np.int64), np.asarray(merged[4:], np.float64)
 
 
 def _merged_pieces(results: list[tuple[Any, Any, Any]], complex_: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -237,8 +255,7 @@ def _merged_pieces(results: list[tuple[Any, Any, Any]], complex_: bool) -> tuple
         if extremes is not None:  # an integer array's, exact
             piece_sums[:2] = np.asarray(extremes).astype(np.float64)
         parts.append((np.asarray(piece_counts, np.int64), piece_sums))
-    merged = _merge(np, np.stack([c for c, _ in parts]), np.stack([s for _, s in parts]))
-    return np.asarray(merged[:4]), np.asarray(merged[4:])
+    return _merged_rows(parts)
 
 
 def _pieces(array: jax.Array) -> list[jax.Array]:
