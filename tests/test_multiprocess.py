@@ -106,3 +106,55 @@ def test_many_large_sharded_leaves_in_one_process_of_two_devices() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "OK"
+
+
+def test_arrays_on_several_devices_of_one_process_give_the_one_device_answer() -> None:
+    """Shard by shard on a 2x4 mesh: every dtype, a replicated axis, a pair of two
+    placements; the same statistics and differences as on one device."""
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        import optree_inspect as oi
+        mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
+        def on(spec, x):
+            return jax.device_put(x, NamedSharding(mesh, spec))
+        big = np.linspace(-3, 3, 512 * 256, dtype=np.float32).reshape(512, 256)
+        big[500, 7] = np.nan
+        big[3, 250] = -np.inf
+        tree = {
+            "rows": on(P("data"), jnp.asarray(big)),
+            "cols": on(P(None, "model"), jnp.asarray(big) * 2),
+            "both": on(P("data", "model"), jnp.asarray(big).astype(jnp.bfloat16)),
+            "ints": on(P("model"), jnp.arange(70004, dtype=jnp.int32) - 5),
+            "flags": on(P("data"), jnp.arange(131072) % 3 == 0),
+            "waves": on(P("model"), jnp.exp(1j * jnp.linspace(0, 6, 65536 * 2)).astype(jnp.complex64)),
+            "count": on(P(), jnp.asarray(7)),
+        }
+        local = jax.device_put(tree, jax.devices()[0])
+        ours, theirs = oi.stats(tree), oi.stats(local)
+        assert ours.keys() == theirs.keys()
+        for name in theirs:
+            for key, value in theirs[name].items():
+                found = ours[name][key]
+                assert np.allclose(found, value, rtol=1e-6, equal_nan=True), (name, key, found, value)
+        assert str(oi.check(tree)) == str(oi.check(local))
+        moved = dict(tree, rows=on(P(None, "model"), tree["rows"] + 1), ints=on(P(), tree["ints"] * 2))
+        local_moved = jax.device_put(moved, jax.devices()[0])
+        ours_diff = [row for row in oi.diff(tree, moved) if row.kind == "value"]
+        theirs_diff = [row for row in oi.diff(local, local_moved) if row.kind == "value"]
+        assert [r.summary for r in ours_diff] == [r.summary for r in theirs_diff], (ours_diff, theirs_diff)
+        assert not oi.diff(tree, jax.tree.map(lambda x: x.copy(), tree), rtol=0)
+        print("OK")
+        """
+    )
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "OK"
