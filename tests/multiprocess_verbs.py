@@ -108,6 +108,25 @@ def main(process_id: int, processes: int, leaves: int, directory: str, port: str
     same("diff", unplaced(str(oi.diff(state, stepped))), str(oi.diff(local, local_stepped)))
     same("diff equal", str(oi.diff(state, state)), "No differences.")
 
+    # an array on one device of the last process only (a pipeline stage's), beside sharded ones
+    stage = jax.make_array_from_callback(
+        (4,),
+        jax.sharding.SingleDeviceSharding(jax.devices()[-1]),
+        lambda index: np.array([1, np.inf, 3, 4], np.float32)[index],
+        dtype=np.float32,
+    )
+    staged = {"stage": stage, "mu": oi.get(state, "mu")}
+    answers["stage check"] = str(oi.check(staged))
+    if "\nnonfinite: stage: 1 Inf in 4 elements (f32[4])\n" not in answers["stage check"]:
+        wrong.append(f"stage check: {answers['stage check']}")
+    if float(oi.stats(staged)["stage"]["max"]) != 4.0:
+        wrong.append("stage stats")
+    try:
+        oi.diff({"stage": jax.device_put(jnp.zeros(4), rows)}, {"stage": stage})
+        wrong.append("diff across device sets: no error")
+    except oi.InvalidArgumentError:
+        pass
+
     # editing: a function of a sharded moment, and a sharded value
     doubled = oi.set(state, "nu.w05", lambda x: x * 2)
     same(
@@ -161,6 +180,9 @@ def main(process_id: int, processes: int, leaves: int, directory: str, port: str
     restored = oi.restore_like(raw, like=state)
     same("restore_like", str(oi.diff(restored, state)), "No differences.")
     assert oi.get(restored, "mu.w03").sharding == rows
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    into_abstract = oi.restore_like(state, like=abstract)
+    same("restore_like abstract", str(oi.diff(into_abstract, state)), "No differences.")
     same("restore_like local", str(oi.diff(gathered(restored), local)), "No differences.")
 
     # migrate onto a sharded state of another optimizer

@@ -78,6 +78,9 @@ def cast_leaf(
 
 def _filled(old: jax.ShapeDtypeStruct, new: Any, path: KeyPath) -> Any:
     """`new` cast to an array of the abstract `old`, placed on its sharding if it has one."""
+    sharding = sharding_of(old)
+    if sharding is not None and is_abstract_mesh(sharding):
+        sharding = None
     if jax.dtypes.issubdtype(old.dtype, jax.dtypes.extended):
         if getattr(new, "dtype", None) != old.dtype:
             raise LeafTypeError(
@@ -86,7 +89,14 @@ def _filled(old: jax.ShapeDtypeStruct, new: Any, path: KeyPath) -> Any:
             )
         if isinstance(new, jax.ShapeDtypeStruct):
             return old
-        array = jnp.asarray(new)
+        array = new if isinstance(new, jax.Array) else jnp.asarray(new)
+    elif isinstance(new, jax.Array) and not new.is_fully_addressable:  # cast where its shards live
+        _check_kind(np.dtype(old.dtype), new, path)
+        _check_shape(old.shape, new.shape, path)
+        _check_range_on_device(np.dtype(old.dtype), new, path)
+        array = jnp.broadcast_to(jax.lax.convert_element_type(new, old.dtype), old.shape)
+        if old.weak_type:
+            array = weakly_typed_like(old, array)
     else:
         zero = np.zeros((), old.dtype)
         if isinstance(new, jax.ShapeDtypeStruct):
@@ -95,8 +105,7 @@ def _filled(old: jax.ShapeDtypeStruct, new: Any, path: KeyPath) -> Any:
         array = jnp.asarray(_cast(np.broadcast_to(zero, old.shape), new, path))
         if old.weak_type:
             array = weakly_typed_like(old, array)
-    sharding = sharding_of(old)
-    return array if sharding is None or is_abstract_mesh(sharding) else placed(array, sharding)
+    return array if sharding is None else placed(array, sharding)
 
 
 def _cast(old: Any, new: Any, path: KeyPath, placement: Placement = "keep") -> Any:
@@ -412,9 +421,11 @@ def placed(host: Any, sharding: jax.sharding.Sharding) -> jax.Array:
     """A host value (or an array of this process) placed on `sharding`. On devices of several
     processes each process builds only its own shards from its copy: nothing is sent between
     processes, and no process compares its copy with the others' (`jax.device_put` does, and
-    refuses a NaN, which equals nothing)."""
+    refuses a NaN, which equals nothing). An array of several processes is moved by JAX."""
     if sharding.is_fully_addressable:
         return jax.device_put(host, sharding)
+    if isinstance(host, jax.Array) and not host.is_fully_addressable:  # already of several processes
+        return host if host.sharding.is_equivalent_to(sharding, host.ndim) else jax.device_put(host, sharding)
     dtype = getattr(host, "dtype", None)
     if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.extended):  # PRNG keys: by their data
         data = placed(jax.random.key_data(host), sharding)

@@ -82,7 +82,7 @@ def compare_values(pairs: list[Pair], rtol: float, atol: float) -> list[Compared
         else:
             for i, found in zip(piece.items, piece.output, strict=True):
                 results[i] = found
-    if not parts.spread:
+    if not (parts.spread or parts.exchanged):
         return results
     return [_NOTHING if found is None else found for found in combined(parts, results, _merged)]
 

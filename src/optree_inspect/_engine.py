@@ -58,6 +58,8 @@ from typing import Any, Generic, Literal, NamedTuple, TypeVar
 import jax
 import numpy as np
 
+from ._errors import InvalidArgumentError
+
 SMALL = 1 << 16
 """Items with fewer elements are computed on the host (or stacked); larger ones where they live."""
 STACKED = 64
@@ -245,8 +247,9 @@ def _host_pieces(
 class Split(Generic[Item]):
     """Items as this process computes them (`split`): `items[j]` is (a shard of) the given item
     `owner[j]`, at `index[j]` (None: the whole item); `spread` tells whether any given item was
-    split into shards, `shared` which given items have shards on other processes (the same on
-    every process)."""
+    split into shards, `shared` which given items this process does not hold whole (it gets their
+    results from the others), `exchanged` whether the processes of a multi-process run exchange
+    results (whenever the items hold a concrete `jax.Array`: the same on every process)."""
 
     items: list[Item]
     owner: list[int]
@@ -254,6 +257,7 @@ class Split(Generic[Item]):
     count: int
     spread: bool
     shared: frozenset[int]
+    exchanged: bool
 
 
 def split(
@@ -269,10 +273,11 @@ def split(
     computed: list[Item] = []
     owner: list[int] = []
     index: list[tuple[tuple[int, int], ...] | None] = []
-    spread = False
+    spread = placed = False
     shared: set[int] = set()
     for position, item in enumerate(items):
         parts = arrays(item)
+        placed = placed or any(isinstance(p, jax.Array) and not isinstance(p, jax.core.Tracer) for p in parts)
         how = _how(parts)
         if how == "whole":
             computed.append(item)
@@ -302,7 +307,8 @@ def split(
             computed.append(rebuild(item, shards))
             owner.append(position)
             index.append(tuple((s.start or 0, -1 if s.stop is None else s.stop) for s in shard.index))
-    return Split(computed, owner, index, len(items), spread, frozenset(shared))
+    exchanged = placed and jax.process_count() > 1
+    return Split(computed, owner, index, len(items), spread, frozenset(shared), exchanged)
 
 
 def _how(parts: tuple[Any, ...]) -> Literal["whole", "own copy", "shards", "shards here"]:
@@ -326,6 +332,13 @@ def _how(parts: tuple[Any, ...]) -> Literal["whole", "own copy", "shards", "shar
         part.is_fully_replicated and _processes(part.sharding) == everyone for part in arrays
     ):
         return "own copy"
+    if len({frozenset(part.sharding.device_set) for part in arrays}) > 1:
+        raise InvalidArgumentError(
+            f"Two values of shape {tuple(arrays[0].shape)} lie on different sets of devices, of several "
+            "processes: JAX cannot move one onto the other's devices there, so they cannot be compared. "
+            "Place both on one set of devices first (jax.device_put(b, a.sharding) where a and b "
+            "share their devices, or restore b with a's shardings)."
+        )
     return "shards"
 
 
@@ -348,9 +361,10 @@ def combined(
     parts: Split[Item], results: Sequence[Result], merge: Callable[[list[Result]], Result]
 ) -> list[Result | None]:
     """The result of each given item (None for one without a computed item): its own, or its
-    shards' merged by `merge` in the order of their indices, after one exchange of the shards'
-    results between the processes of a multi-process run (every process makes it, and gets the
-    same results)."""
+    shards' merged by `merge` in the order of their indices. In a multi-process run
+    (`Split.exchanged`) every process makes one exchange of the shards' results, and a second
+    where some process holds no shard of an item that others hold whole (an array on the devices
+    of some processes only); both depend on shardings only, never on values."""
     found: list[Result | None] = [None] * parts.count
     shards: dict[int, dict[tuple[tuple[int, int], ...], Result]] = {}
     for owner, index, result in zip(parts.owner, parts.index, results, strict=True):
@@ -358,15 +372,24 @@ def combined(
             found[owner] = result
         else:
             shards.setdefault(owner, {})[index] = result
-    if not parts.spread:
-        return found
-    if parts.shared and jax.process_count() > 1:
+    wanted: list[int] = []
+    if parts.exchanged:  # shards' results, and which items a process holds no shard of
+        missing = sorted(owner for owner in parts.shared if not shards.get(owner))
         mine = {owner: shards.get(owner, {}) for owner in parts.shared}
-        for theirs in _all_processes(mine):
+        gathered = _all_processes((mine, missing))
+        for theirs, _ in gathered:
             for owner, results_of in theirs.items():
                 shards.setdefault(owner, {}).update(results_of)
+        wanted = sorted({owner for _, missing_there in gathered for owner in missing_there})
     for owner, results_of in shards.items():
-        found[owner] = merge([results_of[index] for index in sorted(results_of)])
+        if results_of:
+            found[owner] = merge([results_of[index] for index in sorted(results_of)])
+    if wanted:  # items on the devices of some processes only: from those that hold them whole
+        offered = {owner: found[owner] for owner in wanted if owner not in parts.shared}
+        for theirs in _all_processes(offered):
+            for owner, result in theirs.items():
+                if found[owner] is None:
+                    found[owner] = result
     return found
 
 

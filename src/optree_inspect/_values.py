@@ -229,7 +229,7 @@ def leaf_table(leaves: Sequence[Any]) -> LeafTable:
         else:
             complex_ = bool(jnp.issubdtype(computed[piece.items[0]].dtype, jnp.complexfloating))
             traced.append((rows_of[owner[rows]], piece.output, complex_))
-    if not parts.spread:
+    if not (parts.spread or parts.exchanged):
         counts[rows_of], sums[rows_of] = part_counts, part_sums
     else:
         merged = combined(parts, list(zip(part_counts, part_sums, strict=True)), _merged_rows)
