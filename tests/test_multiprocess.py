@@ -93,6 +93,17 @@ def test_many_large_sharded_leaves_in_one_process_of_two_devices() -> None:
                 assert np.allclose(ours[name][key], value, rtol=1e-6, equal_nan=True), (name, key)
         assert "[!! 1 NaN (first: mu.w07)" in str(oi.describe(state, stats=True))
         assert str(oi.diff(state, stepped)).endswith("nu: value: 64 of 64 leaves changed, max |diff| 2")
+        compiled = []
+        event_name = "/jax/core/compile/backend_compile_duration"
+        jax.monitoring.register_event_duration_secs_listener(
+            lambda event, duration, **kw: compiled.append(event == event_name)
+        )
+        for leaves in (16, 64):  # of as many shapes: no program per shape, leaf or shard
+            values = [np.full((256 + 2 * i, 256), i, np.float32) for i in range(leaves)]
+            tree = {f"v{i}": jax.device_put(value, rows) for i, value in enumerate(values)}
+            del compiled[:]
+            oi.stats(tree)
+            assert sum(compiled) <= 1, (leaves, sum(compiled))
         print("OK")
         """
     )
