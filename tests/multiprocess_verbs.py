@@ -48,6 +48,8 @@ def close(a: Any, b: Any) -> bool:
 
 def main(process_id: int, processes: int, leaves: int, directory: str, port: str) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if hasattr(jax.config, "jax_enable_empty_arrays"):  # before JAX 0.7: arrays with no shard here
+        jax.config.update("jax_enable_empty_arrays", True)
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=processes, process_id=process_id)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
@@ -96,7 +98,8 @@ def main(process_id: int, processes: int, leaves: int, directory: str, port: str
     answers["stats"] = json.dumps(ours, default=float, sort_keys=True)
     for name in theirs:
         for key, value in theirs[name].items():
-            if not close(ours[name][key], value):
+            spread = 1e-5 * abs(float(theirs[name]["rms"]))  # a mean of values that cancel
+            if not (close(ours[name][key], value) or abs(float(ours[name][key]) - float(value)) <= spread):
                 wrong.append(f"stats[{name}][{key}]: {ours[name][key]} != {value}")
     same("check", str(oi.check(state)), str(oi.check(local)))
     same(

@@ -147,8 +147,9 @@ def test_arrays_on_several_devices_of_one_process_give_the_one_device_answer() -
         assert ours.keys() == theirs.keys()
         for name in theirs:
             for key, value in theirs[name].items():
-                found = ours[name][key]
-                assert np.allclose(found, value, rtol=1e-6, equal_nan=True), (name, key, found, value)
+                found, spread = ours[name][key], 1e-6 * abs(theirs[name]["rms"])  # a mean may cancel
+                same = np.allclose(found, value, rtol=1e-6, atol=spread, equal_nan=True)
+                assert same, (name, key, found, value)
         assert str(oi.check(tree)) == str(oi.check(local))
         moved = dict(tree, rows=on(P(None, "model"), tree["rows"] + 1), ints=on(P(), tree["ints"] * 2))
         local_moved = jax.device_put(moved, jax.devices()[0])
