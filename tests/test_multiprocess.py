@@ -107,16 +107,7 @@ def test_many_large_sharded_leaves_in_one_process_of_two_devices() -> None:
         print("OK")
         """
     )
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-        "JAX_PLATFORMS": "cpu",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "OK"
+    _run_in_one_process(script, devices=2)
 
 
 def test_arrays_on_several_devices_of_one_process_give_the_one_device_answer() -> None:
@@ -160,9 +151,14 @@ def test_arrays_on_several_devices_of_one_process_give_the_one_device_answer() -
         print("OK")
         """
     )
+    _run_in_one_process(script, devices=8)
+
+
+def _run_in_one_process(script: str, devices: int) -> None:
+    """`script` in a fresh process with `devices` host devices, given 300 s; it prints OK."""
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
         "JAX_PLATFORMS": "cpu",
     }
     done = subprocess.run(
