@@ -486,3 +486,84 @@ def test_tolerances_may_be_any_real_number_python_or_numpy(tolerance: Any) -> No
 def test_tolerances_that_are_no_number_at_least_0_are_refused(tolerance: Any) -> None:
     with pytest.raises(oi.InvalidArgumentError, match="at least 0"):
         oi.diff({"x": jnp.zeros(2)}, {"x": jnp.zeros(2)}, atol=tolerance)
+
+
+_SPECIAL = [0.0, -0.0, 1.0, -1.0, np.nan, np.inf, -np.inf, 1e-30, 3e38, -3e38, 65504.0, 1 + 2**-10]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize(("rtol", "atol"), [(0.0, 0.0), (1e-3, 0.0), (0.0, 1e-2), (1e-2, 1e-2)])
+def test_many_small_pairs_compared_stacked_on_the_device_give_the_host_rows(
+    dtype: Any, rtol: float, atol: float
+) -> None:
+    random = np.random.default_rng(7)
+    with np.errstate(all="ignore"):
+        a = random.choice(_SPECIAL, size=(80, 3, 2)).astype(dtype)
+        b = np.where(random.random(a.shape) < 0.5, a, random.choice(_SPECIAL, size=a.shape)).astype(dtype)
+    on_device = [_compare.Pair(jnp.asarray(x), jnp.asarray(y), 1, True) for x, y in zip(a, b, strict=True)]
+    on_host = [_compare.Pair(x, y, 1, True) for x, y in zip(a, b, strict=True)]
+    stacked = _compare.compare_values(on_device, rtol, atol)
+    assert stacked == _compare.compare_values(on_host, rtol, atol)
+    assert any(found.changed for found in stacked) and not all(found.changed for found in stacked)
+    assert any(found.nan for found in stacked) and any(found.inf for found in stacked)
+
+
+def _moments(layers: int) -> Any:
+    def params(value: float) -> Any:
+        return {f"layer{i}": {"w": jnp.full((4, 4), value), "b": jnp.full(4, value)} for i in range(layers)}
+
+    return (optax.ScaleByAdamState(jnp.int32(3), params(0.5), params(0.25)), optax.EmptyState())
+
+
+@pytest.mark.parametrize(
+    ("change", "kinds"),
+    [
+        (lambda s: s, []),
+        (lambda s: jax.tree.map(lambda x: x.at[...].set(jnp.nan) if x.ndim else x, s), ["value"] * 2),
+        (lambda s: _replace_leaf(s, lambda x: x.at[0, 0].set(0.5 + 2**-20)), ["value"]),
+        (lambda s: _replace_leaf(s, lambda x: x.astype(jnp.bfloat16)), ["dtype"]),
+        (lambda s: _replace_leaf(s, lambda x: x.astype(jnp.bfloat16) + 0.1), ["dtype", "value"]),
+        (lambda s: _replace_leaf(s, lambda x: x * 1), []),
+        (lambda s: _replace_leaf(s, lambda x: x.reshape(2, 8)), ["shape"]),
+        (lambda s: _replace_leaf(s, lambda x: x * 0.0), ["value"]),
+    ],
+    ids=["equal", "nan", "one element", "dtype", "dtype and value", "equal new array", "shape", "zeros"],
+)
+def test_trees_of_one_structure_give_every_difference_and_none_else(change: Any, kinds: list[str]) -> None:
+    # Equal trees are settled by one comparison pass; anything that differs by the walk by names.
+    before = _moments(100)
+    after = change(jax.tree.map(jnp.copy, before))
+    assert sorted(row.kind for row in oi.diff(before, after)) == sorted(kinds)
+    assert sorted(row.kind for row in oi.diff(after, before)) == sorted(kinds)
+    assert not oi.diff(after, jax.tree.map(jnp.copy, after))
+
+
+def _replace_leaf(state: Any, new: Any) -> Any:
+    mu = dict(state[0].mu)
+    mu["layer57"] = {**mu["layer57"], "w": new(mu["layer57"]["w"])}
+    return (state[0]._replace(mu=mu), *state[1:])
+
+
+def test_trees_of_one_structure_with_weak_types_placements_keys_and_tolerances() -> None:
+    state = {"lr": jnp.asarray(0.1), "w": [jnp.full(3, 1.0) for _ in range(100)], "key": jax.random.key(0)}
+    strong = {**state, "lr": jnp.asarray(0.1, jnp.float32)}  # weak_type False: a dtype row
+    assert [row.kind for row in oi.diff(state, strong)] == ["dtype"]
+    other_key = {**state, "key": jax.random.key(1)}
+    assert [row.kind for row in oi.diff(state, other_key)] == ["value"]
+    near = {**state, "w": [w + 1e-6 for w in state["w"]]}
+    assert len(oi.diff(state, near)) == 1
+    assert not oi.diff(state, near, atol=1e-5)
+    donated = jax.tree.map(jnp.copy, state)
+    donated["w"][3].delete()
+    with pytest.raises(oi.DeletedArrayError, match=re.escape("['w'][3]")):
+        oi.diff(state, donated)
+
+
+def test_many_small_float_pairs_of_one_shape_are_compared_by_one_program() -> None:
+    a = [jnp.full((5, 7), float(i), jnp.float16) for i in range(200)]
+    b = [x.at[0, 0].add(1.0) if i % 3 == 0 else x + 0 for i, x in enumerate(a)]
+    found: list[Any] = []
+    # stacked, 256 pairs a call (and, once a process, a constant JAX converts while tracing it)
+    assert 1 <= compilations(lambda: found.append(oi.diff(a, b))) <= 2
+    assert [row.summary for row in found[0]] == ["<root>: value: 67 of 200 leaves changed, max |diff| 1"]
+    assert compilations(lambda: oi.diff(a, b)) == 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import functools
 import os
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +21,7 @@ from optree_inspect import _cache
 
 def _count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
     """Count calls of `module.name`: only for a function its own module calls by that global name."""
-    calls: list[int] = []
+    calls: ClassVar[list[int]] = []
     original = getattr(module, name)
 
     def counted(*args: Any, **kwargs: Any) -> Any:
@@ -267,10 +269,71 @@ def test_huge_patterns_cost_nothing_beyond_their_length(monkeypatch: pytest.Monk
 
     state = seed_optimizer().init(layered_params(50))
     oi.find(state, "w")
-    calls: list[int] = []
+    calls: ClassVar[list[int]] = []
     original = _match._candidates
     monkeypatch.setattr(_match, "_candidates", lambda *args: calls.append(1) or original(*args))
     assert oi.find(state, ".".join(["w"] * 500_000)) == []  # more components than the tree is deep
     assert calls == []
     assert oi.find(state, "*a" * 500_000) == []  # longer than any name: no fnmatch over the tree
     assert oi.find(state, "?" * 1_000_000) == []
+
+
+class _CountedEquality:
+    """Aux data that counts its `==` calls: comparing two treedefs that hold it calls it once."""
+
+    calls: ClassVar[list[int]] = []
+
+    def __eq__(self, other: object) -> bool:
+        _CountedEquality.calls.append(1)
+        return isinstance(other, _CountedEquality)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+for _number in range(100):  # module-level sentinels: an index holding one may be cached
+    globals()[f"_TAG{_number}"] = _CountedEquality()
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["value"], meta_fields=["tag"])
+@dataclasses.dataclass
+class _Tagged:
+    """A node whose aux data holds a sentinel `_TAG{number}`: equal, not identical, between trees."""
+
+    value: Any
+    tag: _CountedEquality
+
+
+@pytest.mark.parametrize("where", ["top", "nested", "in a list"])
+def test_a_first_call_compares_no_cached_structure_that_differs_only_in_names(where: str) -> None:
+    # `PyTreeDef`'s hash leaves out dict keys: 31 cached trees of one shape under other names would
+    # each be compared with a new one (the `_Tagged` node first, so each comparison counts).
+    def tree(run: int, tag: int | None = None) -> Any:
+        names = {f"run{run}_layer{i}": jnp.zeros(2) for i in range(8)}
+        placed = {"top": names, "nested": {"model": {"params": names}}, "in a list": [{"p": names}]}[where]
+        return (_Tagged(jnp.zeros(1), globals()[f"_TAG{run if tag is None else tag}"]), placed)
+
+    _cold()
+    for run in range(31):
+        oi.find(tree(run), "layer*")
+    _CountedEquality.calls.clear()
+    fresh = tree(99)
+    assert [m.path[-1].key for m in oi.find(fresh, "run99_layer3")] == ["run99_layer3"]
+    assert len(_CountedEquality.calls) <= 2  # the last structure's check, not one a cached tree
+    _CountedEquality.calls.clear()
+    oi.find(tree(5, tag=50), "*")  # a cached structure is still found, and compared once
+    assert 1 <= len(_CountedEquality.calls) <= 3
+    _cold()
+
+
+def test_dict_keys_inserted_in_another_order_reuse_the_cached_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = [f"layer{i}" for i in range(20)]
+    state = optax.adam(1e-3).init({name: {"w": jnp.zeros(2), "b": jnp.zeros(2)} for name in names})
+    oi.find(state, "w")
+    builds = _count_calls(monkeypatch, _cache, "build_index")
+    reordered = optax.adam(1e-3).init({name: {"b": jnp.zeros(2), "w": jnp.zeros(2)} for name in names[::-1]})
+    stepped = jax.tree.map(lambda x: x + 1, state)  # JAX rebuilds dicts in sorted key order
+    for tree in (reordered, stepped):
+        assert len(oi.find(tree, "w")) == 40
+        assert oi.get(tree, "mu.layer3.b") is tree[0].mu["layer3"]["b"]
+    assert builds == []

@@ -14,7 +14,7 @@ import numpy as np
 from jax.tree_util import DictKey
 
 from ._index import StructureIndex
-from ._keycheck import UNCHECKABLE, key_check
+from ._keycheck import PENDING
 from ._keys import KeyEntry, edge_text
 from ._registry import cacheable_node, flatten_one_level
 from ._runs import LEAF_TYPE, Signatures, Template, interleaved, signature, template_of
@@ -30,10 +30,7 @@ def build_index(tree: Any, leaves: list[Any]) -> StructureIndex:
     if walk.leaves_from_runs:  # a template records leaves as `LEAF_TYPE`: read their own types
         collections.deque(map(index.types.__setitem__, index.leaf_nodes, map(type, leaves)), maxlen=0)
     if index.cacheable:
-        index.key_check = key_check(index, tree)
-        index.cacheable = index.key_check is not UNCHECKABLE
-        if not index.cacheable:
-            index.key_check = None
+        index.key_check = PENDING  # planned on the index's first reuse: a first call never needs it
     return index
 
 

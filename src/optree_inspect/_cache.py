@@ -7,8 +7,10 @@ for. The cache forgets everything when the registered state rules change (`_stat
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -17,6 +19,7 @@ from ._build import build_index
 from ._index import StructureIndex
 from ._keycheck import keys_are_str
 from ._paths import flatten
+from ._registry import REGISTRY
 from ._state_rules import active, on_change
 
 _CACHE: collections.OrderedDict[Any, StructureIndex] = collections.OrderedDict()
@@ -46,6 +49,26 @@ def on_clear(clear: Callable[[], None]) -> None:
     _CLEARERS.append(clear)
 
 
+_ONE_CALL: contextvars.ContextVar[dict[int, tuple[Any, StructureIndex, list[Any]]] | None] = (
+    contextvars.ContextVar("optree_inspect_one_call", default=None)
+)
+
+
+@contextlib.contextmanager
+def one_call() -> Iterator[None]:
+    """Within it, each tree is checked against its structure once: a verb that reads a tree's
+    index in several places (`find` of subtrees) does not check it again. Nothing may change a
+    tree in place meanwhile."""
+    if _ONE_CALL.get() is not None:
+        yield
+        return
+    token = _ONE_CALL.set({})
+    try:
+        yield
+    finally:
+        _ONE_CALL.reset(token)
+
+
 def structure_index(tree: Any) -> StructureIndex:
     """The structure index of `tree`, from the cache when a tree of the same structure was seen."""
     return index_and_leaves(tree)[0]
@@ -72,6 +95,18 @@ def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
     JAX's error message holds the repr of the subtree that differs, seconds for a large state, so a
     call that alternates between two structures (`diff`, `restore_like`, `migrate`) does not pay it.
     """
+    seen = _ONE_CALL.get()
+    if seen is not None:
+        known = seen.get(id(tree))
+        if known is not None and known[0] is tree:  # held here, so its id is not reused
+            return known[1], known[2]
+        index, leaves = _index_and_leaves(tree)
+        seen[id(tree)] = (tree, index, leaves)
+        return index, leaves
+    return _index_and_leaves(tree)
+
+
+def _index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
     global _last
     outline = _outline(tree)
     last = _last
@@ -85,18 +120,18 @@ def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
             if (
                 tuple(map(type, leaves)) == leaf_types
                 and jax.tree_util.all_leaves(leaves)
-                and keys_are_str(tree, index.key_check)
+                and keys_are_str(tree, index)
             ):
                 return index, leaves
     leaves, treedef = flatten(tree)
     leaf_types = tuple(map(type, leaves))
-    key = (treedef, leaf_types)
+    key = (_sketch(tree), treedef, leaf_types)
     try:
         with _LOCK:
             index = _CACHE.get(key)  # type: ignore[assignment]
     except TypeError:  # unhashable aux data
         return build_index(tree, leaves), leaves
-    if index is not None and not keys_are_str(tree, index.key_check):
+    if index is not None and not keys_are_str(tree, index):
         return build_index(tree, leaves), leaves  # `str` subclass keys: not the cached tree's
     if index is None:
         rules = active()
@@ -109,6 +144,37 @@ def index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
                 _CACHE.popitem(last=False)
     _last = (treedef, leaf_types, index, outline)
     return index, leaves
+
+
+def _sketch(tree: Any, budget: int = 64) -> int:
+    """A hash of the dict keys and aux data of the first `budget` nodes of `tree`, breadth first.
+
+    `PyTreeDef`'s hash leaves out dict keys and aux data, so trees that differ only in their names
+    (the same model under other parameter names) hash alike, and a lookup would compare the new
+    treedef with each cached one of the same shape. With this beside it in the key, such trees
+    differ by hash wherever their names differ near the root; equality is still the treedef's.
+    """
+    parts: list[int] = []
+    queue = collections.deque([tree])
+    while queue and budget:
+        budget -= 1
+        node = queue.popleft()
+        if type(node) is dict:
+            parts.append(hash(frozenset(node)))
+            try:  # in the treedef's order, whatever order the keys were inserted in
+                queue.extend(map(node.__getitem__, sorted(node)))
+            except TypeError:
+                queue.extend(node.values())
+            continue
+        try:
+            flat = REGISTRY.flatten_one_level(node)
+            if flat is not None:
+                parts.append(hash((type(node), flat[1])))
+        except Exception:  # unhashable aux data, or a flatten that fails: the treedef decides
+            continue
+        if flat is not None:
+            queue.extend(flat[0])
+    return hash(tuple(parts))
 
 
 def _outline(tree: Any) -> tuple[type, tuple[type, ...]] | None:

@@ -2,7 +2,8 @@
 
 Numbers are compared in their own dtypes (`_elementwise`: integers of 64 bits and floats beyond
 float32 exactly, NaN equal to NaN, a difference of finite floats that overflows by its half),
-with NumPy on the host or with `jax.numpy` where a pair lives; text, dates and objects with `==`.
+with NumPy on the host or with `jax.numpy` where a pair lives (many small float pairs of one
+shape stacked, `_stack_compare`); text, dates and objects with `==`.
 
 >>> import jax.numpy as jnp
 >>> [c.changed for c in compare_values([Pair(jnp.zeros(3), jnp.array([0.0, 1, 2]), 1, True)], 0.0, 0.0)]
@@ -70,6 +71,10 @@ def compare_values(pairs: list[Pair], rtol: float, atol: float) -> list[Compared
         device=lambda pair: _device_compare_pair(pair, rtol, atol),
         key=lambda pair: pair.words,
         together=_DEVICE_GROUP,
+        stack=lambda pairs: _stack_compare(
+            tuple(p.a for p in pairs), tuple(p.b for p in pairs), rtol, atol, rtol > 0 or atol > 0
+        ),
+        stackable=_stackable,
     )
     parts = split(
         pairs, lambda pair: (pair.a, pair.b), lambda pair, arrays: pair._replace(a=arrays[0], b=arrays[1])
@@ -79,6 +84,10 @@ def compare_values(pairs: list[Pair], rtol: float, atol: float) -> list[Compared
         if piece.where == "device":
             [i] = piece.items
             results[i] = _compared(parts.items[i], *piece.output)
+        elif piece.where == "stacked":
+            rows = _stacked_rows(parts.items[piece.items[0]], *piece.output)
+            for i, row in zip(piece.items, rows, strict=True):
+                results[i] = row
         else:
             for i, found in zip(piece.items, piece.output, strict=True):
                 results[i] = found
@@ -126,6 +135,34 @@ def _device_compare(
     )
 
 
+def _stackable(pair: Pair) -> bool:
+    """Small float pairs of one dtype, compared stacked on their device: in the float NumPy
+    would use too (`_float_type`), so the rows are the host's."""
+    return pair.words == 1 and pair.a.dtype == pair.b.dtype and jnp.issubdtype(pair.a.dtype, jnp.floating)
+
+
+@functools.partial(jax.jit, static_argnums=(4,))
+def _stack_compare(
+    a: tuple[Shaped[Array, "*shape"], ...],
+    b: tuple[Shaped[Array, "*shape"], ...],
+    rtol: Any,
+    atol: Any,
+    tolerant: bool,
+) -> tuple[Int[Array, "pairs 6"], Shaped[Array, " pairs"], Float[Array, " pairs"], Float[Array, " pairs"]]:
+    """Small pairs of one shape, dtypes and device, stacked and compared at once: a row of
+    `_device_compare`'s results a pair (their counts below 2**16 each: `engine.SMALL`)."""
+    count = len(a)
+    flat_a, flat_b = jnp.stack(a).reshape(count, -1), jnp.stack(b).reshape(count, -1)
+    parts = _elementwise(jnp, flat_a, flat_b, rtol, atol, tolerant, _wide(jnp))
+    counts, gap, half, rel = _units(jnp, parts, 1)
+    return (
+        jnp.stack([mask.sum(1, dtype=jnp.int32) for mask in counts], axis=-1),
+        gap.max(1, initial=0),
+        half.max(1, initial=0),
+        rel.max(1, initial=0),
+    )
+
+
 def _count(mask: Any) -> Any:
     """Partial counts of `mask`, each below 2**31 (int32 without x64), to add up on the host."""
     flat = mask.reshape(-1)
@@ -141,6 +178,19 @@ def _compared(pair: Pair, counts: Any, largest: Any, half: Any, rel: Any) -> Com
     )
     size = int(np.size(pair.a)) // pair.words
     return Compared(changed, size, nan, inf, neginf, unfinite, measured, _largest(largest, half), float(rel))
+
+
+def _stacked_rows(first: Pair, counts: Any, largest: Any, half: Any, rel: Any) -> list[Compared]:
+    """`_compared` of each row of `_stack_compare`'s results, for pairs of `first`'s shape."""
+    size = int(np.size(first.a))
+    rows = np.asarray(counts, dtype=np.int64).tolist()
+    found = []
+    for (changed, nan, inf, neginf, unfinite, measured), gap, halved, relative in zip(
+        rows, np.asarray(largest).tolist(), np.asarray(half).tolist(), np.asarray(rel).tolist(), strict=True
+    ):
+        gap = Decimal(halved) * 2 if halved > 0 else gap
+        found.append(Compared(changed, size, nan, inf, neginf, unfinite, measured, gap, float(relative)))
+    return found
 
 
 def _largest(largest: Any, half: Any) -> int | float | Decimal:

@@ -131,6 +131,10 @@ def run(items: Sequence[Item], kernel: Kernel[Item]) -> list[Piece]:
         if len(parts) == 1:
             placed = isinstance(first, array)
             in_trace = placed and isinstance(first, tracer)
+        elif len(parts) == 2:  # a pair (`diff`), the most items a call
+            second = parts[1]
+            placed = isinstance(first, array) and isinstance(second, array)
+            in_trace = isinstance(first, tracer) or isinstance(second, tracer)
         else:
             placed = all(isinstance(part, array) for part in parts)
             in_trace = any(isinstance(part, tracer) for part in parts)
@@ -144,6 +148,8 @@ def run(items: Sequence[Item], kernel: Kernel[Item]) -> list[Piece]:
             continue
         if len(parts) == 1:
             signature: Hashable = (first.shape, first.dtype, first.sharding, key)
+        elif len(parts) == 2:
+            signature = (first.shape, first.dtype, second.dtype, first.sharding, second.sharding, key)
         else:
             signature = (first.shape, *(p.dtype for p in parts), *(p.sharding for p in parts), key)
         if size >= SMALL:
@@ -275,8 +281,14 @@ def split(
     index: list[tuple[tuple[int, int], ...] | None] = []
     spread = placed = False
     shared: set[int] = set()
+    alone = jax.process_count() == 1
     for position, item in enumerate(items):
         parts = arrays(item)
+        if alone and np.size(parts[0]) < SMALL:  # `_how`'s "whole", without reading shardings
+            computed.append(item)
+            owner.append(position)
+            index.append(None)
+            continue
         placed = placed or any(isinstance(p, jax.Array) and not isinstance(p, jax.core.Tracer) for p in parts)
         how = _how(parts)
         if how == "whole":

@@ -136,8 +136,9 @@ class StructureIndex:
     they match a typed node's type name."""
     cacheable: bool = True
     key_check: KeyCheck | None = None
-    """For a cacheable index that has mappings: how to check, on a later tree of its structure,
-    that every key a treedef compares with `==` is a `str` (`keys_are_str`)."""
+    """For a cacheable index: how to check, on a later tree of its structure, that every key a
+    treedef compares with `==` is a `str` (`keys_are_str`); None when it has no mappings,
+    `_keycheck.PENDING` until its first reuse plans it."""
     memo: IndexMemo = field(default_factory=lambda: IndexMemo())
     """What later calls derive from the structure alone, kept for the next call on it."""
 

@@ -27,6 +27,7 @@ class Nodes(Protocol):
     types: list[type]
     parents: list[int]
     sizes: list[int]
+    arities: list[int]
 
 
 class Region(NamedTuple):
@@ -42,6 +43,9 @@ class Region(NamedTuple):
     """The cut leaves that are dicts (None: every one)."""
     customs: tuple[int, ...]
     """The cut leaves that are custom mapping nodes (their keys are in their aux data)."""
+    values_only: bool = False
+    """The region is one `dict` of dicts, none holding a mapping below it: its `values()` are its
+    cut leaves (in another order, which nothing reads), without a pass that sorts its keys."""
 
 
 class KeyCheck(NamedTuple):
@@ -53,6 +57,8 @@ class KeyCheck(NamedTuple):
 
 
 UNCHECKABLE: Any = KeyCheck(None, ())
+PENDING: Any = KeyCheck(None, ())
+"""Not planned yet: `keys_are_str` plans it from the first later tree (of an equal treedef)."""
 _STR = frozenset({str})
 
 
@@ -100,11 +106,14 @@ def key_check(index: Nodes, tree: Any) -> KeyCheck | None:
         if cursor[0] != root + index.sizes[root] or treedef.num_leaves != len(cuts):
             return UNCHECKABLE
         number = len(regions)
-        found = treedef.flatten_up_to(node) if any(map(below.__getitem__, cuts)) else []
+        nested = any(map(below.__getitem__, cuts))
+        found = treedef.flatten_up_to(node) if nested else []
         dicts = [i for i, n in enumerate(cuts) if mapping[n] and index.types[n] in DICT_TYPES]
         customs = tuple(i for i, n in enumerate(cuts) if mapping[n] and index.types[n] not in DICT_TYPES)
         every = len(dicts) == len(cuts)
-        regions.append(Region(treedef, parent, position, None if every else tuple(dicts), customs))
+        values_only = every and index.types[root] is dict and len(cuts) == index.arities[root] and not nested
+        region = Region(treedef, parent, position, None if every else tuple(dicts), customs, values_only)
+        regions.append(region)
         pending.extend((n, found[i], number, i) for i, n in enumerate(cuts) if below[n])
     return KeyCheck(root_kind, tuple(regions))
 
@@ -115,10 +124,16 @@ def _aux_keys(node: Any) -> Any:
     return () if flat is None else flat[1]
 
 
-def keys_are_str(tree: Any, check: KeyCheck | None) -> bool:
-    """Whether every mapping key of `tree`, a tree of the structure `check` was made for, is a `str`."""
+def keys_are_str(tree: Any, index: Any) -> bool:
+    """Whether every mapping key of `tree`, a tree of `index`'s structure (an equal treedef), is a
+    `str`; False where the check cannot be planned (`UNCHECKABLE`), so that the caller builds."""
+    check = index.key_check
+    if check is PENDING:
+        check = index.key_check = key_check(index, tree)
     if check is None:
         return True
+    if check is UNCHECKABLE:
+        return False
     try:
         if check.root == "dict" and not set(map(type, tree)) <= _STR:
             return False
@@ -127,7 +142,7 @@ def keys_are_str(tree: Any, check: KeyCheck | None) -> bool:
         found_in: list[list[Any]] = []
         for region in check.regions:
             node = tree if region.parent < 0 else found_in[region.parent][region.position]
-            found = region.treedef.flatten_up_to(node)
+            found = list(node.values()) if region.values_only else region.treedef.flatten_up_to(node)
             found_in.append(found)
             dicts = found if region.dicts is None else map(found.__getitem__, region.dicts)
             if not set(map(type, itertools.chain.from_iterable(dicts))) <= _STR:

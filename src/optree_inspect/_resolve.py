@@ -9,7 +9,7 @@ import jax
 from jax.tree_util import keystr
 from jaxtyping import PyTree
 
-from ._cache import structure_index
+from ._cache import one_call, structure_index
 from ._compat import variable_value
 from ._errors import (
     MAX_LISTED,
@@ -150,11 +150,12 @@ def resolve_one(tree: Any, query: ParsedQuery) -> tuple[KeyPath, Any]:
 
 
 def _resolve(tree: Any, query: ParsedQuery, optimizer: Any = None, variables: bool = False) -> Found:
-    found = query.select(tree)
-    if not variables and found:
-        found = _variable_values(tree, found)
-    if optimizer is not None:
-        found += attached_matches(tree, query, read_optimizer(optimizer, tree).constants)
+    with one_call():
+        found = query.select(tree)
+        if not variables and found:
+            found = _variable_values(tree, found)
+        if optimizer is not None:
+            found += attached_matches(tree, query, read_optimizer(optimizer, tree).constants)
     return found
 
 

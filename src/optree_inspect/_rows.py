@@ -286,8 +286,12 @@ class _LeafMetadata:
     def __init__(self, leaves: list[Any]) -> None:
         nbytes: Iterable[int]
         try:
-            self.dtypes = list(map(operator.attrgetter("dtype"), leaves))
-            sizes = list(map(math.prod, map(operator.attrgetter("shape"), leaves)))
+            avals = list(map(operator.attrgetter("aval"), leaves))  # one attribute read a jax.Array
+        except AttributeError:
+            avals = leaves
+        try:
+            self.dtypes = list(map(operator.attrgetter("dtype"), avals))
+            sizes = list(map(math.prod, map(operator.attrgetter("shape"), avals)))
             nbytes = map(operator.mul, sizes, map(operator.attrgetter("itemsize"), self.dtypes))
         except AttributeError:  # some leaves are not arrays
             self.dtypes = [getattr(leaf, "dtype", None) for leaf in leaves]
