@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -144,13 +145,18 @@ def _one_line(error: BaseException) -> str:
 
 def _describe(arguments: argparse.Namespace) -> int:
     tree = oi.load(arguments.path, step=arguments.step, arrays=arguments.stats)
-    description = oi.describe(tree, stats=arguments.stats)
-    rows = [
-        {"path": oi.keystr(row.path), "query": row.query, "depth": row.depth, "summary": row.summary,
-         "stats": None if row.stats is None else {k: _json(v) for k, v in row.stats.items()}}
-        for row in description
-    ]  # fmt: skip
-    _emit(arguments.json, {"rows": rows}, str(description))
+    gc.freeze()  # what exists now outlives the describing: no collection set off by it walks that
+    try:
+        description = oi.describe(tree, stats=arguments.stats)
+        rows = [
+            {"path": oi.keystr(row.path), "query": row.query, "depth": row.depth, "summary": row.summary,
+             "stats": None if row.stats is None else {k: _json(v) for k, v in row.stats.items()}}
+            for row in description
+        ]  # fmt: skip
+        text = str(description)
+    finally:
+        gc.unfreeze()
+    _emit(arguments.json, {"rows": rows}, text)
     return 0
 
 
