@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import itertools
+import pathlib
 import platform
 import statistics
 import time
@@ -31,8 +32,8 @@ import optree_inspect as oi
 Timing = Callable[[], Any]
 
 
-def seed_state(layers: int) -> Any:
-    params = {f"layer{i}": {"w": jnp.zeros((4, 4)), "b": jnp.zeros(4)} for i in range(layers)}
+def seed_state(layers: int, prefix: str = "") -> Any:
+    params = {f"{prefix}layer{i}": {"w": jnp.zeros((4, 4)), "b": jnp.zeros(4)} for i in range(layers)}
     schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-3, warmup_steps=100, decay_steps=10_000)
     tx = optax.chain(
         optax.clip_by_global_norm(1.0), optax.inject_hyperparams(optax.adamw)(learning_rate=schedule)
@@ -152,11 +153,20 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds:.2f} s"
 
 
-def module_states(layers: int) -> dict[str, Any]:
-    """adam's state over params held in an `eqx.Module` of `layers` linear layers, and an nnx
-    Optimizer's state over as many `nnx.Linear`s (2 params each): where those libraries are
-    installed."""
-    states: dict[str, Any] = {}
+def state_kinds(layers: int) -> dict[str, Any]:
+    """adam's state of the README's optimizer, of dict params whose siblings alternate between
+    three structures, of a dict of `eqx.Module` layers, and an nnx Optimizer's state over as many
+    `nnx.Linear`s (where equinox and flax are installed)."""
+    zeros = jnp.zeros(4)
+    alternating = {  # sorted keys alternate between three structures
+        f"block{i:04d}_{name}": value
+        for i in range(layers * 2 // 3)
+        for name, value in (("attn", {"w": zeros, "b": zeros}), ("mlp", {"w": zeros}), ("scale", zeros))
+    }
+    kinds = {
+        "README state": seed_state(layers),
+        "alternating dict params": optax.adam(1e-3).init(alternating),
+    }
     if importlib.util.find_spec("equinox") is not None:
         import equinox as eqx
 
@@ -164,8 +174,8 @@ def module_states(layers: int) -> dict[str, Any]:
             weight: jax.Array
             bias: jax.Array
 
-        params = [Linear(jnp.zeros((4, 4)), jnp.zeros(4)) for _ in range(layers)]
-        states["eqx Module params"] = optax.adam(1e-3).init(params)
+        params = {f"layer{i}": Linear(jnp.zeros((4, 4)), jnp.zeros(4)) for i in range(layers)}
+        kinds["eqx Module params"] = optax.adam(1e-3).init(params)
     if importlib.util.find_spec("flax") is not None:
         from flax import nnx
 
@@ -174,56 +184,74 @@ def module_states(layers: int) -> dict[str, Any]:
                 linears = [nnx.Linear(4, 4, rngs=nnx.Rngs(0)) for _ in range(layers)]
                 self.layers = nnx.List(linears) if hasattr(nnx, "List") else linears
 
-        model = Stack()
-        optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-        states["nnx Optimizer state"] = nnx.state(optimizer)
-    return states
+        kinds["nnx Optimizer state"] = nnx.state(nnx.Optimizer(Stack(), optax.adam(1e-3), wrt=nnx.Param))
+    return kinds
 
 
-def first_call_section(layers: int, rounds: int = 21) -> None:
-    """The first call on a structure (our caches cleared before each), against
-    `jax.tree.structure` of the same tree: each call is timed right after one `jax.tree.structure`,
-    the two alternating, so that both medians see the same machine. The README's state, dict
-    params whose siblings alternate between three structures, then params in equinox and nnx
-    Modules."""
-    zeros = jnp.zeros(4)
-    alternating = {  # sorted keys alternate between three structures
-        f"block{i:04d}_{name}": value
-        for i in range(layers * 2 // 3)
-        for name, value in (("attn", {"w": zeros, "b": zeros}), ("mlp", {"w": zeros}), ("scale", zeros))
+def renamed(tree: Any, tag: int, copy: bool) -> Any:
+    """`tree` with every `str` key that starts with "layer" or "block" prefixed by `t{tag}_` (a
+    tree of the same shape that only its names tell apart) and, if `copy`, new arrays."""
+
+    def name(key: Any) -> Any:
+        return f"t{tag}_{key}" if isinstance(key, str) and key.startswith(("layer", "block")) else key
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict) or type(node).__name__ == "State":  # a dict, an nnx.State
+            return type(node)({name(key): walk(value) for key, value in node.items()})
+        flat = jax.tree_util.default_registry.flatten_one_level(node)
+        if flat is None:
+            return jnp.copy(node) if copy and isinstance(node, jax.Array) else node
+        one_level = jax.tree.structure(node, is_leaf=lambda child: child is not node)
+        return one_level.unflatten([walk(child) for child in flat[0]])
+
+    return walk(tree)
+
+
+def first_call_section(layers: int, rounds: int = 7, cached: int = 31) -> None:
+    """The first call on a structure, as a user's notebook meets it: `cached` other structures of
+    the same shape (other names) seen before, then, each round, a fresh state (new names, new
+    arrays, built untimed) for each call, timed right after one `jax.tree.structure` of it. The
+    README's state, dict params whose siblings alternate between three structures, params in
+    equinox and nnx Modules."""
+    kinds = state_kinds(layers)
+    for tag in range(cached):
+        for state in kinds.values():
+            oi.find(renamed(state, tag, copy=False), "count")
+    print(
+        f"\n| first call ({cached} structures of the same shape cached) | leaves | jax.tree.structure | ours "
+        "| ours / structure |\n|---|---|---|---|---|"
+    )
+    calls: dict[str, Callable[[str, Any], Any]] = {
+        "get/find by name": lambda kind, s: (
+            oi.get(s, "learning_rate") if kind == "README state" else oi.find(s, "count")
+        ),
+        "find(ScaleByAdamState)": lambda kind, s: oi.find(s, optax.ScaleByAdamState),
+        "describe": lambda kind, s: oi.describe(s),
     }
-    states = {
-        "README state": seed_state(layers),
-        "alternating dict params": optax.adam(1e-3).init(alternating),
-        **module_states(layers),
-    }
-    print("\n| first call | leaves | jax.tree.structure | ours | ours / structure |\n|---|---|---|---|---|")
-    for state_name, state in states.items():
-        count = len(jax.tree.leaves(state))
-        calls = {
-            'get("learning_rate")' if "README" in state_name else 'find("count")': (
-                (lambda s=state: oi.get(s, "learning_rate"))
-                if "README" in state_name
-                else (lambda s=state: oi.find(s, "count"))
-            ),
-            "describe": lambda s=state: oi.describe(s),
-            "find(ScaleByAdamState)": lambda s=state: oi.find(s, optax.ScaleByAdamState),
-        }
+    floors: dict[tuple[str, str], list[float]] = {}
+    ours: dict[tuple[str, str], list[float]] = {}
+    counts: dict[str, int] = {}
+    tags = itertools.count(1000)
+    for _ in range(rounds):
         for call_name, call in calls.items():
-            floors, ours = [], []
-            for _ in range(rounds):
+            tag = next(tags)
+            for state_name, kind in kinds.items():
+                state = renamed(kind, tag, copy=True)  # new names, new arrays
+                counts[state_name] = len(jax.tree.leaves(state))
                 start = time.perf_counter()
                 jax.tree.structure(state)
-                floors.append(time.perf_counter() - start)
-                oi.clear_caches()
+                floors.setdefault((state_name, call_name), []).append(time.perf_counter() - start)
                 start = time.perf_counter()
-                call()
-                ours.append(time.perf_counter() - start)
-            floor, mine = statistics.median(floors), statistics.median(ours)
-            print(
-                f"| {state_name}: {call_name} | {count:,} | {format_seconds(floor)} | "
-                f"{format_seconds(mine)} | {mine / floor:.1f}x |"
-            )
+                call(state_name, state)
+                ours.setdefault((state_name, call_name), []).append(time.perf_counter() - start)
+    for (state_name, call_name), samples in sorted(ours.items()):
+        floor, mine = statistics.median(floors[(state_name, call_name)]), statistics.median(samples)
+        readme_get = state_name == "README state" and call_name.startswith("get")
+        shown = 'get("learning_rate")' if readme_get else call_name
+        print(
+            f"| {state_name}: {shown} | {counts[state_name]:,} | {format_seconds(floor)} | "
+            f"{format_seconds(mine)} | {mine / floor:.1f}x |"
+        )
 
 
 def migrate_section(layers: int, rounds: int = 5) -> None:
@@ -462,6 +490,45 @@ def metrics_section(steps: int = 2000) -> None:
     print(f"| ours stats, same state | {format_seconds(median_seconds(lambda: oi.stats(state)))} |")
 
 
+def cli_section(layers: int, rounds: int = 7) -> None:
+    """`optree-inspect describe` of a checkpoint of the README's state (saved by orbax's
+    `StandardCheckpointer`), process start included, beside `python -c "import jax, optax"`: the
+    imports it cannot avoid. Both are run in alternation, `rounds` times each."""
+    if importlib.util.find_spec("orbax") is None:
+        print("\n(orbax-checkpoint is not installed: no command-line timings)")
+        return
+    import subprocess
+    import sys
+    import tempfile
+
+    import orbax.checkpoint as ocp
+
+    state = seed_state(layers)
+    count = len(jax.tree.leaves(state))
+    with tempfile.TemporaryDirectory() as directory:
+        path = f"{directory}/state"
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(path, state)
+        checkpointer.wait_until_finished()
+        script = str(pathlib.Path(sys.executable).with_name("optree-inspect"))
+        commands = {
+            'python -c "import jax, optax"': [sys.executable, "-c", "import jax, optax"],
+            "optree-inspect describe": [script, "describe", path],
+        }
+        timings: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(rounds):
+            for name, command in commands.items():
+                start = time.perf_counter()
+                subprocess.run(command, check=True, capture_output=True)
+                timings[name].append(time.perf_counter() - start)
+    print(f"\n| command line, a checkpoint of {count:,} leaves | median of {rounds} |\n|---|---|")
+    medians = {name: statistics.median(samples) for name, samples in timings.items()}
+    for name, seconds in medians.items():
+        print(f"| {name} | {format_seconds(seconds)} |")
+    ratio = medians["optree-inspect describe"] / medians['python -c "import jax, optax"']
+    print(f"| ratio describe / imports | {ratio:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 layers only")
@@ -470,9 +537,13 @@ def main() -> None:
     parser.add_argument("--migrate-only", action="store_true", help="only the migrate section")
     parser.add_argument("--memory-only", action="store_true", help="only the memory section")
     parser.add_argument("--metrics-only", action="store_true", help="only the metrics section")
+    parser.add_argument("--cli-only", action="store_true", help="only the command-line section")
     arguments = parser.parse_args()
     if arguments.metrics_only:
         metrics_section()
+        return
+    if arguments.cli_only:
+        cli_section(5000)
         return
     if arguments.memory_only:
         memory_section(10000)
@@ -525,6 +596,7 @@ def main() -> None:
     migrate_section(layers[-1] * 2)
     memory_section(layers[-1] * 2)
     metrics_section(500 if arguments.quick else 2000)
+    cli_section(layers[-1])
     values_section(
         layers[-1], 1000 if not arguments.quick else 100, 1 << 24 if not arguments.quick else 1 << 20
     )
