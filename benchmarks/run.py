@@ -358,15 +358,16 @@ def values_section(layers: int, treescope_layers: int, large: int) -> None:
         peer = median_seconds(render, budget=0.1, max_runs=3)
         rows.append((f"treescope render_to_html with array summaries ({small_count:,} leaves)", peer))
         rows.append(("ratio treescope / ours (same state)", peer / ours_small))
-    big = [jnp.full((large,), 0.5, jnp.float32) + i for i in range(8)]
-    jnp.max(big[0]).block_until_ready()
-    from optree_inspect._values import leaf_table
-
-    ours_big = median_seconds(lambda: leaf_table(big), budget=1.0, max_runs=10)
-    floor_big = median_seconds(lambda: [jnp.max(x).block_until_ready() for x in big], budget=1.0, max_runs=10)
-    rows.append((f"ours statistics of 8 leaves of {large:,} f32", ours_big))
+    big = {f"layer{i}": jnp.full((large,), 0.5, jnp.float32) + i for i in range(8)}
+    jnp.max(big["layer0"]).block_until_ready()
+    floor_big = median_seconds(lambda: [jnp.max(x).block_until_ready() for x in big.values()], 1.0, 10)
+    ours_stats = median_seconds(lambda: oi.stats(big), budget=1.0, max_runs=10)
+    ours_check = median_seconds(lambda: oi.check(big), budget=1.0, max_runs=10)
+    rows.append((f"ours stats of 8 leaves of {large:,} f32", ours_stats))
+    rows.append(("ours check of the same 8 leaves", ours_check))
     rows.append(("floor jnp.max of each of the 8 leaves", floor_big))
-    rows.append(("ratio ours / floor (same leaves)", ours_big / floor_big))
+    rows.append(("ratio ours stats / floor (same leaves)", ours_stats / floor_big))
+    rows.append(("ratio ours check / floor (same leaves)", ours_check / floor_big))
     other = jax.tree.map(lambda x: x + 0.5, seed_state(layers))  # equal values, other arrays
     oi.diff(state, other)
     ours_diff = median_seconds(lambda: oi.diff(state, other))
@@ -555,7 +556,7 @@ def main() -> None:
         first_call_section(5000)
         return
     if arguments.values_only:
-        values_section(5000, 1000, 1 << 24)
+        values_section(5000, 1000, 1 << 26)
         return
     layers = [100, 1000] if arguments.quick else [100, 1000, 5000]
     results: dict[int, dict[str, float | None]] = {}
@@ -598,7 +599,7 @@ def main() -> None:
     metrics_section(500 if arguments.quick else 2000)
     cli_section(layers[-1])
     values_section(
-        layers[-1], 1000 if not arguments.quick else 100, 1 << 24 if not arguments.quick else 1 << 20
+        layers[-1], 1000 if not arguments.quick else 100, 1 << 26 if not arguments.quick else 1 << 20
     )
 
 

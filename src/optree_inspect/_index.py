@@ -182,10 +182,12 @@ class StructureIndex:
         kinds = {kind: is_nnx_variable_type(kind) for kind in set(self.types)}
         found = list(map(kinds.__getitem__, self.types))
         key = DictKey(RESTORED_VARIABLE_KEY)
+        named = map(operator.eq, self.texts, itertools.repeat(RESTORED_VARIABLE_KEY))  # a C pass first
         wrappers = [
             parent
-            for node in range(1, len(self.keys))
-            if self.keys[node] == key
+            for node in itertools.compress(range(len(self.keys)), named)
+            if node
+            and self.keys[node] == key
             and (self.is_leaf[node] or self.types[node] is type(None))
             and self.types[parent := self.parents[node]] is dict
             and self.arities[parent] == 1

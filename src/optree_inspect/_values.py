@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, Shaped
 
+from ._compat import CPU_LOOP_EMITTERS
 from ._engine import Kernel, combined, run, split
 from ._leaf import host_number, is_numeric, unwrap
 
@@ -324,7 +325,7 @@ def _leaf_rows(
 _reduce_one = jax.jit(_leaf_rows)
 """`_leaf_rows` compiled by each device's default compiler."""
 _REDUCERS: dict[str, Callable[[jax.Array], Any]] = {
-    "cpu": jax.jit(_leaf_rows, compiler_options={"xla_cpu_use_fusion_emitters": False}),
+    "cpu": jax.jit(_leaf_rows, compiler_options=CPU_LOOP_EMITTERS),
 }
 """`_leaf_rows` compiled for a platform with other options than its default. On a CPU: XLA's loop
 emitters, which fuse the reductions of each level of `_tree_reduced` into one loop over the data
