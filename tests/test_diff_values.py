@@ -567,3 +567,19 @@ def test_many_small_float_pairs_of_one_shape_are_compared_by_one_program() -> No
     assert 1 <= compilations(lambda: found.append(oi.diff(a, b))) <= 2
     assert [row.summary for row in found[0]] == ["<root>: value: 67 of 200 leaves changed, max |diff| 1"]
     assert compilations(lambda: oi.diff(a, b)) == 0
+
+
+@pytest.mark.parametrize("where", ["host", "device"])
+@pytest.mark.parametrize(("rtol", "atol"), [(1e-3, 0.0), (0.0, 1.0), (0.5, 0.5)])
+def test_a_value_that_became_inf_is_a_change_whatever_the_tolerances(
+    where: str, rtol: float, atol: float
+) -> None:
+    make = np.asarray if where == "host" else jnp.asarray
+    before = {"f": make(np.array([1.0, 2.0, -np.inf], np.float32)), "i": make(np.array([1, 2], np.int32))}
+    after = {
+        "f": make(np.array([np.inf, 2.0, -np.inf], np.float32)),
+        "i": make(np.array([1.0, -np.inf], np.float32)),
+    }
+    rows = {row.query: row.summary for row in oi.diff(before, after, rtol=rtol, atol=atol)}
+    assert "1 of 3 elements differ, 1 became Inf" in rows["f"]
+    assert "1 of 2 elements differ, 1 became -Inf" in rows["i"]

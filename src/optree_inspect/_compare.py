@@ -314,8 +314,8 @@ def _floats(xp: Any, a: Any, b: Any, rtol: Any, atol: Any, tolerant: bool) -> tu
     finite = finite_a & finite_b
     gap, scale = xp.abs(a - b), xp.abs(b)
     changed = ~((a == b) | (nan_a & nan_b))
-    if tolerant:
-        changed = changed & ~(gap <= atol + rtol * scale)
+    if tolerant:  # between finite values only: a value that became Inf is no closer for |b| = Inf
+        changed = changed & ~(finite & (gap <= atol + rtol * scale))
     overflow = finite & xp.isinf(gap)
     measured = changed & finite
     if xp.iscomplexobj(b):
@@ -380,7 +380,7 @@ def _integer_and_float(
     gap = xp.abs(integer.astype(wide) - wide_number)
     scale = xp.abs(wide_number if float_is_b else integer.astype(wide))
     if tolerant:
-        changed = changed & ~(gap <= atol + rtol * scale)
+        changed = changed & ~(finite & (gap <= atol + rtol * scale))
     measured = changed & finite
     nothing = xp.zeros_like(changed)
     if float_is_b:
