@@ -99,9 +99,10 @@ _Row = tuple[KeyPath, str, str, str, str, str]
 @raised_here
 def diff(a: PyTree, b: PyTree, /, *, rtol: float = 0.0, atol: float = 0.0) -> Diff:
     """What differs between `a` and `b`: rows for nodes only in one, changed types, shapes, dtypes
-    (weak types included), shardings and values (elements beyond `atol + rtol * |b|`, compared
-    exactly in their own dtypes; NaN equals NaN in the same place), in tree order. Large
-    params-shaped regions are one row of each kind.
+    (weak types included), shardings and values (elements beyond `atol + rtol * |b|`, which a
+    value that became or was NaN or Inf always is; compared exactly in their own dtypes; NaN
+    equals NaN in the same place), in tree order. Large params-shaped regions are one row of each
+    kind.
 
     ```python
     >>> import jax.numpy as jnp, optree_inspect as oi
