@@ -388,3 +388,20 @@ _MAGIC = b"\x28\xb5\x2f\xfd"
 )
 def test_zstd_frames_of_stored_blocks_only_are_decoded(frame: bytes, content: bytes | None) -> None:
     assert _checkpoint._zstd_stored(frame) == content
+
+
+def _rle_block(length: int, last: bool) -> bytes:
+    return (int(last) | 1 << 1 | length << 3).to_bytes(3, "little") + b"a"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        _MAGIC + b"\x20\x03" + _rle_block(1 << 20, last=True),  # declares 3 bytes, repeats 1 MiB
+        _MAGIC + b"\x00\x00" + _rle_block((1 << 20) + 1, last=True),  # no size, beyond the bound
+        _MAGIC + b"\x00\x00" + _rle_block(1 << 19, last=False) * 1000 + _rle_block(1, last=True),
+    ],
+    ids=["beyond its size", "beyond the bound", "many blocks"],
+)
+def test_a_corrupt_frame_is_refused_before_it_is_expanded(frame: bytes) -> None:
+    assert _checkpoint._zstd_stored(frame) is None

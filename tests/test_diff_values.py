@@ -583,3 +583,26 @@ def test_a_value_that_became_inf_is_a_change_whatever_the_tolerances(
     rows = {row.query: row.summary for row in oi.diff(before, after, rtol=rtol, atol=atol)}
     assert "1 of 3 elements differ, 1 became Inf" in rows["f"]
     assert "1 of 2 elements differ, 1 became -Inf" in rows["i"]
+
+
+def test_many_small_pairs_on_two_devices_compare_as_on_one() -> None:
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp
+        import optree_inspect as oi
+        first, second = jax.devices()[:2]
+        a = [jax.device_put(jnp.full((4,), float(i)), first) for i in range(70)]
+        b = [jax.device_put(x, second) for x in a]
+        b[9] = jax.device_put(b[9].at[0].set(-1.0), second)
+        print(sorted({row.kind for row in oi.diff(a, b)}))
+        print([row.summary for row in oi.diff(a, b) if row.kind == "value"])
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    kinds, values = result.stdout.splitlines()[-2:]
+    assert kinds == "['sharding', 'value']", kinds
+    assert values == str(["<root>: value: 1 of 70 leaves changed, max |diff| 10"]), values

@@ -337,3 +337,16 @@ def test_dict_keys_inserted_in_another_order_reuse_the_cached_index(monkeypatch:
         assert len(oi.find(tree, "w")) == 40
         assert oi.get(tree, "mu.layer3.b") is tree[0].mu["layer3"]["b"]
     assert builds == []
+
+
+def test_a_dict_whose_dicts_lie_deeper_than_its_children_reuses_its_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def tree() -> Any:  # as many mappings under "top" as it has children, one of them in a tuple
+        return {"top": {"a": ({"x": jnp.zeros(1)},), "b": {"y": jnp.zeros(1)}}}
+
+    assert len(oi.find(tree(), "x")) == 1
+    builds = _count_calls(monkeypatch, _cache, "build_index")
+    for _ in range(3):
+        assert len(oi.find(tree(), "y")) == 1
+    assert builds == []

@@ -445,6 +445,10 @@ def _scalars(
     ]
 
 
+_STORED_AT_MOST = 1 << 20
+"""The most bytes a zstd frame without a declared size is decoded to here (a scalar's chunk)."""
+
+
 def _stored(chunk: bytes, array: dict[str, Any]) -> bytes | None:
     """A zarr chunk's bytes where it holds them as they are: no filter, and no compressor or a zstd
     frame of stored blocks (as zstd keeps the few bytes of a scalar); `None` for anything else.
@@ -474,6 +478,7 @@ def _zstd_stored(frame: bytes) -> bytes | None:
     at = 5 + (1 - single_segment) + size_bytes
     size = int.from_bytes(frame[at - size_bytes : at], "little") + (256 if size_bytes == 2 else 0)
     content = bytearray()
+    bound = size if size_bytes else _STORED_AT_MOST  # a corrupt frame never expands beyond it
     last = False
     while not last:
         if at + 3 > len(frame):
@@ -481,6 +486,8 @@ def _zstd_stored(frame: bytes) -> bytes | None:
         header = int.from_bytes(frame[at : at + 3], "little")
         last, kind, length = bool(header & 1), header >> 1 & 3, header >> 3
         at += 3
+        if len(content) + length > bound:
+            return None
         if kind == 0 and at + length <= len(frame):  # raw
             content += frame[at : at + length]
             at += length

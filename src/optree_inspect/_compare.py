@@ -136,9 +136,14 @@ def _device_compare(
 
 
 def _stackable(pair: Pair) -> bool:
-    """Small float pairs of one dtype, compared stacked on their device: in the float NumPy
+    """Small float pairs of one dtype on one device, compared stacked there: in the float NumPy
     would use too (`_float_type`), so the rows are the host's."""
-    return pair.words == 1 and pair.a.dtype == pair.b.dtype and jnp.issubdtype(pair.a.dtype, jnp.floating)
+    return (
+        pair.words == 1
+        and pair.a.dtype == pair.b.dtype
+        and jnp.issubdtype(pair.a.dtype, jnp.floating)
+        and pair.a.sharding.device_set == pair.b.sharding.device_set  # one compiled call takes both
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(4,))

@@ -111,7 +111,13 @@ def key_check(index: Nodes, tree: Any) -> KeyCheck | None:
         dicts = [i for i, n in enumerate(cuts) if mapping[n] and index.types[n] in DICT_TYPES]
         customs = tuple(i for i, n in enumerate(cuts) if mapping[n] and index.types[n] not in DICT_TYPES)
         every = len(dicts) == len(cuts)
-        values_only = every and index.types[root] is dict and len(cuts) == index.arities[root] and not nested
+        values_only = (
+            every
+            and index.types[root] is dict
+            and len(cuts) == index.arities[root]
+            and not nested
+            and all(index.parents[cut] == root for cut in cuts)  # its children, not deeper nodes
+        )
         region = Region(treedef, parent, position, None if every else tuple(dicts), customs, values_only)
         regions.append(region)
         pending.extend((n, found[i], number, i) for i, n in enumerate(cuts) if below[n])
