@@ -116,11 +116,3 @@ def _ints_to_odd_float32(values: np.ndarray) -> np.ndarray:
     kept |= ((kept << dropped) != magnitude).astype(np.uint64)
     odd = np.ldexp(kept.astype(np.float64), dropped.astype(np.int32))  # exact: at most 24 bits
     return np.where(negative, -odd, odd).astype(np.float32)
-
-
-CPU_LOOP_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
-"""XLA CPU compiler options (for `jax.jit(..., compiler_options=...)`) that compile with XLA's loop
-emitters: they fuse sibling reductions of one array into one vectorised loop, where the fusion
-emitters of recent XLA CPU make that loop scalar, about 10 times slower than a read of the data.
-An XLA that no longer knows the option refuses it when compiling: the caller then uses the default
-compiler (`_values._reduced`)."""

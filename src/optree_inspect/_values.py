@@ -13,13 +13,8 @@ The rows are computed on the device engine (`_engine`), which places each leaf:
   compiled. Except: many small float arrays of one shape, dtype and device (the layers of a
   moment) are stacked and reduced on that device (`_reduce_stack`), and only their rows come back.
 - Larger arrays, and arrays this process does not hold whole: on their devices, one compiled
-  function per shape, dtype and placement (`_leaf_rows`), in slices of at most `_COUNTED`
-  elements, shard by shard (the engine's `split`), never gathering the array. Each element is read
-  once: one tree of reductions (`_tree_reduced`) gives the counts, the finite elements' min and
-  max and their unscaled sums, scaled afterwards by a power of two (`_scaled_sums`); only where
-  the sum of squares overflowed or underflowed is the array summed again, scaled. On a CPU the
-  function is compiled with XLA's loop emitters (`_REDUCERS`), which fuse those reductions into
-  one vectorised loop.
+  function per shape, dtype and placement (`_reduce_one`), in slices of at most `_COUNTED`
+  elements; XLA reduces each shard and combines the partial results, never gathering the array.
 - Under `jit`: in the trace (leaves of one shape and dtype stacked), in JAX's default float and
   int dtypes.
 
@@ -30,7 +25,7 @@ The rows are computed on the device engine (`_engine`), which places each leaf:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, Shaped
 
-from ._compat import CPU_LOOP_EMITTERS
 from ._engine import Kernel, combined, run, split
 from ._leaf import host_number, is_numeric, unwrap
 
@@ -140,197 +134,36 @@ def _with_scale(xp: Any, sums: Any, halved: bool = False) -> Any:
     return xp.concatenate([extremes, divisor[..., None], sums[..., 3:]], axis=-1)
 
 
-_ROW = 512
-"""A device reduces rows of this many elements to partial results, and those likewise, 512 at a
-time, until one is left: a tree of reductions, so that float32 sums of many elements stay accurate.
-JAX 0.6's XLA sums a row in one sequence of additions: the RMS of smooth bfloat16 data was 4e-7
-off with rows of 512, 3e-6 with rows of 1,024; longer rows are slightly faster on JAX 0.10."""
-
-Monoid = Callable[[Any, Any], Any]
-
-
-def _tree_reduced(
-    flat: Shaped[Array, " n"], operands: Callable[[Any], list[Any]], monoids: list[tuple[Monoid, Any]]
-) -> list[Any]:
-    """`operands(flat)` (arrays of `flat`'s shape, computed from it elementwise), each reduced to a
-    scalar by its monoid (a function and its identity), all in one reduction of each level: a
-    device reads `flat` once.
-
-    >>> add, most = (jnp.add, 0.0), (jnp.maximum, -jnp.inf)
-    >>> [float(v) for v in _tree_reduced(jnp.arange(3000.0), lambda x: [x, x], [add, most])]
-    [4498500.0, 2999.0]
-    """
-    functions, identities = zip(*monoids, strict=True)
-    if not flat.size:
-        return [
-            jnp.asarray(identity, operand.dtype)
-            for identity, operand in zip(identities, operands(flat), strict=True)
-        ]
-
-    def combine(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple(function(u, v) for function, u, v in zip(functions, a, b, strict=True))
-
-    def level(arrays: tuple[Any, ...], make: Callable[[Any], list[Any]]) -> tuple[Any, ...]:
-        size = arrays[0].shape[0]
-        whole = size // _ROW * _ROW
-        parts = []
-        if whole:
-            rows = make(*(a[:whole].reshape(-1, _ROW) for a in arrays))
-            inits = tuple(jnp.asarray(i, r.dtype) for i, r in zip(identities, rows, strict=True))
-            parts.append(jax.lax.reduce(tuple(rows), inits, combine, (1,)))
-        if whole < size:
-            rest = make(*(a[whole:] for a in arrays))
-            inits = tuple(jnp.asarray(i, r.dtype) for i, r in zip(identities, rest, strict=True))
-            parts.append(tuple(p[None] for p in jax.lax.reduce(tuple(rest), inits, combine, (0,))))
-        return tuple(jnp.concatenate(column) for column in zip(*parts, strict=True))
-
-    partial = level((flat,), operands)
-    while partial[0].shape[0] > 1:
-        partial = level(partial, lambda *columns: list(columns))
-    return [p[0] for p in partial]
-
-
-def _order_key(x: Float[Array, " n"]) -> Int[Array, " n"]:
-    """Integers in the order of the floats `x` (NaN aside): their bits, the negative ones' flipped.
-    A device reduces integers' min and max as fast as it reads them, masked or not."""
-    bits = 8 * x.dtype.itemsize
-    integer = jnp.int64 if bits == 64 else jnp.int32
-    raw = jax.lax.bitcast_convert_type(x, integer)
-    return raw ^ ((raw >> (bits - 1)) & jnp.iinfo(integer).max)
-
-
-def _from_key(key: Int[Array, ""], dtype: Any) -> Float[Array, ""]:
-    """The float whose `_order_key` is `key`."""
-    bits = 8 * key.dtype.itemsize
-    return jax.lax.bitcast_convert_type(key ^ ((key >> (bits - 1)) & jnp.iinfo(key.dtype).max), dtype)
-
-
-def _scaled_sums(
-    flat: Shaped[Array, " n"],
-    wide: Any,
-    low: Float[Array, ""],
-    high: Float[Array, ""],
-    sums: tuple[Float[Array, ""], Float[Array, ""]],
-) -> Float[Array, "sums=5"]:
-    """The sums row (`SUMS`, the scale as its exponent `e`: see `_device_rows`) from the finite
-    elements' min, max, sum and sum of squares, `sums` unscaled: multiplied by `2**(2 - e)` and its
-    square, exact. Where the sum of squares overflowed, or lost its smallest terms (a largest
-    magnitude below `2**(minexp / 4)`), the sums are of the scaled elements, in a second reduction
-    (`lax.cond` runs one branch)."""
-    largest = jnp.maximum(jnp.maximum(-low, high), 0)  # 0 where no element is finite
-    exponent = jnp.frexp(largest)[1]
-    factor = jnp.ldexp(jnp.ones((), wide), 2 - exponent)
-    smallest = 2.0 ** (jnp.finfo(wide).minexp // 4)
-    exact = jnp.isfinite(sums[1]) & ((largest == 0) | (largest >= smallest))
-
-    def rescaled(flat: Any, factor: Any, total: Any, squares: Any) -> tuple[Any, Any]:
-        return total * factor, squares * factor * factor
-
-    def summed_again(flat: Any, factor: Any, total: Any, squares: Any) -> tuple[Any, Any]:
-        def operands(y: Any) -> list[Any]:
-            w = y.astype(wide)
-            scaled = jnp.where(jnp.isfinite(w), w * factor, 0)
-            return [scaled, scaled * scaled]
-
-        total, squares = _tree_reduced(flat, operands, [(jnp.add, 0), (jnp.add, 0)])
-        return total, squares
-
-    # operands, not closures: JAX 0.6 leaks a closed-over tracer under `ensure_compile_time_eval`
-    total, squares = jax.lax.cond(exact, rescaled, summed_again, flat, factor, *sums)
-    return jnp.stack([low, high, exponent.astype(wide), total, squares])
-
-
 def _finite_rows(x: Float[Array, "*shape"]) -> tuple[Int[Array, "counts=4"], Float[Array, "sums=5"]]:
-    """`_device_rows` of a float array in one reduction of its elements: counts of NaN, Inf and
-    zeros, the min and max of the finite elements (of their `_order_key`s), their sum and sum of
-    squares (unscaled: `_scaled_sums`). A zero is what the device compares equal to 0 (a subnormal
-    where it flushes them)."""
-    wide = jnp.promote_types(x.dtype, jnp.float32)
-    key = jnp.int64 if jnp.dtype(wide).itemsize == 8 else jnp.int32
-    low_key, high_key = jnp.iinfo(key).max, jnp.iinfo(key).min
-
-    def operands(y: Any) -> list[Any]:
-        w = y.astype(wide)
-        nan, finite, zero = jnp.isnan(w), jnp.isfinite(w), w == 0
-        order = _order_key(jnp.where(zero, 0, w))
-        kept = jnp.where(finite, w, 0)
-        ones = [mask.astype(jnp.int32) for mask in (nan, ~(nan | finite), zero)]
-        return [
-            *ones,
-            jnp.where(finite, order, low_key),
-            jnp.where(finite, order, high_key),
-            kept,
-            kept * kept,
-        ]
-
-    add, least, most = (jnp.add, 0), (jnp.minimum, low_key), (jnp.maximum, high_key)
-    flat = x.reshape(-1)
-    nan, inf, zeros, low, high, total, squares = _tree_reduced(
-        flat, operands, [add, add, add, least, most, add, add]
-    )
+    """`_device_rows` of a float array all of whose elements are finite, in fewer passes: no masks,
+    and its largest magnitude from its min and max."""
+    wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     integer = jax.dtypes.canonicalize_dtype(np.int64)
-    nan, inf, zeros = nan.astype(integer), inf.astype(integer), zeros.astype(integer)
-    finite = x.size - nan - inf
-    counts = jnp.stack([nan, inf, finite, zeros])
-    low = jnp.where(finite > 0, _from_key(low, wide), jnp.inf)
-    high = jnp.where(finite > 0, _from_key(high, wide), -jnp.inf)
-    return counts, _scaled_sums(flat, wide, low, high, (total, squares))
+    zero = jnp.zeros((), integer)
+    counts = jnp.stack([zero, zero, jnp.asarray(x.size, integer), (wide == 0).sum(dtype=integer)])
+    low, high = wide.min(), wide.max()
+    exponent = jnp.frexp(jnp.maximum(-low, high))[1]
+    scaled = wide * jnp.ldexp(jnp.ones((), wide.dtype), 2 - exponent)
+    columns = [low, high, exponent.astype(wide.dtype), scaled.sum(), (scaled * scaled).sum()]
+    return counts, jnp.stack(columns)
 
 
-def _integer_rows(
-    x: Shaped[Array, "*shape"],
-) -> tuple[Int[Array, "counts=4"], Float[Array, "sums=5"], Shaped[Array, "min_max=2"]]:
-    """`_device_rows` of an integer (or uint8) array in one reduction of its elements, and its min
-    and max in its own dtype (exact)."""
-    kind = jnp.iinfo(x.dtype)
-
-    def operands(y: Any) -> list[Any]:
-        w = y.astype(jnp.float32)
-        return [y, y, w, w * w, (y == 0).astype(jnp.int32)]
-
-    add = (jnp.add, 0)
-    flat = x.reshape(-1)
-    low, high, total, squares, zeros = _tree_reduced(
-        flat, operands, [(jnp.minimum, kind.max), (jnp.maximum, kind.min), add, add, add]
-    )
-    integer = jax.dtypes.canonicalize_dtype(np.int64)
-    counts = jnp.stack(
-        [jnp.zeros((), integer), jnp.zeros((), integer), jnp.asarray(x.size, integer), zeros.astype(integer)]
-    )
-    sums = _scaled_sums(
-        flat, jnp.float32, low.astype(jnp.float32), high.astype(jnp.float32), (total, squares)
-    )
-    return counts, sums, jnp.stack([low, high])
-
-
-def _leaf_rows(
+@jax.jit
+def _reduce_one(
     leaf: Shaped[Array, "*shape"],
 ) -> tuple[Int[Array, "counts=4"], Float[Array, "sums=5"], Shaped[Array, "min_max=2"] | None]:
-    """One array's counts and sums, where it lives, each element read once (`_finite_rows`,
-    `_integer_rows`); an integer array's min and max also in its own dtype (exact). A complex
-    array's rows are of half its magnitudes, as in `_device_rows`."""
-    halved = jnp.iscomplexobj(leaf)
-    x = leaf
-    if halved:  # |inf + nan j| is inf, as in C and NumPy; halving is exact but for subnormals
-        x = jnp.where(jnp.isinf(x.real) | jnp.isinf(x.imag), jnp.inf, jnp.abs(x * 0.5))
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        counts, sums = _finite_rows(x)
-        if halved:  # the sums are of the whole magnitudes' scale
-            sums = sums.at[2].add(1)
-        return counts, sums, None
-    counts, sums, extremes = _integer_rows(x.astype(jnp.uint8) if x.dtype == jnp.bool_ else x)
-    return counts, sums, None if x.dtype == jnp.bool_ else extremes
-
-
-_reduce_one = jax.jit(_leaf_rows)
-"""`_leaf_rows` compiled by each device's default compiler."""
-_REDUCERS: dict[str, Callable[[jax.Array], Any]] = {
-    "cpu": jax.jit(_leaf_rows, compiler_options=CPU_LOOP_EMITTERS),
-}
-"""`_leaf_rows` compiled for a platform with other options than its default. On a CPU: XLA's loop
-emitters, which fuse the reductions of each level of `_tree_reduced` into one loop over the data
-and vectorise it; its newer fusion emitters make that loop scalar, about 10 times slower than a
-read of the data (an XLA without the option leaves its entry on first use)."""
+    """One array's counts and sums, where it lives; an integer array's min and max also in its own
+    dtype (exact). A float array whose sum is finite (no NaN, no Inf: the usual case) takes the
+    unmasked reductions of `_finite_rows`; `lax.cond` runs one branch."""
+    axes = tuple(range(leaf.ndim))
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+        total = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32)).sum()
+        counts, sums = jax.lax.cond(jnp.isfinite(total), _finite_rows, lambda x: _device_rows(x, axes), leaf)
+    else:
+        counts, sums = _device_rows(leaf, axes)
+    integer = not (jnp.issubdtype(leaf.dtype, jnp.inexact))
+    extremes = jnp.stack([leaf.min(), leaf.max()]) if integer and leaf.dtype != jnp.bool_ else None
+    return counts, sums, extremes
 
 
 @jax.jit
@@ -347,22 +180,7 @@ def _host_kernel(leaves: list[Any], arrays: list[tuple[np.ndarray, ...]]) -> tup
 
 
 def _device_kernel(leaf: jax.Array) -> list[tuple[Any, Any, Any]]:
-    return [_reduced(piece) for piece in _pieces(leaf)]
-
-
-def _reduced(piece: jax.Array) -> tuple[Any, Any, Any]:
-    """`_leaf_rows` of a one-device array, compiled for its platform (`_REDUCERS`)."""
-    platform: str = next(iter(piece.sharding.device_set)).platform  # type: ignore[attr-defined]
-    reduce = _REDUCERS.get(platform)
-    if reduce is None:
-        return _reduce_one(piece)
-    try:
-        return reduce(piece)
-    except jax.errors.JaxRuntimeError as error:
-        if "compile option" not in str(error):
-            raise
-        _REDUCERS.pop(platform, None)  # an XLA without these options: its default compiler
-        return _reduce_one(piece)
+    return [_reduce_one(piece) for piece in _pieces(leaf)]
 
 
 _STATISTICS: Kernel[Any] = Kernel(
@@ -372,7 +190,7 @@ _STATISTICS: Kernel[Any] = Kernel(
     stackable=lambda leaf: bool(jnp.issubdtype(leaf.dtype, jnp.floating)),
 )
 """The statistics on the engine: host rows in float64 (`_host_rows`); a large leaf's where it
-lives, piece by piece, in one read (`_leaf_rows`); small float leaves stacked (`_reduce_stack`)."""
+lives, piece by piece (`_reduce_one`); small float leaves stacked (`_reduce_stack`)."""
 
 
 def leaf_table(leaves: Sequence[Any]) -> LeafTable:
