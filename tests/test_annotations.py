@@ -36,12 +36,13 @@ ARRAYS = [
 
 @pytest.mark.parametrize("array", ARRAYS, ids=lambda a: f"{a.dtype}{list(a.shape)}")
 def test_the_statistics_kernels_hold_their_annotations(array: jax.Array) -> None:
-    counts, sums, _ = checked(_values._reduce_one)(array)
+    counts, sums, _, verdict = checked(_values._reduce_one)(array)
+    assert verdict.shape == ()
     assert counts.shape == (4,) and sums.shape == (5,)
     counts, sums = checked(_values._reduce_stack)(array, array, array)
     assert counts.shape == (3, 4) and sums.shape == (3, 5)
     if jnp.issubdtype(array.dtype, jnp.floating):
-        counts, sums = checked(_values._finite_rows)(array)
+        counts, sums, _ = checked(_values._finite_rows)(array)
         assert counts.shape == (4,) and sums.shape == (5,)
 
 

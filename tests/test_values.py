@@ -176,6 +176,55 @@ def test_counts_are_exact_beyond_float32_integers(where: str, zeros: int, nans: 
         assert finding.message == f"{nans:,} NaN in {size:,} elements (f32[{size}])"
 
 
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, np.float32])
+@pytest.mark.parametrize(
+    "case",
+    ["normal", "tiny", "huge", "zeros", "nan last", "nan first", "inf", "-inf", "all zero", "constant"],
+)
+def test_a_large_leaf_takes_a_right_path_for_every_range_and_special_value(case: str, dtype: Any) -> None:
+    # each case reaches one way through the device kernel: sums rescaled, summed again, or masked
+    rng = np.random.default_rng(0)
+    size = 1 << 17
+    scale = {"tiny": 1e-6 if dtype == np.float16 else 1e-15, "huge": 1e4 if dtype == np.float16 else 1e25}
+    array = (rng.standard_normal(size) * scale.get(case, 1.0)).astype(np.float64)
+    if case == "zeros":
+        array[::3] = 0
+    if case == "all zero":
+        array[:] = 0
+    if case == "constant":
+        array[:] = 0.53
+    special = {"nan last": (-1, np.nan), "nan first": (0, np.nan), "inf": (7, np.inf), "-inf": (9, -np.inf)}
+    if case in special:
+        position, value = special[case]
+        array[position] = value
+    array = array.astype(dtype)
+    values = oi.stats({"x": jnp.asarray(array)})["x"]
+    assert_matches(values, reference([array], flush=True), 2e-6)
+    assert [f.kind for f in oi.check({"x": jnp.asarray(array)})] == (["nonfinite"] if case in special else [])
+
+
+def test_large_leaves_of_one_shape_reduced_in_one_call_give_each_its_own_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # as on an accelerator: up to 8 large leaves of one shape, dtype and placement in one call
+    monkeypatch.setattr(oi._values, "_arithmetic", lambda leaf: False)
+    calls = []
+    many = oi._values._reduce_many
+    monkeypatch.setattr(oi._values, "_reduce_many", lambda *a: calls.append(len(a[0])) or many(*a))
+    rng = np.random.default_rng(1)
+    arrays = [rng.standard_normal(1 << 16).astype(np.float32) * 10.0**i for i in range(-3, 8)]
+    arrays[2][::5] = 0
+    arrays[4][7] = np.nan
+    arrays[5][9] = -np.inf
+    arrays[6][:] = 1e-20  # summed again, with masks
+    ints = [rng.integers(-5, 5, 1 << 16).astype(np.int32) for _ in range(3)]
+    leaves = {f"x{i:02}": jnp.asarray(array) for i, array in enumerate(arrays + ints)}
+    values = oi.stats(leaves)
+    for key, array in zip(leaves, arrays + ints, strict=True):
+        assert_matches(values[key], reference([array], flush=True), 2e-6)
+    assert sorted(calls) == [2, 2, 8]  # 11 floats: 8 + 2 (+ 1 alone); 3 ints: 2 (+ 1 alone)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.int32])
 def test_a_leaf_beyond_int32_counts_is_reduced_in_slices(dtype: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(oi._values, "_COUNTED", 10_000)  # a device counts up to 2**31 - 1 at once

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, Shaped
+from jaxtyping import Array, Bool, Float, Int, Shaped
 
 from ._engine import Kernel, combined, run, split
 
@@ -69,6 +69,7 @@ def compare_values(pairs: list[Pair], rtol: float, atol: float) -> list[Compared
         arrays=lambda pair: (pair.a, pair.b),
         host=lambda items, arrays: _host_compare(items, arrays, rtol, atol),
         device=lambda pair: _device_compare_pair(pair, rtol, atol),
+        group=_device_group,
         key=lambda pair: pair.words,
         together=_DEVICE_GROUP,
         stack=lambda pairs: _stack_compare(
@@ -80,10 +81,11 @@ def compare_values(pairs: list[Pair], rtol: float, atol: float) -> list[Compared
         pairs, lambda pair: (pair.a, pair.b), lambda pair, arrays: pair._replace(a=arrays[0], b=arrays[1])
     )
     results = [_NOTHING] * len(parts.items)
+    large: list[tuple[int, Any]] = []
     for piece in run(parts.items, kernel):
         if piece.where == "device":
             [i] = piece.items
-            results[i] = _compared(parts.items[i], *piece.output)
+            large.append((i, piece.output))
         elif piece.where == "stacked":
             rows = _stacked_rows(parts.items[piece.items[0]], *piece.output)
             for i, row in zip(piece.items, rows, strict=True):
@@ -91,6 +93,12 @@ def compare_values(pairs: list[Pair], rtol: float, atol: float) -> list[Compared
         else:
             for i, found in zip(piece.items, piece.output, strict=True):
                 results[i] = found
+    if large:
+        found = _device_results(
+            [parts.items[i] for i, _ in large], [output for _, output in large], rtol, atol
+        )
+        for (i, _), compared in zip(large, found, strict=True):
+            results[i] = compared
     if not (parts.spread or parts.exchanged):
         return results
     return [_NOTHING if found is None else found for found in combined(parts, results, _merged)]
@@ -111,11 +119,65 @@ def _merged(shards: list[Compared]) -> Compared:
     )
 
 
-def _device_compare_pair(pair: Pair, rtol: float, atol: float) -> Any:
+def _on_one_device_set(pair: Pair) -> tuple[jax.Array, jax.Array]:
+    """The pair's arrays, `b` moved to `a`'s devices: a compiled function takes arrays on one set."""
     a, b = pair.a, pair.b
-    if a.sharding.device_set != b.sharding.device_set:
-        b = jax.device_put(b, a.sharding)  # a compiled function takes arrays on one set of devices
-    return _device_compare(a, b, rtol, atol, rtol > 0 or atol > 0, pair.words)
+    return a, (b if a.sharding.device_set == b.sharding.device_set else jax.device_put(b, a.sharding))
+
+
+def _device_compare_pair(pair: Pair, rtol: float, atol: float) -> tuple[Any, Any]:
+    """A large pair where it lives: two float arrays of one dtype first tested for equality alone
+    (`_equal_floats`: one float reduction, where the comparison takes several masked ones), as
+    `(equal, None)`; any other compared at once, as `(None, outputs of _device_compare)`."""
+    a, b = _on_one_device_set(pair)
+    if pair.words == 1 and a.dtype == b.dtype and jnp.issubdtype(a.dtype, jnp.floating):
+        return _equal_floats(a, b), None
+    return None, _device_compare(a, b, rtol, atol, rtol > 0 or atol > 0, pair.words)
+
+
+def _device_group(pairs: list[Pair]) -> tuple[Any, None] | None:
+    """`_device_compare_pair`'s results of float pairs of one shape, dtype and placement, stacked,
+    on an accelerator; None elsewhere (on a CPU XLA runs one program's reductions of several
+    arrays slower than as many programs)."""
+    first = pairs[0]
+    a = first.a
+    if not (first.words == 1 and a.dtype == first.b.dtype and jnp.issubdtype(a.dtype, jnp.floating)):
+        return None
+    if _on_cpu(a):
+        return None
+    moved = [_on_one_device_set(pair) for pair in pairs]
+    return _equal_many(tuple(a for a, _ in moved), tuple(b for _, b in moved)), None
+
+
+def _on_cpu(array: jax.Array) -> bool:
+    return next(iter(array.sharding.device_set)).platform == "cpu"  # type: ignore[attr-defined]
+
+
+@jax.jit
+def _equal_many(
+    a: tuple[Float[Array, "*shape"], ...], b: tuple[Float[Array, "*shape"], ...]
+) -> Bool[Array, " pairs"]:
+    """`_equal_floats` of each pair, stacked."""
+    return jnp.stack([_equal_floats(x, y) for x, y in zip(a, b, strict=True)])
+
+
+def _device_results(
+    pairs: list[Pair], outputs: list[tuple[Any, Any]], rtol: float, atol: float
+) -> list[Compared]:
+    """The comparisons of large pairs from `_device_compare_pair`'s fetched outputs: those found
+    unequal are compared now, all in one transfer."""
+    unequal = [i for i, (equal, _) in enumerate(outputs) if equal is not None and not bool(equal)]
+    pending = {}
+    for i in unequal:
+        pending[i] = _device_compare(*_on_one_device_set(pairs[i]), rtol, atol, rtol > 0 or atol > 0, 1)
+    fetched = jax.device_get(pending)
+    results = []
+    for i, (pair, (equal, compared)) in enumerate(zip(pairs, outputs, strict=True)):
+        if equal is not None and bool(equal):
+            results.append(Compared(0, int(np.size(pair.a)), 0, 0, 0, 0, 0, 0.0, 0.0))
+        else:
+            results.append(_compared(pair, *fetched.get(i, compared)))
+    return results
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
@@ -133,6 +195,18 @@ def _device_compare(
         half.max(initial=0),
         rel.max(initial=0),
     )
+
+
+@jax.jit
+def _equal_floats(a: Float[Array, "*shape"], b: Float[Array, "*shape"]) -> Bool[Array, ""]:
+    """Whether two finite float arrays of one shape are equal, element by element (-0 equal to 0),
+    by one float reduction: the sum of their differences' magnitudes, each array first multiplied
+    by `2**(nmant + 1)` (exact), so that the difference of two distinct floats is never below the
+    smallest normal number, which a device may flush to zero. False where an element is NaN or
+    Inf, or beyond the largest float over that factor."""
+    wide = jnp.promote_types(a.dtype, jnp.float32)
+    factor = 2.0 ** (jnp.finfo(wide).nmant + 1)
+    return jnp.abs(a.astype(wide) * factor - b.astype(wide) * factor).sum() == 0
 
 
 def _stackable(pair: Pair) -> bool:

@@ -14,9 +14,10 @@ Where each item is computed, by its size and where its arrays live:
   (`Kernel.stackable`), computed on that device by `Kernel.stack`, `CHUNK` at a time (the last
   chunk padded to a power of two, at least `STACKED`): one compilation serves at least `STACKED`
   items, and their results are a few arrays.
-- on their devices: larger items, one `Kernel.device` call each, where the large items of one
-  shape, dtypes and placement hold at least `Kernel.together` elements between them (else on the
-  host): each compilation is paid for by as much data.
+- on their devices: larger items, one `Kernel.device` call each (or one `Kernel.group` call for
+  up to `GROUP` of one shape, dtypes and placement), where the large items of one shape, dtypes
+  and placement hold at least `Kernel.together` elements between them (else on the host): each
+  compilation is paid for by as much data.
 - under `jit` (an item with a tracer): items of one shape, dtype and key stacked in the trace by
   `Kernel.stack`, `CHUNK` at a time (a large one alone); their results are tracers, returned as
   they are.
@@ -62,6 +63,9 @@ from ._errors import InvalidArgumentError
 
 SMALL = 1 << 16
 """Items with fewer elements are computed on the host (or stacked); larger ones where they live."""
+GROUP = 8
+"""The most large items given to one `Kernel.group` call, in groups of powers of two (so that a
+shape is compiled for a few group sizes at most)."""
 STACKED = 64
 """Small items of one shape, dtype and device, this many or more, may be stacked on it."""
 CHUNK = 256
@@ -99,6 +103,11 @@ class Kernel(Generic[Item]):
     together: int = 0
     """The elements that large items of one shape, dtypes, placement and key must hold together
     to be computed on their devices."""
+    group: Callable[[list[Item]], Any] | None = None
+    """Several large items of one shape, dtypes, placement and key to `Kernel.device`'s results,
+    each stacked along a first axis of one row an item, in one call (one dispatch and one transfer
+    a group: on a GPU each costs about what reading 1 GB does), or to None where it takes no such
+    group; None: each item is computed alone."""
 
 
 class Piece(NamedTuple):
@@ -116,7 +125,7 @@ def run(items: Sequence[Item], kernel: Kernel[Item]) -> list[Piece]:
     elements is in no piece: its result is the verb's neutral one. Every array of the items is
     held whole by this process (`split` first where one may not be)."""
     host: list[int] = []
-    device: list[int] = []
+    device: list[list[int]] = []
     large: dict[Hashable, list[int]] = {}
     small: dict[Hashable, list[int]] = {}
     traced: dict[Hashable, list[int]] = {}
@@ -160,7 +169,12 @@ def run(items: Sequence[Item], kernel: Kernel[Item]) -> list[Piece]:
             host.append(position)
     for members in large.values():  # of one shape
         size = _parts(kernel, items[members[0]])[0].size
-        (device if len(members) * size >= kernel.together else host).extend(members)
+        if len(members) * size < kernel.together:
+            host.extend(members)
+        elif kernel.group is None:
+            device.extend([member] for member in members)
+        else:
+            device.extend(_groups(members))
     chunks: list[list[int]] = []
     for members in small.values():
         parts = _parts(kernel, items[members[0]])
@@ -172,6 +186,16 @@ def run(items: Sequence[Item], kernel: Kernel[Item]) -> list[Piece]:
     return _computed(items, kernel, host, device, chunks, list(traced.values()))
 
 
+def _groups(members: list[int]) -> list[list[int]]:
+    """`members` in groups of `GROUP`, then of the powers of two that make up the rest."""
+    groups, start = [], 0
+    while start < len(members):
+        size = min(GROUP, 1 << ((len(members) - start).bit_length() - 1))
+        groups.append(members[start : start + size])
+        start += size
+    return groups
+
+
 def _parts(kernel: Kernel[Item], item: Item) -> tuple[Any, ...]:
     return (item,) if kernel.arrays is None else kernel.arrays(item)
 
@@ -180,7 +204,7 @@ def _computed(
     items: Sequence[Item],
     kernel: Kernel[Item],
     host: list[int],
-    device: list[int],
+    device: list[list[int]],
     chunks: list[list[int]],
     traced: list[list[int]],
 ) -> list[Piece]:
@@ -193,7 +217,18 @@ def _computed(
             chunk = members[start : start + CHUNK]
             pieces.append(Piece("traced", chunk, kernel.stack([items[p] for p in chunk])))
     with jax.ensure_compile_time_eval():  # concrete arrays closed over by a traced function too
-        outputs = [kernel.device(items[p]) for p in device]
+        computed: list[tuple[list[int], bool]] = []  # the items of each output; stacked or not
+        outputs: list[Any] = []
+        for group in device:
+            stacked = (
+                None if kernel.group is None or len(group) == 1 else kernel.group([items[p] for p in group])
+            )
+            if stacked is None:
+                computed.extend(([p], False) for p in group)
+                outputs.extend(kernel.device(items[p]) for p in group)
+            else:
+                computed.append((group, True))
+                outputs.append(stacked)
         for chunk in chunks:
             size = min(CHUNK, max(STACKED, 1 << (len(chunk) - 1).bit_length()))
             padded = chunk + [chunk[0]] * (size - len(chunk))
@@ -203,9 +238,14 @@ def _computed(
     batches = _runs([sum(array.nbytes for array in parts) for parts in host_parts], HOST_BYTES)
     first = batches[0] if batches else range(0)
     results, fetched = jax.device_get((outputs, host_parts[first.start : first.stop]))
-    for position, output in zip(device, results[: len(device)], strict=True):
-        pieces.append(Piece("device", [position], output))
-    for chunk, output in zip(chunks, results[len(device) :], strict=True):
+    for (group, stacked), output in zip(computed, results[: len(computed)], strict=True):
+        if not stacked:
+            pieces.append(Piece("device", group, output))
+        else:
+            pieces.extend(
+                Piece("device", [p], jax.tree.map(lambda x, k=k: x[k], output)) for k, p in enumerate(group)
+            )
+    for chunk, output in zip(chunks, results[len(computed) :], strict=True):
         pieces.append(Piece("stacked", chunk, [x[: len(chunk)] for x in output]))
     for number, batch in enumerate(batches):
         if number:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -134,36 +135,96 @@ def _with_scale(xp: Any, sums: Any, halved: bool = False) -> Any:
     return xp.concatenate([extremes, divisor[..., None], sums[..., 3:]], axis=-1)
 
 
-def _finite_rows(x: Float[Array, "*shape"]) -> tuple[Int[Array, "counts=4"], Float[Array, "sums=5"]]:
-    """`_device_rows` of a float array all of whose elements are finite, in fewer passes: no masks,
-    and its largest magnitude from its min and max."""
-    wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+_EXACT_ONES = 1 << 24
+"""A float32 sum of this many ones or fewer is exact, in any order."""
+
+
+def _nonzero_count(x: Float[Array, "*shape"], arithmetic: bool) -> Int[Array, ""]:
+    """The number of nonzero elements of the finite float array `x`. With `arithmetic`, by float
+    arithmetic alone (XLA on a CPU reduces integers and selects about ten times slower): sums of
+    `min(ceil(|x|), 1)` over slices of at most `_EXACT_ONES` elements, each exact (no product by
+    a large constant: XLA folds two into one, which overflows)."""
     integer = jax.dtypes.canonicalize_dtype(np.int64)
-    zero = jnp.zeros((), integer)
-    counts = jnp.stack([zero, zero, jnp.asarray(x.size, integer), (wide == 0).sum(dtype=integer)])
-    low, high = wide.min(), wide.max()
-    exponent = jnp.frexp(jnp.maximum(-low, high))[1]
-    scaled = wide * jnp.ldexp(jnp.ones((), wide.dtype), 2 - exponent)
-    columns = [low, high, exponent.astype(wide.dtype), scaled.sum(), (scaled * scaled).sum()]
-    return counts, jnp.stack(columns)
+    if not arithmetic:
+        return (x != 0).sum(dtype=integer)
+    flat = x.reshape(-1)
+    wide = jnp.promote_types(x.dtype, jnp.float32)
+    step = _EXACT_ONES if jnp.dtype(wide).itemsize < 8 else flat.size or 1
+    parts = [
+        jnp.minimum(jnp.ceil(jnp.abs(flat[start : start + step])), 1).sum(dtype=wide)
+        for start in range(0, flat.size, step)
+    ]
+    return sum((part.astype(integer) for part in parts), jnp.zeros((), integer))
+
+
+def _finite_rows(
+    x: Float[Array, "*shape"], arithmetic: bool = False
+) -> tuple[Int[Array, "counts=4"], Float[Array, "sums=5"], Int[Array, ""]]:
+    """`_device_rows` of a float array all of whose elements are finite (the usual case), by
+    independent reductions of the whole array: its min and max (in its own dtype, exact), its sum
+    and sum of squares (at least float32), which XLA fuses into one read of the data on a GPU and
+    runs each at about the speed of one on a CPU, and its nonzero elements (`_nonzero_count`).
+    The sums are taken unscaled, then scaled by a power of two, which is exact where the sum of
+    squares neither overflowed nor lost its smallest terms (a largest magnitude below
+    `2**(minexp / 4)`). Also whether the rows are right: `_RIGHT`, or `_AGAIN` where an element is
+    NaN or Inf (XLA's min and max on a CPU may skip a NaN; the sum does not) or the scaling was
+    not exact: then the caller reduces the array again with `_device_rows`. No conditional on the
+    device: a GPU would wait for the host to read its predicate."""
+    wide = jnp.promote_types(x.dtype, jnp.float32)
+    integer = jax.dtypes.canonicalize_dtype(np.int64)
+    low, high = x.min().astype(wide), x.max().astype(wide)
+    # each widened apart: a float32 copy of x that two reductions share is materialised (on a CPU)
+    total, squares = x.sum(dtype=wide), jnp.square(jax.lax.optimization_barrier(x).astype(wide)).sum()
+    largest = jnp.maximum(jnp.maximum(-low, high), 0)
+    finite = jnp.isfinite(total) & jnp.isfinite(low) & jnp.isfinite(high)
+    exact = jnp.isfinite(squares) & ((largest == 0) | (largest >= 2.0 ** (jnp.finfo(wide).minexp // 4)))
+    exponent = jnp.frexp(largest)[1]
+    factor = jnp.ldexp(jnp.ones((), wide), 2 - exponent)
+    zero, size = jnp.zeros((), integer), jnp.asarray(x.size, integer)
+    counts = jnp.stack([zero, zero, size, size - _nonzero_count(x, arithmetic)])
+    sums = jnp.stack([low, high, exponent.astype(wide), total * factor, squares * factor * factor])
+    return counts, sums, jnp.where(finite & exact, _RIGHT, _AGAIN)
+
+
+_RIGHT, _AGAIN = 0, 1
+"""Whether `_finite_rows` are right, or the array is to be reduced again with masks."""
+
+
+@partial(jax.jit, static_argnums=1)
+def _reduce_one(
+    leaf: Shaped[Array, "*shape"], arithmetic: bool = False
+) -> tuple[Int[Array, "counts=4"], Float[Array, "sums=5"], Shaped[Array, "min_max=2"] | None, Int[Array, ""]]:
+    """One array's counts and sums, where it lives (`_finite_rows` for floats, `arithmetic` on a
+    CPU), and whether they are right (`_RIGHT`) or the array is to be reduced again
+    (`_reduce_masked`); an integer array's min and max also in its own dtype (exact)."""
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+        counts, sums, verdict = _finite_rows(leaf, arithmetic)
+    else:
+        counts, sums = _device_rows(leaf, tuple(range(leaf.ndim)))
+        verdict = jnp.asarray(_RIGHT)
+    integer = not (jnp.issubdtype(leaf.dtype, jnp.inexact))
+    extremes = jnp.stack([leaf.min(), leaf.max()]) if integer and leaf.dtype != jnp.bool_ else None
+    return counts, sums, extremes, verdict
+
+
+@partial(jax.jit, static_argnums=1)
+def _reduce_many(
+    leaves: tuple[Shaped[Array, "*shape"], ...], arithmetic: bool
+) -> tuple[Int[Array, "leaves counts=4"], Float[Array, "leaves sums=5"], Any, Int[Array, " leaves"]]:
+    """`_reduce_one` of several arrays of one shape, dtype and placement, its results stacked: one
+    dispatch and one transfer for them all."""
+    rows = [_reduce_one(leaf, arithmetic) for leaf in leaves]
+    return tuple(None if column[0] is None else jnp.stack(column) for column in zip(*rows, strict=True))  # type: ignore[return-value]
 
 
 @jax.jit
-def _reduce_one(
-    leaf: Shaped[Array, "*shape"],
-) -> tuple[Int[Array, "counts=4"], Float[Array, "sums=5"], Shaped[Array, "min_max=2"] | None]:
-    """One array's counts and sums, where it lives; an integer array's min and max also in its own
-    dtype (exact). A float array whose sum is finite (no NaN, no Inf: the usual case) takes the
-    unmasked reductions of `_finite_rows`; `lax.cond` runs one branch."""
-    axes = tuple(range(leaf.ndim))
-    if jnp.issubdtype(leaf.dtype, jnp.floating):
-        total = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32)).sum()
-        counts, sums = jax.lax.cond(jnp.isfinite(total), _finite_rows, lambda x: _device_rows(x, axes), leaf)
-    else:
-        counts, sums = _device_rows(leaf, axes)
-    integer = not (jnp.issubdtype(leaf.dtype, jnp.inexact))
-    extremes = jnp.stack([leaf.min(), leaf.max()]) if integer and leaf.dtype != jnp.bool_ else None
-    return counts, sums, extremes
+def _reduce_masked(
+    leaf: Float[Array, "*shape"],
+) -> tuple[Int[Array, "counts=4"], Float[Array, "sums=5"], None, Int[Array, ""]]:
+    """`_reduce_one`'s results for a float array with a NaN or an Inf, or values whose squares
+    overflow or underflow: by the masked reductions of `_device_rows`."""
+    counts, sums = _device_rows(leaf, tuple(range(leaf.ndim)))
+    return counts, sums, None, jnp.asarray(_RIGHT)
 
 
 @jax.jit
@@ -179,18 +240,34 @@ def _host_kernel(leaves: list[Any], arrays: list[tuple[np.ndarray, ...]]) -> tup
     return _host_rows([array for (array,) in arrays])
 
 
-def _device_kernel(leaf: jax.Array) -> list[tuple[Any, Any, Any]]:
-    return [_reduce_one(piece) for piece in _pieces(leaf)]
+def _arithmetic(leaf: jax.Array) -> bool:
+    """Whether `_nonzero_count` counts by float arithmetic alone: on a CPU."""
+    return next(iter(leaf.sharding.device_set)).platform == "cpu"  # type: ignore[attr-defined]
+
+
+def _device_kernel(leaf: jax.Array) -> list[tuple[Any, Any, Any, Any]]:
+    return [_reduce_one(piece, _arithmetic(leaf)) for piece in _pieces(leaf)]
+
+
+def _group_kernel(leaves: list[jax.Array]) -> list[tuple[Any, Any, Any, Any]] | None:
+    """`_device_kernel`'s results of arrays of one shape, dtype and placement, stacked (each one
+    piece), on an accelerator; None on a CPU (where XLA runs one program's reductions of several
+    arrays slower than as many programs) and for arrays reduced in slices."""
+    if leaves[0].size > _COUNTED or _arithmetic(leaves[0]):
+        return None
+    return [_reduce_many(tuple(leaves), _arithmetic(leaves[0]))]
 
 
 _STATISTICS: Kernel[Any] = Kernel(
     host=_host_kernel,
     device=_device_kernel,
+    group=_group_kernel,
     stack=lambda leaves: _reduce_stack(*leaves),
     stackable=lambda leaf: bool(jnp.issubdtype(leaf.dtype, jnp.floating)),
 )
 """The statistics on the engine: host rows in float64 (`_host_rows`); a large leaf's where it
-lives, piece by piece (`_reduce_one`); small float leaves stacked (`_reduce_stack`)."""
+lives, piece by piece (`_reduce_one`), up to `GROUP` of one shape in one call (`_reduce_many`);
+small float leaves stacked (`_reduce_stack`)."""
 
 
 def leaf_table(leaves: Sequence[Any]) -> LeafTable:
@@ -225,7 +302,7 @@ def leaf_table(leaves: Sequence[Any]) -> LeafTable:
         elif piece.where == "device":
             [item] = piece.items
             complex_ = bool(jnp.issubdtype(computed[item].dtype, jnp.complexfloating))
-            part_counts[item], part_sums[item] = _merged_pieces(piece.output, complex_)
+            part_counts[item], part_sums[item] = _merged_pieces(computed[item], piece.output, complex_)
         else:
             complex_ = bool(jnp.issubdtype(computed[piece.items[0]].dtype, jnp.complexfloating))
             traced.append((rows_of[owner[rows]], piece.output, complex_))
@@ -247,10 +324,19 @@ def _merged_rows(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
     return np.asarray(merged[:4], np.int64), np.asarray(merged[4:], np.float64)
 
 
-def _merged_pieces(results: list[tuple[Any, Any, Any]], complex_: bool) -> tuple[np.ndarray, np.ndarray]:
-    """A large leaf's row from the fetched rows of its pieces (`_pieces`)."""
+def _merged_pieces(
+    leaf: jax.Array, results: list[tuple[Any, Any, Any, Any]], complex_: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """A large leaf's row from the fetched rows of its pieces (`_pieces`), those `_reduce_one`
+    could not give reduced again (`_reduce_masked`)."""
+    again = [i for i, (*_, verdict) in enumerate(results) if int(verdict) != _RIGHT]
+    if again:
+        pieces = _pieces(leaf)
+        results = list(results)
+        for i, redone in zip(again, jax.device_get([_reduce_masked(pieces[i]) for i in again]), strict=True):
+            results[i] = redone
     parts = []
-    for piece_counts, piece_sums, extremes in results:
+    for piece_counts, piece_sums, extremes, _ in results:
         piece_sums = _with_scale(np, np.asarray(piece_sums, np.float64), complex_)
         if extremes is not None:  # an integer array's, exact
             piece_sums[:2] = np.asarray(extremes).astype(np.float64)
