@@ -159,19 +159,28 @@ def test_statistics_under_jit_equal_the_reference_in_float32(drawn: list[np.ndar
 
 @pytest.mark.parametrize(
     ("where", "zeros", "nans"),
-    [("numpy", (1 << 24) + 1, 2), ("device", (1 << 24) + 1, 2), ("jit", 3, (1 << 24) + 1)],
+    [
+        ("numpy", (1 << 24) + 1, 2),
+        ("device", (1 << 24) + 1, 2),
+        ("device", (1 << 24) + 1, 0),  # zeros beyond what a float32 sum counts exactly, no NaN
+        ("device", (1 << 24) + 5, 0),  # all zeros
+        ("device", (1 << 24) - 1, 0),
+        ("jit", 3, (1 << 24) + 1),
+    ],
 )
 def test_counts_are_exact_beyond_float32_integers(where: str, zeros: int, nans: int) -> None:
     size = (1 << 24) + 5  # more than float32 counts exactly
     array = np.ones(size, np.float32)
     array[:zeros] = 0
-    array[-nans:] = np.nan
+    array[size - nans :] = np.nan
     leaf = array if where == "numpy" else jnp.asarray(array)
     values = jax.jit(oi.stats)({"x": leaf})["x"] if where == "jit" else oi.stats({"x": leaf})["x"]
     finite = size - nans
     assert int(values["nan"]) == nans
     if where != "jit":  # a float32 fraction there
         assert round(float(values["zero_fraction"]) * finite) == zeros
+        assert float(values["mean"]) == (finite - zeros) / finite
+    if where != "jit" and nans:
         [finding] = oi.check({"x": leaf})
         assert finding.message == f"{nans:,} NaN in {size:,} elements (f32[{size}])"
 

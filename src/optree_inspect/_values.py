@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, Shaped
+from jaxtyping import Array, Bool, Float, Int, Shaped
 
 from ._engine import Kernel, combined, run, split
 from ._leaf import host_number, is_numeric, unwrap
@@ -139,22 +139,18 @@ _EXACT_ONES = 1 << 24
 """A float32 sum of this many ones or fewer is exact, in any order."""
 
 
-def _nonzero_count(x: Float[Array, "*shape"], arithmetic: bool) -> Int[Array, ""]:
-    """The number of nonzero elements of the finite float array `x`. With `arithmetic`, by float
-    arithmetic alone (XLA on a CPU reduces integers and selects about ten times slower): sums of
-    `min(ceil(|x|), 1)` over slices of at most `_EXACT_ONES` elements, each exact (no product by
-    a large constant: XLA folds two into one, which overflows)."""
+def _zero_count(x: Float[Array, "*shape"], arithmetic: bool) -> tuple[Int[Array, ""], Bool[Array, ""]]:
+    """The number of zeros of the finite float array `x`, and whether it is exact. With
+    `arithmetic`, by float arithmetic alone (XLA on a CPU reduces integers and selects about ten
+    times slower, and the sums of slices of an array): a float sum of `1 - min(ceil(|x|), 1)`,
+    exact where it is below `_EXACT_ONES` (every partial sum is then an integer it holds). No
+    product by a large constant: XLA folds two into one, which overflows."""
     integer = jax.dtypes.canonicalize_dtype(np.int64)
     if not arithmetic:
-        return (x != 0).sum(dtype=integer)
-    flat = x.reshape(-1)
+        return (x == 0).sum(dtype=integer), jnp.asarray(True)
     wide = jnp.promote_types(x.dtype, jnp.float32)
-    step = _EXACT_ONES if jnp.dtype(wide).itemsize < 8 else flat.size or 1
-    parts = [
-        jnp.minimum(jnp.ceil(jnp.abs(flat[start : start + step])), 1).sum(dtype=wide)
-        for start in range(0, flat.size, step)
-    ]
-    return sum((part.astype(integer) for part in parts), jnp.zeros((), integer))
+    zeros = (1 - jnp.minimum(jnp.ceil(jnp.abs(x)), 1)).sum(dtype=wide)
+    return zeros.astype(integer), (zeros < _EXACT_ONES) | (jnp.dtype(wide).itemsize == 8)
 
 
 def _finite_rows(
@@ -163,12 +159,13 @@ def _finite_rows(
     """`_device_rows` of a float array all of whose elements are finite (the usual case), by
     independent reductions of the whole array: its min and max (in its own dtype, exact), its sum
     and sum of squares (at least float32), which XLA fuses into one read of the data on a GPU and
-    runs each at about the speed of one on a CPU, and its nonzero elements (`_nonzero_count`).
+    runs each at about the speed of one on a CPU, and its zeros (`_zero_count`).
     The sums are taken unscaled, then scaled by a power of two, which is exact where the sum of
     squares neither overflowed nor lost its smallest terms (a largest magnitude below
     `2**(minexp / 4)`). Also whether the rows are right: `_RIGHT`, or `_AGAIN` where an element is
-    NaN or Inf (XLA's min and max on a CPU may skip a NaN; the sum does not) or the scaling was
-    not exact: then the caller reduces the array again with `_device_rows`. No conditional on the
+    NaN or Inf (XLA's min and max on a CPU may skip a NaN; the sum does not), the scaling was not
+    exact, or the zeros were not counted exactly: then the caller reduces the array again with
+    `_device_rows`. No conditional on the
     device: a GPU would wait for the host to read its predicate."""
     wide = jnp.promote_types(x.dtype, jnp.float32)
     integer = jax.dtypes.canonicalize_dtype(np.int64)
@@ -181,9 +178,11 @@ def _finite_rows(
     exponent = jnp.frexp(largest)[1]
     factor = jnp.ldexp(jnp.ones((), wide), 2 - exponent)
     zero, size = jnp.zeros((), integer), jnp.asarray(x.size, integer)
-    counts = jnp.stack([zero, zero, size, size - _nonzero_count(x, arithmetic)])
+    zeros, counted = _zero_count(x, arithmetic)
+    nothing_else = (low == 0) & (high == 0)  # all zeros: counted or not
+    counts = jnp.stack([zero, zero, size, jnp.where(nothing_else, size, zeros)])
     sums = jnp.stack([low, high, exponent.astype(wide), total * factor, squares * factor * factor])
-    return counts, sums, jnp.where(finite & exact, _RIGHT, _AGAIN)
+    return counts, sums, jnp.where(finite & exact & (counted | nothing_else), _RIGHT, _AGAIN)
 
 
 _RIGHT, _AGAIN = 0, 1
@@ -241,7 +240,7 @@ def _host_kernel(leaves: list[Any], arrays: list[tuple[np.ndarray, ...]]) -> tup
 
 
 def _arithmetic(leaf: jax.Array) -> bool:
-    """Whether `_nonzero_count` counts by float arithmetic alone: on a CPU."""
+    """Whether `_zero_count` counts by float arithmetic alone: on a CPU."""
     return next(iter(leaf.sharding.device_set)).platform == "cpu"  # type: ignore[attr-defined]
 
 
