@@ -171,14 +171,15 @@ def _finite_rows(
     integer = jax.dtypes.canonicalize_dtype(np.int64)
     low, high = x.min().astype(wide), x.max().astype(wide)
     # each widened apart: a float32 copy of x that two reductions share is materialised (on a CPU)
-    total, squares = x.sum(dtype=wide), jnp.square(jax.lax.optimization_barrier(x).astype(wide)).sum()
+    for_squares, for_zeros = jax.lax.optimization_barrier((x, x))
+    total, squares = x.sum(dtype=wide), jnp.square(for_squares.astype(wide)).sum()
     largest = jnp.maximum(jnp.maximum(-low, high), 0)
     finite = jnp.isfinite(total) & jnp.isfinite(low) & jnp.isfinite(high)
     exact = jnp.isfinite(squares) & ((largest == 0) | (largest >= 2.0 ** (jnp.finfo(wide).minexp // 4)))
     exponent = jnp.frexp(largest)[1]
     factor = jnp.ldexp(jnp.ones((), wide), 2 - exponent)
     zero, size = jnp.zeros((), integer), jnp.asarray(x.size, integer)
-    zeros, counted = _zero_count(x, arithmetic)
+    zeros, counted = _zero_count(for_zeros, arithmetic)
     nothing_else = (low == 0) & (high == 0)  # all zeros: counted or not
     counts = jnp.stack([zero, zero, size, jnp.where(nothing_else, size, zeros)])
     sums = jnp.stack([low, high, exponent.astype(wide), total * factor, squares * factor * factor])
