@@ -261,6 +261,25 @@ def test_large_float_pairs_of_one_shape_tested_in_one_call_give_each_its_own_row
     assert [row.query for row in found] == ["x01", "x08", "x10"]
 
 
+@pytest.mark.parametrize("change", [None, 2.0, np.nan])
+def test_large_concrete_pairs_closed_over_by_a_jitted_function_are_compared(change: Any) -> None:
+    # a pair found unequal is compared again on the concrete arrays, not in the trace
+    a = jnp.ones(1 << 17)
+    b = a if change is None else a.at[5].set(change)
+    rows: list[str] = []
+
+    def traced(x: jax.Array) -> jax.Array:
+        with pytest.MonkeyPatch.context() as patch:  # on the device, as larger pairs are
+            patch.setattr(_compare, "_DEVICE_GROUP", 0)
+            rows.extend(row.summary for row in oi.diff({"x": a}, {"x": b}))
+        return x
+
+    jax.jit(traced)(jnp.zeros(()))
+    expected = {None: [], 2.0: ["1 of 131,072 elements differ, max |diff| 1"], np.nan: ["1 became NaN"]}
+    assert len(rows) == len(expected[change])
+    assert all(text in row for row, text in zip(rows, expected[change], strict=True))
+
+
 @pytest.mark.parametrize(
     ("a", "b", "text"),
     [

@@ -188,7 +188,19 @@ def test_counts_are_exact_beyond_float32_integers(where: str, zeros: int, nans: 
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, np.float32])
 @pytest.mark.parametrize(
     "case",
-    ["normal", "tiny", "huge", "zeros", "nan last", "nan first", "inf", "-inf", "all zero", "constant"],
+    [
+        "normal",
+        "tiny",
+        "huge",
+        "zeros",
+        "nan last",
+        "nan first",
+        "inf",
+        "-inf",
+        "all zero",
+        "constant",
+        "subnormal",
+    ],
 )
 def test_a_large_leaf_takes_a_right_path_for_every_range_and_special_value(case: str, dtype: Any) -> None:
     # each case reaches one way through the device kernel: sums rescaled, summed again, or masked
@@ -202,6 +214,9 @@ def test_a_large_leaf_takes_a_right_path_for_every_range_and_special_value(case:
         array[:] = 0
     if case == "constant":
         array[:] = 0.53
+    if case == "subnormal":  # the least element: a float32 subnormal too but for float16
+        array = np.abs(array) + 1
+        array[::8] = -float(ml_dtypes.finfo(dtype).smallest_subnormal)
     special = {"nan last": (-1, np.nan), "nan first": (0, np.nan), "inf": (7, np.inf), "-inf": (9, -np.inf)}
     if case in special:
         position, value = special[case]
@@ -232,6 +247,27 @@ def test_large_leaves_of_one_shape_reduced_in_one_call_give_each_its_own_row(
     for key, array in zip(leaves, arrays + ints, strict=True):
         assert_matches(values[key], reference([array], flush=True), 2e-6)
     assert sorted(calls) == [2, 2, 8]  # 11 floats: 8 + 2 (+ 1 alone); 3 ints: 2 (+ 1 alone)
+
+
+@pytest.mark.parametrize("verb", ["stats", "check"])
+@pytest.mark.parametrize("case", ["nan", "tiny", "finite"])
+def test_a_large_concrete_leaf_closed_over_by_a_jitted_function_is_reduced(verb: str, case: str) -> None:
+    # the kernel's second pass (a NaN, tiny values) runs on the concrete leaf, not in the trace
+    values = np.full(1 << 17, 1e-20 if case == "tiny" else 2.0, np.float32)
+    if case == "nan":
+        values[3] = np.nan
+    big = jnp.asarray(values)
+
+    def traced(x: jax.Array) -> Any:
+        if verb == "check":
+            return x + len(oi.check({"big": big, "x": x}))
+        return oi.stats({"big": big, "x": x})["big"]
+
+    result = jax.jit(traced)(jnp.zeros(()))
+    if verb == "check":  # a traced state: nothing is checked (docs/health.md), and nothing raises
+        assert int(result) == 0
+    else:
+        assert_matches(result, reference([values], flush=True), 2e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int32])

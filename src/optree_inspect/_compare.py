@@ -167,10 +167,12 @@ def _device_results(
     """The comparisons of large pairs from `_device_compare_pair`'s fetched outputs: those found
     unequal are compared now, all in one transfer."""
     unequal = [i for i, (equal, _) in enumerate(outputs) if equal is not None and not bool(equal)]
-    pending = {}
-    for i in unequal:
-        pending[i] = _device_compare(*_on_one_device_set(pairs[i]), rtol, atol, rtol > 0 or atol > 0, 1)
-    fetched = jax.device_get(pending)
+    with jax.ensure_compile_time_eval():  # concrete arrays closed over by a traced function too
+        pending = {
+            i: _device_compare(*_on_one_device_set(pairs[i]), rtol, atol, rtol > 0 or atol > 0, 1)
+            for i in unequal
+        }
+        fetched = jax.device_get(pending)
     results = []
     for i, (pair, (equal, compared)) in enumerate(zip(pairs, outputs, strict=True)):
         if equal is not None and bool(equal):

@@ -173,6 +173,9 @@ def _finite_rows(
     # each widened apart: a float32 copy of x that two reductions share is materialised (on a CPU)
     for_squares, for_zeros = jax.lax.optimization_barrier((x, x))
     total, squares = x.sum(dtype=wide), jnp.square(for_squares.astype(wide)).sum()
+    if arithmetic:  # read as the zero count reads them: a CPU flushes subnormals, but not in min
+        tiny = jnp.finfo(wide).tiny
+        low, high = (jnp.where(jnp.abs(e) < tiny, jnp.zeros((), wide), e) for e in (low, high))
     largest = jnp.maximum(jnp.maximum(-low, high), 0)
     finite = jnp.isfinite(total) & jnp.isfinite(low) & jnp.isfinite(high)
     exact = jnp.isfinite(squares) & ((largest == 0) | (largest >= 2.0 ** (jnp.finfo(wide).minexp // 4)))
@@ -331,10 +334,12 @@ def _merged_pieces(
     could not give reduced again (`_reduce_masked`)."""
     again = [i for i, (*_, verdict) in enumerate(results) if int(verdict) != _RIGHT]
     if again:
-        pieces = _pieces(leaf)
+        with jax.ensure_compile_time_eval():  # a concrete leaf closed over by a traced function too
+            pieces = _pieces(leaf)
+            redone = jax.device_get([_reduce_masked(pieces[i]) for i in again])
         results = list(results)
-        for i, redone in zip(again, jax.device_get([_reduce_masked(pieces[i]) for i in again]), strict=True):
-            results[i] = redone
+        for i, row in zip(again, redone, strict=True):
+            results[i] = row
     parts = []
     for piece_counts, piece_sums, extremes, _ in results:
         piece_sums = _with_scale(np, np.asarray(piece_sums, np.float64), complex_)
