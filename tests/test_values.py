@@ -249,6 +249,18 @@ def test_large_leaves_of_one_shape_reduced_in_one_call_give_each_its_own_row(
     assert sorted(calls) == [2, 2, 8]  # 11 floats: 8 + 2 (+ 1 alone); 3 ints: 2 (+ 1 alone)
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_a_large_leaf_with_nan_and_inf_has_the_host_s_rms_within_1e_6(dtype: Any) -> None:
+    # the masked second pass: its float32 sums of squares as accurate as the first pass's
+    values = np.linspace(-3, 3, 512 * 256, dtype=np.float32).reshape(512, 256)
+    values[500, 7], values[3, 250] = np.nan, -np.inf
+    leaf = jnp.asarray(values).astype(dtype)
+    device, host = oi.stats({"x": leaf})["x"], oi.stats({"x": np.asarray(leaf)})["x"]
+    assert (int(device["nan"]), int(device["inf"])) == (1, 1)
+    assert float(device["rms"]) == pytest.approx(float(host["rms"]), rel=1e-6)
+    assert float(device["mean"]) == pytest.approx(float(host["mean"]), abs=1e-6 * float(host["rms"]))
+
+
 @pytest.mark.parametrize("verb", ["stats", "check"])
 @pytest.mark.parametrize("case", ["nan", "tiny", "finite"])
 def test_a_large_concrete_leaf_closed_over_by_a_jitted_function_is_reduced(verb: str, case: str) -> None:
