@@ -130,7 +130,7 @@ def _device_compare_pair(pair: Pair, rtol: float, atol: float) -> tuple[Any, Any
     (`_equal_floats`: one float reduction, where the comparison takes several masked ones), as
     `(equal, None)`; any other compared at once, as `(None, outputs of _device_compare)`."""
     a, b = _on_one_device_set(pair)
-    if pair.words == 1 and a.dtype == b.dtype and jnp.issubdtype(a.dtype, jnp.floating):
+    if _floats_of_one_dtype(pair):
         return _equal_floats(a, b), None
     return None, _device_compare(a, b, rtol, atol, rtol > 0 or atol > 0, pair.words)
 
@@ -139,14 +139,16 @@ def _device_group(pairs: list[Pair]) -> tuple[Any, None] | None:
     """`_device_compare_pair`'s results of float pairs of one shape, dtype and placement, stacked,
     on an accelerator; None elsewhere (on a CPU XLA runs one program's reductions of several
     arrays slower than as many programs)."""
-    first = pairs[0]
-    a = first.a
-    if not (first.words == 1 and a.dtype == first.b.dtype and jnp.issubdtype(a.dtype, jnp.floating)):
-        return None
-    if _on_cpu(a):
+    if not _floats_of_one_dtype(pairs[0]) or _on_cpu(pairs[0].a):
         return None
     moved = [_on_one_device_set(pair) for pair in pairs]
     return _equal_many(tuple(a for a, _ in moved), tuple(b for _, b in moved)), None
+
+
+def _floats_of_one_dtype(pair: Pair) -> bool:
+    return (
+        pair.words == 1 and pair.a.dtype == pair.b.dtype and bool(jnp.issubdtype(pair.a.dtype, jnp.floating))
+    )
 
 
 def _on_cpu(array: jax.Array) -> bool:
@@ -215,9 +217,7 @@ def _stackable(pair: Pair) -> bool:
     """Small float pairs of one dtype on one device, compared stacked there: in the float NumPy
     would use too (`_float_type`), so the rows are the host's."""
     return (
-        pair.words == 1
-        and pair.a.dtype == pair.b.dtype
-        and jnp.issubdtype(pair.a.dtype, jnp.floating)
+        _floats_of_one_dtype(pair)
         and pair.a.sharding.device_set == pair.b.sharding.device_set  # one compiled call takes both
     )
 
