@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any
+import enum
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import flax.struct
@@ -30,6 +31,7 @@ from helpers import (
     trained,
     wrapped_state,
 )
+from properties import nodes
 
 SEED_STATE = trained(seed_optimizer())
 
@@ -118,6 +120,53 @@ def test_keystr_index_is_resolved_against_the_node() -> None:
     assert oi.get(tree, "['b'][1]") == 30.0
     [path] = [m.path for m in oi.find(tree, "['b'][1]")]
     assert path == (DictKey("b"), DictKey(1))
+
+
+class _Pair(NamedTuple):
+    first: Any
+    second: Any
+
+
+class _Color(str, enum.Enum):
+    RED = "red"
+
+
+def test_exact_paths_select_every_node_of_every_container_and_nothing_else() -> None:
+    """Each node by its JAX key path and its keystr, through dicts of `str`, `int`, `bool` and `str`
+    subclass keys, OrderedDict, defaultdict, lists, tuples and NamedTuples; and a step that names
+    no child of its node (an index past the end, `True` for `1`, a field of a dict) selects none."""
+    tree = {
+        "pair": _Pair(1.0, [2.0, (3.0,)]),
+        "ints": {0: 4.0, 1: {"x": 5.0}},
+        "flags": {True: 6.0},
+        "ordered": collections.OrderedDict(b=7.0, a=8.0),
+        "default": collections.defaultdict(list, {"k": 9.0}),
+        "enum": {_Color.RED: 10.0},
+        "np": {np.str_("s"): 11.0},
+    }
+    for path, node in nodes(tree):
+        assert [(m.path, m.value) for m in oi.find(tree, path)] == [(path, node)]
+        if any(isinstance(key, DictKey) and type(key.key) not in (str, int, bool) for key in path):
+            continue  # its keystr (`[<_Color.RED: 'red'>]`, `[np.str_('s')]`) is no literal
+        [found] = oi.find(tree, keystr(path))
+        assert found.value is node and keystr(found.path) == keystr(path)
+    for query in (
+        "['pair'][0]",
+        "['pair'].third",
+        "['pair'].second[2]",
+        "['pair'].second[-1]",
+        "['pair'].second[True]",
+        "['ints'][2]",
+        "['ints'][False]",
+        "['flags'][1]",
+        "['ordered'].a",
+        "['default']['j']",
+        ".pair",
+        "[0]",
+    ):
+        assert oi.find(tree, query) == [], query
+    assert oi.get(tree, "['enum']['red']") == 10.0  # a str equals its (str, Enum) key, as in a dict
+    assert oi.get(tree, "['np']['s']") == 11.0
 
 
 def test_flat_index_key_of_unkeyed_custom_nodes() -> None:

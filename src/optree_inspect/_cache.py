@@ -7,10 +7,9 @@ for. The cache forgets everything when the registered state rules change (`_stat
 from __future__ import annotations
 
 import collections
-import contextlib
 import contextvars
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -54,19 +53,19 @@ _ONE_CALL: contextvars.ContextVar[dict[int, tuple[Any, StructureIndex, list[Any]
 )
 
 
-@contextlib.contextmanager
-def one_call() -> Iterator[None]:
+class one_call:
     """Within it, each tree is checked against its structure once: a verb that reads a tree's
     index in several places (`find` of subtrees) does not check it again. Nothing may change a
-    tree in place meanwhile."""
-    if _ONE_CALL.get() is not None:
-        yield
-        return
-    token = _ONE_CALL.set({})
-    try:
-        yield
-    finally:
-        _ONE_CALL.reset(token)
+    tree in place meanwhile. (A class rather than a generator: `get` enters it on every call.)"""
+
+    __slots__ = ("token",)
+
+    def __enter__(self) -> None:
+        self.token = None if _ONE_CALL.get() is not None else _ONE_CALL.set({})
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            _ONE_CALL.reset(self.token)
 
 
 def structure_index(tree: Any) -> StructureIndex:

@@ -14,8 +14,8 @@ import jax
 from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
 from ._errors import TreeTooDeepError
-from ._keys import Item, KeyEntry, KeyPath, Step, candidate_keys, key_kind, step_matches
-from ._registry import DICT_TYPES, children_with_keys, is_namedtuple, tree_error
+from ._keys import Attr, Item, KeyEntry, KeyPath, Step, candidate_keys, key_kind, step_matches
+from ._registry import DICT_TYPES, children_with_keys, is_namedtuple, is_namedtuple_type, tree_error
 
 _MISSING = object()
 
@@ -70,12 +70,30 @@ def walk_exact(tree: Any, steps: Sequence[Step | KeyEntry]) -> tuple[KeyPath, An
     """The path and node that an exact path names, or None; O(depth) for JAX's own containers."""
     node, path = tree, []
     for step in steps:
-        key = exact_key(node, step)
-        if key is None:
+        found = _exact_child(node, step)
+        if found is None:
             return None
+        key, node = found
         path.append(key)
-        node = child_at(node, key)
     return tuple(path), node
+
+
+def _exact_child(node: Any, step: Step | KeyEntry) -> tuple[KeyEntry, Any] | None:
+    """The key and child of `node` that `step` names, or None: `exact_key` then `child_at`, with
+    the steps of an optimizer state's exact paths (a dict's `str` key, a tuple's index, a
+    NamedTuple's field) taken without building candidate keys."""
+    kind = type(node)
+    if isinstance(step, Item | DictKey):
+        key = step.key
+        if kind is dict and type(key) is str:  # only a str (or a subclass) equals a str
+            child = node.get(key, _MISSING)
+            return None if child is _MISSING else (DictKey(key), child)
+        if (kind is tuple or kind is list) and type(key) is int and 0 <= key < len(node):
+            return SequenceKey(key), node[key]
+    elif isinstance(step, Attr) and is_namedtuple_type(kind) and step.name in kind._fields:
+        return GetAttrKey(step.name), getattr(node, step.name)
+    found = exact_key(node, step)
+    return None if found is None else (found, child_at(node, found))
 
 
 def value_at(tree: Any, path: KeyPath) -> Any:
