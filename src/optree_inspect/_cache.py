@@ -24,9 +24,9 @@ from ._state_rules import active, on_change
 _CACHE: collections.OrderedDict[Any, StructureIndex] = collections.OrderedDict()
 _CACHE_SIZE = 32
 _LOCK = threading.Lock()
-_last: tuple[Any, tuple[type, ...], StructureIndex, Any] | None = None
-"""The treedef, leaf types, index and outline (`_outline`) of the last lookup: a training loop asks
-about one structure every step."""
+_last: tuple[Any, tuple[type, ...], StructureIndex, Any, tuple[int, ...]] | None = None
+"""The treedef, leaf types, index and outline (`_outline`) of the last lookup, and the position of
+one leaf of each leaf type: a training loop asks about one structure every step."""
 
 
 def clear_caches() -> None:
@@ -110,7 +110,7 @@ def _index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
     outline = _outline(tree)
     last = _last
     if last is not None and last[3] == outline:
-        treedef, leaf_types, index, _ = last
+        treedef, leaf_types, index, _, one_of_each = last
         try:
             leaves = treedef.flatten_up_to(tree)
         except Exception:  # any difference; JAX's message may repr a leaf, which can raise anything
@@ -118,7 +118,8 @@ def _index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
         else:
             if (
                 tuple(map(type, leaves)) == leaf_types
-                and jax.tree_util.all_leaves(leaves)
+                # JAX tells a leaf from a node by its type: one leaf of each type stands for all
+                and jax.tree_util.all_leaves(list(map(leaves.__getitem__, one_of_each)))
                 and keys_are_str(tree, index)
             ):
                 return index, leaves
@@ -141,7 +142,7 @@ def _index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
             _CACHE[key] = index
             while len(_CACHE) > _CACHE_SIZE:  # first in, first out: a hit costs one lookup
                 _CACHE.popitem(last=False)
-    _last = (treedef, leaf_types, index, outline)
+    _last = (treedef, leaf_types, index, outline, tuple(map(leaf_types.index, set(leaf_types))))
     return index, leaves
 
 

@@ -169,6 +169,25 @@ def test_leaf_types_are_part_of_the_structure() -> None:
     assert "Bar" in str(oi.describe({"a": Bar()}))
 
 
+def test_a_leaf_type_registered_as_a_node_later_is_seen_as_a_node() -> None:
+    """JAX's registry can make a type that was a leaf a node: the last structure, whose treedef
+    has a leaf there, answers no more."""
+
+    class Holder:
+        def __init__(self, value: Any) -> None:
+            self.value = value
+
+    tree = {"a": Holder(1.0), "b": [Holder(2.0), 3.0]}
+    for _ in range(2):  # the second call takes the last structure's path
+        assert oi.find(tree, "value") == []
+    jax.tree_util.register_pytree_with_keys(
+        Holder,
+        lambda h: (((jax.tree_util.GetAttrKey("value"), h.value),), None),
+        lambda _, children: Holder(*children),
+    )
+    assert [oi.keystr(m.path) for m in oi.find(tree, "value")] == ["['a'].value", "['b'][0].value"]
+
+
 def test_many_threads_at_once() -> None:
     states = [seed_optimizer().init(layered_params(n)) for n in range(1, 40)]
     errors: list[BaseException] = []
