@@ -127,16 +127,24 @@ class _Pair(NamedTuple):
     second: Any
 
 
+class _Shadowed(_Pair):
+    @property
+    def first(self) -> str:  # type: ignore[override]
+        return "a property, not the field JAX flattens"
+
+
 class _Color(str, enum.Enum):
     RED = "red"
 
 
 def test_exact_paths_select_every_node_of_every_container_and_nothing_else() -> None:
     """Each node by its JAX key path and its keystr, through dicts of `str`, `int`, `bool` and `str`
-    subclass keys, OrderedDict, defaultdict, lists, tuples and NamedTuples; and a step that names
+    subclass keys, OrderedDict, defaultdict, lists, tuples and NamedTuples (a field shadowed by a
+    property is still the item JAX flattens); and a step that names
     no child of its node (an index past the end, `True` for `1`, a field of a dict) selects none."""
     tree = {
         "pair": _Pair(1.0, [2.0, (3.0,)]),
+        "shadowed": _Shadowed(12.0, 13.0),
         "ints": {0: 4.0, 1: {"x": 5.0}},
         "flags": {True: 6.0},
         "ordered": collections.OrderedDict(b=7.0, a=8.0),
@@ -165,6 +173,17 @@ def test_exact_paths_select_every_node_of_every_container_and_nothing_else() -> 
         "[0]",
     ):
         assert oi.find(tree, query) == [], query
+    # a key path's `DictKey(0)` names a dict's key, never a sequence's element; `SequenceKey(0)`
+    # names an element, never a dict's key
+    second = (DictKey("pair"), GetAttrKey("second"))
+    for path in [
+        (*second, DictKey(0)),
+        (*second, SequenceKey(1), DictKey(0)),
+        (DictKey("ints"), SequenceKey(0)),
+        (DictKey("pair"), DictKey("first")),
+        (SequenceKey(0),),
+    ]:
+        assert oi.find(tree, path) == [], path
     assert oi.get(tree, "['enum']['red']") == 10.0  # a str equals its (str, Enum) key, as in a dict
     assert oi.get(tree, "['np']['s']") == 11.0
 

@@ -24,9 +24,10 @@ from ._state_rules import active, on_change
 _CACHE: collections.OrderedDict[Any, StructureIndex] = collections.OrderedDict()
 _CACHE_SIZE = 32
 _LOCK = threading.Lock()
-_last: tuple[Any, tuple[type, ...], StructureIndex, Any, tuple[int, ...]] | None = None
-"""The treedef, leaf types, index and outline (`_outline`) of the last lookup, and the position of
-one leaf of each leaf type: a training loop asks about one structure every step."""
+_last: tuple[Any, tuple[type, ...], StructureIndex, Any, tuple[int, ...] | None] | None = None
+"""The treedef, leaf types, index and outline (`_outline`) of the last lookup, and the leaves that
+stand for the rest in its leaf check (`_one_of_each`): a training loop asks about one structure
+every step."""
 
 
 def clear_caches() -> None:
@@ -61,11 +62,15 @@ class one_call:
     __slots__ = ("token",)
 
     def __enter__(self) -> None:
+        if hasattr(self, "token"):
+            raise RuntimeError("one_call() is entered once; enter a new one_call()")
         self.token = None if _ONE_CALL.get() is not None else _ONE_CALL.set({})
 
     def __exit__(self, *exc: object) -> None:
-        if self.token is not None:
-            _ONE_CALL.reset(self.token)
+        token = self.token
+        del self.token
+        if token is not None:
+            _ONE_CALL.reset(token)
 
 
 def structure_index(tree: Any) -> StructureIndex:
@@ -118,8 +123,9 @@ def _index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
         else:
             if (
                 tuple(map(type, leaves)) == leaf_types
-                # JAX tells a leaf from a node by its type: one leaf of each type stands for all
-                and jax.tree_util.all_leaves(list(map(leaves.__getitem__, one_of_each)))
+                and jax.tree_util.all_leaves(
+                    leaves if one_of_each is None else list(map(leaves.__getitem__, one_of_each))
+                )
                 and keys_are_str(tree, index)
             ):
                 return index, leaves
@@ -142,8 +148,21 @@ def _index_and_leaves(tree: Any) -> tuple[StructureIndex, list[Any]]:
             _CACHE[key] = index
             while len(_CACHE) > _CACHE_SIZE:  # first in, first out: a hit costs one lookup
                 _CACHE.popitem(last=False)
-    _last = (treedef, leaf_types, index, outline, tuple(map(leaf_types.index, set(leaf_types))))
+    _last = (treedef, leaf_types, index, outline, _one_of_each(leaf_types))
     return index, leaves
+
+
+def _one_of_each(leaf_types: tuple[type, ...]) -> tuple[int, ...] | None:
+    """The position of one leaf of each type, which stands for every leaf of its type in the check
+    that no subtree stands where the treedef has a leaf; None where every leaf must be checked.
+
+    JAX tells a leaf from a node by its type (its registry, then `None`), except that an instance
+    of a tuple subclass is a NamedTuple node wherever it has a `_fields` attribute, which an
+    instance may have alone."""
+    kinds = set(leaf_types)
+    if any(issubclass(kind, tuple) for kind in kinds):
+        return None
+    return tuple(map(leaf_types.index, kinds))
 
 
 def _sketch(tree: Any, budget: int = 64) -> int:

@@ -30,7 +30,8 @@ def child_at(node: Any, key: KeyEntry) -> Any:
             return node[key.idx]
         return _MISSING
     if is_namedtuple(node) and isinstance(key, GetAttrKey):
-        return getattr(node, key.name) if key.name in kind._fields else _MISSING
+        # JAX's children of a NamedTuple are its items (a property may shadow a field's name)
+        return node[node._fields.index(key.name)] if key.name in node._fields else _MISSING
     for child_key, child in children_with_keys(node) or ():
         if child_key == key:
             return child
@@ -88,10 +89,16 @@ def _exact_child(node: Any, step: Step | KeyEntry) -> tuple[KeyEntry, Any] | Non
         if kind is dict and type(key) is str:  # only a str (or a subclass) equals a str
             child = node.get(key, _MISSING)
             return None if child is _MISSING else (DictKey(key), child)
-        if (kind is tuple or kind is list) and type(key) is int and 0 <= key < len(node):
+        # `[0]` names a sequence's element; a key path's `DictKey(0)` names a dict's key only
+        if (
+            type(step) is Item
+            and (kind is tuple or kind is list)
+            and type(key) is int
+            and 0 <= key < len(node)
+        ):
             return SequenceKey(key), node[key]
     elif isinstance(step, Attr) and is_namedtuple_type(kind) and step.name in kind._fields:
-        return GetAttrKey(step.name), getattr(node, step.name)
+        return GetAttrKey(step.name), node[kind._fields.index(step.name)]
     found = exact_key(node, step)
     return None if found is None else (found, child_at(node, found))
 

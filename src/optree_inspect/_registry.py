@@ -26,7 +26,14 @@ CONTAINER_TYPE_NAMES = frozenset({"tuple", "list", "dict", "OrderedDict", "defau
 
 
 def is_namedtuple(node: object) -> bool:
-    return is_namedtuple_type(type(node))
+    """Whether JAX flattens `node` as a NamedTuple: a tuple subclass with a `_fields` attribute,
+    which JAX asks of the instance (an instance may have one that its type lacks)."""
+    if not isinstance(node, tuple) or type(node) is tuple:
+        return False
+    try:
+        return hasattr(node, "_fields")
+    except Exception:  # a `__getattr__` that raises: JAX's check takes it for no `_fields`
+        return False
 
 
 def is_namedtuple_type(kind: type) -> bool:
@@ -59,9 +66,7 @@ def flatten_one_level(node: Any) -> tuple[list[tuple[KeyEntry, Any]], Any] | Non
     pairs = list(flat[0])
     if is_namedtuple(node) and len(pairs) > 1 and pairs[0][0] == pairs[1][0]:
         # jax 0.10.2 gives every NamedTuple child the first field's key (jax issue 39297).
-        pairs = [
-            (GetAttrKey(name), child) for name, (_, child) in zip(type(node)._fields, pairs, strict=True)
-        ]
+        pairs = [(GetAttrKey(name), child) for name, (_, child) in zip(node._fields, pairs, strict=True)]
     return pairs, flat[1]
 
 

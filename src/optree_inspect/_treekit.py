@@ -26,7 +26,7 @@ from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 from ._keys import KeyEntry, KeyPath
 from ._leaf import is_any_variable, is_variable
 from ._paths import child_at
-from ._registry import DICT_TYPES, children_with_keys, is_namedtuple
+from ._registry import DICT_TYPES, children_with_keys, is_namedtuple_type
 
 Children = list[tuple[KeyEntry, Any]]
 """A node's `(key, child)` pairs in flatten order, as `children_with_keys` gives them."""
@@ -162,7 +162,7 @@ def replace_children(node: Any, replacements: Mapping[KeyEntry, Any]) -> Any:
         for key, child in replacements.items():
             items[key.idx] = child
         return kind(items)
-    if is_namedtuple(node):
+    if is_namedtuple_type(kind):
         return node._replace(**{key.name: child for key, child in replacements.items()})
     children = [replacements.get(key, child) for key, child in children_with_keys(node) or ()]
     one_level: Any = jax.tree_util.tree_structure(node, is_leaf=lambda candidate: candidate is not node)

@@ -188,6 +188,21 @@ def test_a_leaf_type_registered_as_a_node_later_is_seen_as_a_node() -> None:
     assert [oi.keystr(m.path) for m in oi.find(tree, "value")] == ["['a'].value", "['b'][0].value"]
 
 
+class _Pairish(tuple):  # a plain tuple subclass: a leaf unless an instance has `_fields`
+    pass
+
+
+def test_a_tuple_subclass_leaf_that_gains_fields_is_seen_as_a_node() -> None:
+    """JAX makes an instance of a tuple subclass a NamedTuple node when it has a `_fields`
+    attribute, which one instance may have and another of its type not: the last structure, in
+    which both were leaves, answers no more."""
+    a, b = _Pairish((1.0, 2.0)), _Pairish((3.0, 4.0))
+    for _ in range(2):  # the second call takes the last structure's path
+        assert oi.find({"a": a, "b": b}, "x") == []
+    b._fields = ("x", "y")  # type: ignore[attr-defined]
+    assert [oi.keystr(m.path) for m in oi.find({"a": a, "b": b}, "x")] == ["['b'].x"]
+
+
 def test_many_threads_at_once() -> None:
     states = [seed_optimizer().init(layered_params(n)) for n in range(1, 40)]
     errors: list[BaseException] = []
