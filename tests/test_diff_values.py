@@ -613,6 +613,52 @@ def test_many_small_pairs_compared_stacked_on_the_device_give_the_host_rows(
     assert any(found.nan for found in stacked) and any(found.inf for found in stacked)
 
 
+_LAYOUTS = {  # (pairs, shape, dtype): each is compared where `_engine.run` puts such pairs
+    "host, float32": (3, (3, 2), np.float32),
+    "host, int32": (70, (3, 2), np.int32),
+    "host, bool": (70, (5,), np.bool_),
+    "stacked, float32": (70, (3, 2), np.float32),
+    "stacked, bfloat16": (70, (4,), ml_dtypes.bfloat16),
+    "on the device, float32": (64, (_engine.SMALL,), np.float32),
+    "large, on the host": (2, (_engine.SMALL,), np.float32),
+}
+
+
+@pytest.mark.parametrize("layout", list(_LAYOUTS))
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_the_equality_verdict_is_the_comparison_s(layout: str, where: str) -> None:
+    """`values_equal` (diff's test of a state and its copy) says equal exactly where
+    `compare_values` finds no element changed: -0 equals 0, NaN equals NaN in the same place,
+    tolerances apply; one element changed in any pair is unequal."""
+    count, shape, dtype = _LAYOUTS[layout]
+    random = np.random.default_rng(count)
+    kind = np.dtype(dtype).kind
+    values = random.integers(-3, 4, size=(count, *shape)).astype(dtype)
+    if kind == "f" or layout.endswith("bfloat16"):
+        values.reshape(count, -1)[:, 0] = np.nan
+        values.reshape(count, -1)[:, 1] = -0.0
+    others = values.copy()
+    if kind == "f" or layout.endswith("bfloat16"):
+        others.reshape(count, -1)[:, 1] = 0.0  # -0 in a
+    a, copy_b = [jnp.asarray(x) for x in values], [jnp.asarray(x) for x in others]
+    pair = 0 if where == "first" else count - 1
+    changed_values = others.copy()  # JAX on a CPU may share a NumPy array's memory
+    last = changed_values[pair].reshape(-1)
+    last[-1] = np.logical_not(last[-1]) if kind == "b" else last[-1] + 1
+    changed = [jnp.asarray(x) for x in changed_values]
+
+    def verdict_of_rows(b: list[Any], atol: float) -> bool:
+        pairs = [_compare.Pair(x, y, 1, True) for x, y in zip(a, b, strict=True)]
+        return all(found.changed == 0 for found in _compare.compare_values(pairs, 0.0, atol))
+
+    assert _compare.values_equal(a, copy_b, 0.0, 0.0) is True
+    assert verdict_of_rows(copy_b, 0.0) is True
+    assert _compare.values_equal(a, changed, 0.0, 0.0) is False
+    assert verdict_of_rows(changed, 0.0) is False
+    if kind != "b":  # one unit apart: within an atol of 1
+        assert _compare.values_equal(a, changed, 0.0, 1.0) is verdict_of_rows(changed, 1.0) is True
+
+
 def _moments(layers: int) -> Any:
     def params(value: float) -> Any:
         return {f"layer{i}": {"w": jnp.full((4, 4), value), "b": jnp.full(4, value)} for i in range(layers)}

@@ -13,6 +13,7 @@ shape stacked, `_stack_compare`); text, dates and objects with `==`.
 from __future__ import annotations
 
 import functools
+import operator
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -65,43 +66,85 @@ def compare_values(pairs: list[Pair], rtol: float, atol: float) -> list[Compared
     """Each pair compared (see `Compared`): small pairs, and larger ones whose shape the others do
     not share enough (`_DEVICE_GROUP`), on the host; the rest where they live, without gathering
     them; all results in one transfer."""
-    kernel: Kernel[Pair] = Kernel(
-        arrays=lambda pair: (pair.a, pair.b),
-        host=lambda items, arrays: _host_compare(items, arrays, rtol, atol),
-        device=lambda pair: _device_compare_pair(pair, rtol, atol),
-        group=_device_group,
-        key=lambda pair: pair.words,
+    found = _compared_items(pairs, rtol, atol, verdicts=False)
+    return [_NOTHING if compared is None else compared for compared in found]
+
+
+def values_equal(a: list[Any], b: list[Any], rtol: float, atol: float) -> bool:
+    """Whether each number array of `a` equals the one of `b` at its position, by
+    `compare_values`' rules, without building a row for each pair (a state and its restore).
+
+    >>> import jax.numpy as jnp
+    >>> values_equal([jnp.zeros(3)], [jnp.array([0.0, -0.0, 0.0])], 0.0, 0.0)
+    True
+    """
+    found = _compared_items(list(zip(a, b, strict=True)), rtol, atol, verdicts=True)
+    return all(verdict is not False for verdict in found)
+
+
+def _pair(item: Any) -> Pair:
+    return item if isinstance(item, Pair) else Pair(item[0], item[1], 1, True)
+
+
+def _compared_items(
+    items: list[Pair] | list[tuple[Any, Any]], rtol: float, atol: float, verdicts: bool
+) -> list[Any]:
+    """`compare_values` of `items` (`Pair`s, or `(a, b)` of numbers, one value an element): each
+    item's `Compared` (None: without elements), or with `verdicts` whether it is equal."""
+    tolerant = rtol > 0 or atol > 0
+    kernel: Kernel[Any] = Kernel(
+        arrays=_arrays,
+        host=lambda found, arrays: _host_compare(list(map(_pair, found)), arrays, rtol, atol),
+        device=lambda item: _device_compare_pair(_pair(item), rtol, atol),
+        group=lambda found: _device_group(list(map(_pair, found))),
+        key=None if verdicts else _words,
         together=_DEVICE_GROUP,
-        stack=lambda pairs: _stack_compare(
-            tuple(p.a for p in pairs), tuple(p.b for p in pairs), rtol, atol, rtol > 0 or atol > 0
+        stack=lambda found: _stack_compare(
+            tuple(item[0] for item in found), tuple(item[1] for item in found), rtol, atol, tolerant
         ),
-        stackable=_stackable,
+        stackable=lambda item: _stackable(_pair(item)),
     )
-    parts = split(
-        pairs, lambda pair: (pair.a, pair.b), lambda pair, arrays: pair._replace(a=arrays[0], b=arrays[1])
-    )
-    results = [_NOTHING] * len(parts.items)
+    parts = split(items, _arrays, _with_arrays)
+    results: list[Any] = [None if verdicts else _NOTHING] * len(parts.items)
     large: list[tuple[int, Any]] = []
     for piece in run(parts.items, kernel):
         if piece.where == "device":
             [i] = piece.items
             large.append((i, piece.output))
+        elif piece.where == "stacked" and verdicts:
+            equal = np.asarray(piece.output[0])[:, 0] == 0
+            for i, verdict in zip(piece.items, equal.tolist(), strict=True):
+                results[i] = verdict
         elif piece.where == "stacked":
-            rows = _stacked_rows(parts.items[piece.items[0]], *piece.output)
+            rows = _stacked_rows(_pair(parts.items[piece.items[0]]), *piece.output)
             for i, row in zip(piece.items, rows, strict=True):
                 results[i] = row
         else:
             for i, found in zip(piece.items, piece.output, strict=True):
-                results[i] = found
+                results[i] = found.changed == 0 if verdicts else found
     if large:
         found = _device_results(
-            [parts.items[i] for i, _ in large], [output for _, output in large], rtol, atol
+            [_pair(parts.items[i]) for i, _ in large], [output for _, output in large], rtol, atol
         )
         for (i, _), compared in zip(large, found, strict=True):
-            results[i] = compared
+            results[i] = compared.changed == 0 if verdicts else compared
     if not (parts.spread or parts.exchanged):
         return results
-    return [_NOTHING if found is None else found for found in combined(parts, results, _merged)]
+    merge = (lambda shards: all(shard is not False for shard in shards)) if verdicts else _merged
+    return combined(parts, results, merge)
+
+
+_arrays = operator.itemgetter(0, 1)
+"""The two arrays of a `Pair` or an `(a, b)` item."""
+
+
+def _words(pair: Pair) -> int:
+    return pair.words
+
+
+def _with_arrays(item: Any, arrays: tuple[Any, ...]) -> Any:
+    """`item` with `arrays` in place of its own (a shard of each, or this process's copy)."""
+    return item._replace(a=arrays[0], b=arrays[1]) if isinstance(item, Pair) else arrays
 
 
 def _merged(shards: list[Compared]) -> Compared:

@@ -24,7 +24,7 @@ from jax.tree_util import keystr
 from jaxtyping import PyTree
 
 from ._cache import index_and_leaves, structure_index
-from ._compare import Compared, Pair, compare_values, equal_objects
+from ._compare import Compared, Pair, compare_values, equal_objects, values_equal
 from ._errors import DeletedArrayError, InvalidArgumentError, bounded, raised_here
 from ._index import StructureIndex
 from ._keys import KeyEntry, KeyPath, path_text
@@ -156,8 +156,7 @@ def _equal_by_position(a: Any, b: Any, rtol: float, atol: float) -> bool:
     deleted = operator.methodcaller("is_deleted")
     if any(map(deleted, leaves_a)) or any(map(deleted, leaves_b)):
         return False  # the walk names the deleted array
-    pairs = [Pair(x, y, 1, True) for x, y in zip(leaves_a, leaves_b, strict=True)]
-    return not any(found.changed for found in compare_values(pairs, rtol, atol))
+    return values_equal(leaves_a, leaves_b, rtol, atol)
 
 
 class _Nodes:

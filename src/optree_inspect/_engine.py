@@ -324,7 +324,9 @@ def split(
     alone = jax.process_count() == 1
     for position, item in enumerate(items):
         parts = arrays(item)
-        if alone and np.size(parts[0]) < SMALL:  # `_how`'s "whole", without reading shardings
+        first = parts[0]
+        size = first.size if isinstance(first, _SIZED) else np.size(first)
+        if alone and size < SMALL:  # `_how`'s "whole", without reading shardings
             computed.append(item)
             owner.append(position)
             index.append(None)
@@ -361,6 +363,10 @@ def split(
             index.append(tuple((s.start or 0, -1 if s.stop is None else s.stop) for s in shard.index))
     exchanged = placed and jax.process_count() > 1
     return Split(computed, owner, index, len(items), spread, frozenset(shared), exchanged)
+
+
+_SIZED = (jax.Array, np.ndarray)
+"""Values whose `size` is an attribute (`np.size` reads it through a Python function)."""
 
 
 def _how(parts: tuple[Any, ...]) -> Literal["whole", "own copy", "shards", "shards here"]:
