@@ -79,6 +79,47 @@ def test_planted_nan_and_inf_are_found_with_their_paths(holder: str) -> None:
     ]
 
 
+_PLACES = {  # (leaves, shape): where `_engine.run` computes such leaves
+    "host": (4, (5, 2)),
+    "stacked": (70, (4,)),
+    "on the device": (4, (1 << 16,)),
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.complex64])
+@pytest.mark.parametrize("place", list(_PLACES))
+def test_check_finds_exactly_the_leaves_with_nan_or_inf(place: str, dtype: Any) -> None:
+    """`check` first proves leaves finite by one reduction each (a finite sum holds no NaN or
+    Inf), then counts the rest: its findings are those of NumPy's counts, wherever the leaves
+    are computed; a leaf of finite values whose sum overflows is no finding."""
+    count, shape = _PLACES[place]
+    random = np.random.default_rng(count)
+    values = random.standard_normal((count, *shape)).astype(np.float32)
+    bad = {1: np.nan, count - 1: np.inf}
+    for leaf, special in bad.items():
+        values[leaf].reshape(-1)[-1] = special
+    values[0].reshape(-1)[0] = -np.inf
+    huge = float(jnp.finfo(dtype).max)  # finite, whose sum overflows
+    values[2] = huge / 2
+    leaves = {f"x{i:03d}": jnp.asarray(value).astype(dtype) for i, value in enumerate(values)}
+    leaves["ints"] = jnp.arange(6)
+    leaves["scalar"] = float("nan")
+    found = {f.query: f.message for f in oi.check(leaves)}
+    kind = {jnp.float32: "f32", jnp.bfloat16: "bf16", jnp.float16: "f16", jnp.complex64: "c64"}[dtype]
+    elements = int(np.prod(shape))
+    expected = {
+        "x000": f"1 Inf in {elements:,} elements ({kind}[{','.join(map(str, shape))}])",
+        f"x{1:03d}": f"1 NaN in {elements:,} elements ({kind}[{','.join(map(str, shape))}])",
+        f"x{count - 1:03d}": f"1 Inf in {elements:,} elements ({kind}[{','.join(map(str, shape))}])",
+        "scalar": "1 NaN in 1 element (float)",
+    }
+    assert found == expected
+    candidates = oi._values.nonfinite_candidates(list(leaves.values()))
+    assert {0, 1, count - 1, count + 1} <= set(candidates) <= {0, 1, 2, count - 1, count + 1}  # not ints
+    overflows = place != "host" and dtype is not jnp.float16  # the host tests each element
+    assert (2 in candidates) is overflows
+
+
 def test_a_healthy_state_has_no_finding_and_says_so() -> None:
     report = oi.check(trained(seed_optimizer()))
     assert not report and len(report) == 0 and list(report) == []

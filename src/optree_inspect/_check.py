@@ -33,7 +33,7 @@ from ._query import Query, parse_query
 from ._resolve import resolve_one
 from ._roles import NAMED, PARAMS, leaf_roles, moment_roots, names_under, params_field
 from ._rows import row_node
-from ._values import leaf_table, summarise
+from ._values import leaf_table, nonfinite_candidates, summarise
 
 KINDS = ("nonfinite_origin", "nonfinite", "rounded_hyperparameter", "replicated_moment", "single_device")
 """The kinds of finding, most serious first."""
@@ -264,15 +264,16 @@ def _nonfinite(index: StructureIndex, values: list[Any]) -> list[Finding]:
 
 def _nonfinite_at(index: StructureIndex, values: list[Any]) -> list[tuple[int, Finding]]:
     """`_nonfinite`, each finding with its leaf's position."""
-    table = leaf_table(values)
-    counts = np.asarray(table.counts)
-    bad = np.flatnonzero((counts[:, 0] > 0) | (counts[:, 1] > 0))
-    if not len(bad):
+    candidates = nonfinite_candidates(values)  # one read of each float leaf; counts of these alone
+    if not candidates:
         return []
+    counts = np.asarray(leaf_table([values[p] for p in candidates]).counts)
     nodes = index.leaf_nodes
     findings = []
-    for position in bad.tolist():
-        nan, inf = int(counts[position, 0]), int(counts[position, 1])
+    for row, position in enumerate(candidates):
+        nan, inf = int(counts[row, 0]), int(counts[row, 1])
+        if not (nan or inf):
+            continue
         leaf = values[position]
         what = " and ".join(f"{n:,} {name}" for n, name in ((nan, "NaN"), (inf, "Inf")) if n)
         size = int(np.size(leaf))
