@@ -128,6 +128,21 @@ def main(process_id: int, processes: int, leaves: int, directory: str, port: str
         wrong.append(f"stage check: {answers['stage check']}")
     if float(oi.stats(staged)["stage"]["max"]) != 4.0:
         wrong.append("stage stats")
+    # values of each process's own, NaN on the last process alone, beside sharded ones: each
+    # process reports its own, and none waits for the others
+    last = jax.process_index() == jax.process_count() - 1
+    own = {
+        "loss": float("nan") if last else 0.5,
+        "local": jax.device_put(np.array([np.nan if last else 1.0, 2.0], np.float32), device),
+        "mu": oi.get(state, "mu"),
+    }
+    own_check = str(oi.check(own))
+    for line in (
+        "nonfinite: loss: 1 NaN in 1 element (float)",
+        "nonfinite: local: 1 NaN in 2 elements (f32[2])",
+    ):
+        if (line in own_check) is not last:
+            wrong.append(f"own values' check: {own_check}")
     try:
         oi.diff({"stage": jax.device_put(jnp.zeros(4), rows)}, {"stage": stage})
         wrong.append("diff across device sets: no error")

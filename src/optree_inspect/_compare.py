@@ -79,7 +79,7 @@ def values_equal(a: list[Any], b: list[Any], rtol: float, atol: float) -> bool:
     True
     """
     found = _compared_items(list(zip(a, b, strict=True)), rtol, atol, verdicts=True)
-    return all(verdict is not False for verdict in found)
+    return all(verdict is None or bool(verdict) for verdict in found)  # None: no elements
 
 
 def _pair(item: Any) -> Pair:
@@ -130,7 +130,7 @@ def _compared_items(
             results[i] = compared.changed == 0 if verdicts else compared
     if not (parts.spread or parts.exchanged):
         return results
-    merge = (lambda shards: all(shard is not False for shard in shards)) if verdicts else _merged
+    merge = (lambda shards: all(shard is None or bool(shard) for shard in shards)) if verdicts else _merged
     return combined(parts, results, merge)
 
 

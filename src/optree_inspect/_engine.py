@@ -434,7 +434,7 @@ def combined(
     if parts.exchanged:  # shards' results, and which items a process holds no shard of
         missing = sorted(owner for owner in parts.shared if not shards.get(owner))
         mine = {owner: shards.get(owner, {}) for owner in parts.shared}
-        gathered = _all_processes((mine, missing))
+        gathered = every_process((mine, missing))
         for theirs, _ in gathered:
             for owner, results_of in theirs.items():
                 shards.setdefault(owner, {}).update(results_of)
@@ -444,14 +444,14 @@ def combined(
             found[owner] = merge([results_of[index] for index in sorted(results_of)])
     if wanted:  # items on the devices of some processes only: from those that hold them whole
         offered = {owner: found[owner] for owner in wanted if owner not in parts.shared}
-        for theirs in _all_processes(offered):
+        for theirs in every_process(offered):
             for owner, result in theirs.items():
                 if found[owner] is None:
                     found[owner] = result
     return found
 
 
-def _all_processes(value: Any) -> list[Any]:
+def every_process(value: Any) -> list[Any]:
     """`value` of every process, in process order: one exchange of its pickled bytes (their
     lengths first), which every process must make."""
     from jax.experimental import multihost_utils

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, Shaped
 
-from ._engine import Kernel, combined, run, split
+from ._engine import Kernel, combined, every_process, run, split
 from ._leaf import host_number, is_numeric, unwrap
 
 _COUNTED = (1 << 31) - 1
@@ -402,7 +402,8 @@ def nonfinite_candidates(leaves: Sequence[Any]) -> list[int]:
     A NaN or an Inf makes every sum that holds it non-finite, so a leaf with a finite sum holds
     neither; a sum of finite values that overflows makes its leaf a candidate too, which
     `leaf_table` of the candidates settles. Integer, bool and non-numeric leaves hold none; a
-    leaf in a trace is a candidate. Every process of a multi-process run gets the same list.
+    leaf in a trace is a candidate. Every process of a multi-process run gets the same list (the
+    leaves that may hold one on any process), for `leaf_table`, which exchanges their results.
 
     >>> nonfinite_candidates([jnp.ones(3), jnp.array([1.0, jnp.inf]), jnp.arange(3), 2.5])
     [1]
@@ -440,6 +441,8 @@ def nonfinite_candidates(leaves: Sequence[Any]) -> list[int]:
     candidates.extend(
         position for position, verdict in zip(positions, finite, strict=True) if verdict is False
     )
+    if parts.exchanged:  # a value of one process's own (a loss, a host array) may be NaN there alone
+        return sorted(set().union(*every_process(candidates)))
     return sorted(candidates)
 
 
