@@ -602,3 +602,26 @@ def test_host_values_beyond_float32_under_jit_warn_nothing_and_keep_their_counts
         warnings.simplefilter("error")
         values = jax.jit(lambda x: oi.stats({"a": x, "b": np.array([1e300, np.nan])}))(jnp.ones(2))["b"]
     assert (int(values["nan"]), int(values["inf"])) == (1, 0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float8_e4m3fn, jnp.float8_e5m2])
+def test_float8_leaves_are_read_on_the_device_as_on_the_host(dtype: Any) -> None:
+    """JAX promotes float8 to float32 only when asked: large and stacked float8 leaves are summed
+    in float32 where they live, as the host sums them, by `stats`, `check`, `diff` and `metrics`."""
+    large = np.linspace(-3, 3, 1 << 17).astype(np.float32)
+    large[5] = np.nan
+    small = [np.linspace(-1, 1, 8).astype(np.float32) * i for i in range(70)]
+    tree = {"large": jnp.asarray(large).astype(dtype)}
+    tree |= {f"small{i:02d}": jnp.asarray(x).astype(dtype) for i, x in enumerate(small)}
+    on_host = jax.tree.map(np.asarray, tree)
+    ours, theirs = oi.stats(tree), oi.stats(on_host)
+    for key, row in theirs.items():
+        for name, value in row.items():
+            assert np.allclose(ours[key][name], value, rtol=1e-6, equal_nan=True), (key, name)
+    kind = {jnp.float8_e4m3fn: "float8_e4m3fn", jnp.float8_e5m2: "float8_e5m2"}[dtype]
+    assert str(oi.check(tree)) == f"nonfinite: large: 1 NaN in 131,072 elements ({kind}[131072])"
+    copy = jax.tree.map(jnp.copy, tree)
+    assert not oi.diff(tree, copy)
+    changed = dict(copy, small05=copy["small05"].at[3].set(2.0))
+    assert [row.query for row in oi.diff(tree, changed)] == [""]
+    assert int(oi.metrics(tree)["all/nonfinite"]) == 1

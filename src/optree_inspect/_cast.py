@@ -32,7 +32,7 @@ from ._errors import (
     short_repr,
 )
 from ._keys import KeyPath, path_text
-from ._leaf import PYTHON_SCALARS, is_deleted, is_weak, sharding_of
+from ._leaf import PYTHON_SCALARS, at_least_float32, is_deleted, is_weak, sharding_of
 from ._placement import is_abstract_mesh
 from ._registry import children_with_keys
 
@@ -298,7 +298,7 @@ def _outside(values: jax.Array, low: float | None, high: float | None) -> jax.Ar
     constants, so that nothing is sent to the device."""
     if jnp.issubdtype(values.dtype, jnp.floating):
         # compared in at least float32: a bound such as float16's 65504 rounds to 65536 in bfloat16
-        values = values.astype(jnp.promote_types(values.dtype, jnp.float32))
+        values = values.astype(at_least_float32(values.dtype))
         values = jnp.where(jnp.isfinite(values), values, jnp.zeros_like(values))  # inf and nan as given
     outside = jnp.zeros(values.shape, bool)
     if low is not None:

@@ -23,6 +23,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, Shaped
 
 from ._engine import Kernel, combined, run, split
+from ._leaf import at_least_float32
 
 _DEVICE_GROUP = 1 << 22
 """Large leaves are compared where they live, by one compiled function per shape, dtypes and
@@ -251,7 +252,7 @@ def _equal_floats(a: Float[Array, "*shape"], b: Float[Array, "*shape"]) -> Bool[
     by `2**(nmant + 1)` (exact), so that the difference of two distinct floats is never below the
     smallest normal number, which a device may flush to zero. False where an element is NaN or
     Inf, or beyond the largest float over that factor."""
-    wide = jnp.promote_types(a.dtype, jnp.float32)
+    wide = at_least_float32(a.dtype)
     factor = 2.0 ** (jnp.finfo(wide).nmant + 1)
     return jnp.abs(a.astype(wide) * factor - b.astype(wide) * factor).sum() == 0
 

@@ -151,6 +151,17 @@ def is_numeric_dtype(dtype: Any) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_))
 
 
+def at_least_float32(dtype: Any) -> np.dtype:
+    """The dtype a float or complex array is summed and compared in: its own from 32 bits up, else
+    float32 (JAX promotes float8 to float32 only when asked: `jnp.promote_types` refuses).
+
+    >>> at_least_float32(jnp.bfloat16), at_least_float32(jnp.float8_e4m3fn), at_least_float32(jnp.complex64)
+    (dtype('float32'), dtype('float32'), dtype('complex64'))
+    """
+    dtype = np.dtype(dtype)
+    return dtype if dtype.itemsize >= 4 else np.dtype(np.float32)
+
+
 def host_number(leaf: Any) -> np.ndarray | None:
     """A host leaf as a NumPy array, or None for a Python int beyond float64's range."""
     array = np.asarray(leaf)

@@ -39,7 +39,7 @@ from ._errors import (
     raised_here,
 )
 from ._index import StructureIndex
-from ._leaf import is_deleted, unwrap_all
+from ._leaf import at_least_float32, is_deleted, unwrap_all
 from ._optax.closures import Optimizer
 from ._optax.hyperparams import hyperparams
 from ._paths import value_at
@@ -669,9 +669,9 @@ def _stacked(xs: list[Array]) -> Array:
 def _sums_of_squares(x: Array) -> Array:
     """The sum of squares (of magnitudes) of each row, in float32 at least."""
     if jnp.issubdtype(x.dtype, jnp.complexfloating):
-        wide = jnp.promote_types(x.real.dtype, jnp.float32)
+        wide = at_least_float32(x.real.dtype)
         return (jnp.square(x.real.astype(wide)) + jnp.square(x.imag.astype(wide))).sum(axis=1)
-    return jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32))).sum(axis=1)
+    return jnp.square(x.astype(at_least_float32(x.dtype))).sum(axis=1)
 
 
 def _segment_sums(values: Array, segments: list[np.ndarray]) -> Array:

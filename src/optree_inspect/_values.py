@@ -36,7 +36,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, Shaped
 
 from ._engine import Kernel, combined, every_process, run, split
-from ._leaf import host_number, is_numeric, unwrap
+from ._leaf import at_least_float32, host_number, is_numeric, unwrap
 
 _COUNTED = (1 << 31) - 1
 """At most this many elements are reduced on a device at once (its counts are int32)."""
@@ -106,7 +106,7 @@ def _device_rows(
     if x.dtype == jnp.bool_:
         x = x.astype(jnp.uint8)
     floating = jnp.issubdtype(x.dtype, jnp.floating)
-    wide = x.astype(jnp.promote_types(x.dtype, jnp.float32) if floating else jnp.float32)
+    wide = x.astype(at_least_float32(x.dtype) if floating else jnp.float32)
     nan, finite = jnp.isnan(wide), jnp.isfinite(wide)
     integer = jax.dtypes.canonicalize_dtype(np.int64)
 
@@ -148,7 +148,7 @@ def _zero_count(x: Float[Array, "*shape"], arithmetic: bool) -> tuple[Int[Array,
     integer = jax.dtypes.canonicalize_dtype(np.int64)
     if not arithmetic:
         return (x == 0).sum(dtype=integer), jnp.asarray(True)
-    wide = jnp.promote_types(x.dtype, jnp.float32)
+    wide = at_least_float32(x.dtype)
     zeros = (1 - jnp.minimum(jnp.ceil(jnp.abs(x)), 1)).sum(dtype=wide)
     return zeros.astype(integer), (zeros < _EXACT_ONES) | (jnp.dtype(wide).itemsize == 8)
 
@@ -167,7 +167,7 @@ def _finite_rows(
     exact, or the zeros were not counted exactly: then the caller reduces the array again with
     `_device_rows`. No conditional on the
     device: a GPU would wait for the host to read its predicate."""
-    wide = jnp.promote_types(x.dtype, jnp.float32)
+    wide = at_least_float32(x.dtype)
     integer = jax.dtypes.canonicalize_dtype(np.int64)
     low, high = x.min().astype(wide), x.max().astype(wide)
     # each widened apart: a float32 copy of x that two reductions share is materialised (on a CPU)
@@ -448,7 +448,7 @@ def nonfinite_candidates(leaves: Sequence[Any]) -> list[int]:
 
 def _wide_sum(x: Any, axes: Any = None) -> Any:
     """The sum of `x` in at least float32 (complex64 for a complex array)."""
-    return x.sum(axes, dtype=jnp.promote_types(x.dtype, jnp.float32))
+    return x.sum(axes, dtype=at_least_float32(x.dtype))
 
 
 @jax.jit
