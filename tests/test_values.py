@@ -607,7 +607,8 @@ def test_host_values_beyond_float32_under_jit_warn_nothing_and_keep_their_counts
 @pytest.mark.parametrize("dtype", [jnp.float8_e4m3fn, jnp.float8_e5m2])
 def test_float8_leaves_are_read_on_the_device_as_on_the_host(dtype: Any) -> None:
     """JAX promotes float8 to float32 only when asked: large and stacked float8 leaves are summed
-    in float32 where they live, as the host sums them, by `stats`, `check`, `diff` and `metrics`."""
+    in float32 where they live, as the host sums them, by `stats`, `check`, `diff` and `metrics`,
+    and `set` checks a float8 value's range."""
     large = np.linspace(-3, 3, 1 << 17).astype(np.float32)
     large[5] = np.nan
     small = [np.linspace(-1, 1, 8).astype(np.float32) * i for i in range(70)]
@@ -625,3 +626,8 @@ def test_float8_leaves_are_read_on_the_device_as_on_the_host(dtype: Any) -> None
     changed = dict(copy, small05=copy["small05"].at[3].set(2.0))
     assert [row.query for row in oi.diff(tree, changed)] == [""]
     assert int(oi.metrics(tree)["all/nonfinite"]) == 1
+    # `set`'s range check of a float8 value for a float8 leaf of a narrower range
+    narrower = {"x": jnp.zeros(3, jnp.float8_e4m3fn)}
+    assert oi.set(narrower, "x", jnp.ones(3, jnp.float8_e5m2))["x"].dtype == jnp.float8_e4m3fn
+    with pytest.raises(oi.StructureError, match="out of range"):
+        oi.set(narrower, "x", jnp.full(3, 1024, jnp.float8_e5m2))
