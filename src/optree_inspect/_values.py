@@ -279,8 +279,10 @@ lives, piece by piece (`_reduce_one`), up to `GROUP` of one shape in one call (`
 small float leaves stacked (`_reduce_stack`)."""
 
 
-def leaf_table(leaves: Sequence[Any]) -> LeafTable:
-    """The statistics of every leaf (see `LeafTable`)."""
+def _numbers(leaves: Sequence[Any]) -> tuple[np.ndarray, list[int], list[Any]]:
+    """Which leaves hold numbers (`is_numeric`), and the positions and values of those that do: a
+    `jax.Array` as it is, a host value as a NumPy array (`host_number`; a Python int beyond
+    float64's range has none)."""
     values = [unwrap(leaf) for leaf in leaves]
     numeric = np.fromiter(map(is_numeric, values), dtype=bool, count=len(values))
     positions: list[int] = []
@@ -292,8 +294,14 @@ def leaf_table(leaves: Sequence[Any]) -> LeafTable:
         if value is not None:
             positions.append(position)
             items.append(value)
-    counts = np.zeros((len(values), len(COUNTS)), np.int64)
-    sums = np.tile(np.asarray(_NEUTRAL), (len(values), 1))
+    return numeric, positions, items
+
+
+def leaf_table(leaves: Sequence[Any]) -> LeafTable:
+    """The statistics of every leaf (see `LeafTable`)."""
+    numeric, positions, items = _numbers(leaves)
+    counts = np.zeros((len(leaves), len(COUNTS)), np.int64)
+    sums = np.tile(np.asarray(_NEUTRAL), (len(leaves), 1))
     rows_of = np.asarray(positions, dtype=np.int64)
     parts = split(items, lambda item: (item,), lambda item, arrays: arrays[0])
     computed = parts.items
@@ -408,21 +416,14 @@ def nonfinite_candidates(leaves: Sequence[Any]) -> list[int]:
     >>> nonfinite_candidates([jnp.ones(3), jnp.array([1.0, jnp.inf]), jnp.arange(3), 2.5])
     [1]
     """
+    candidates: list[int] = []
     positions: list[int] = []
     items: list[Any] = []
-    candidates: list[int] = []
     inexact: dict[Any, bool] = {}
-    for position, leaf in enumerate(leaves):
-        value = unwrap(leaf)
-        if not is_numeric(value):
-            continue
+    for position, value in zip(*_numbers(leaves)[1:], strict=True):
         if isinstance(value, jax.core.Tracer):
             candidates.append(position)
             continue
-        if not isinstance(value, jax.Array):
-            value = host_number(value)
-            if value is None:
-                continue
         dtype = value.dtype
         if dtype not in inexact:
             inexact[dtype] = bool(jnp.issubdtype(dtype, jnp.inexact))
