@@ -143,6 +143,15 @@ def main(process_id: int, processes: int, leaves: int, directory: str, port: str
     ):
         if (line in own_check) is not last:
             wrong.append(f"own values' check: {own_check}")
+    # arrays alone, so that diff first asks whether the trees are equal copies: the last process's
+    # own array differs, and that process alone reports it
+    mine = jax.device_put(np.array([1.0, 2.0], np.float32), device)
+    copied = {"local": mine, "big": oi.get(state, "mu.big")}
+    changed = {**copied, "local": jax.device_put(np.array([1.0, 3.0 if last else 2.0], np.float32), device)}
+    own_diff = str(oi.diff(copied, changed))
+    expected_diff = "['local']: value: 1 of 2 elements differ" if last else "No differences."
+    if not own_diff.startswith(expected_diff):
+        wrong.append(f"own values' diff: {own_diff}")
     try:
         oi.diff({"stage": jax.device_put(jnp.zeros(4), rows)}, {"stage": stage})
         wrong.append("diff across device sets: no error")

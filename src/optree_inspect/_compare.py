@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, Shaped
 
-from ._engine import Kernel, combined, run, split
+from ._engine import Kernel, combined, every_process, run, split
 from ._leaf import at_least_float32
 
 _DEVICE_GROUP = 1 << 22
@@ -67,7 +67,7 @@ def compare_values(pairs: list[Pair], rtol: float, atol: float) -> list[Compared
     """Each pair compared (see `Compared`): small pairs, and larger ones whose shape the others do
     not share enough (`_DEVICE_GROUP`), on the host; the rest where they live, without gathering
     them; all results in one transfer."""
-    found = _compared_items(pairs, rtol, atol, verdicts=False)
+    found, _ = _compared_items(pairs, rtol, atol, verdicts=False)
     return [_NOTHING if compared is None else compared for compared in found]
 
 
@@ -79,8 +79,11 @@ def values_equal(a: list[Any], b: list[Any], rtol: float, atol: float) -> bool:
     >>> values_equal([jnp.zeros(3)], [jnp.array([0.0, -0.0, 0.0])], 0.0, 0.0)
     True
     """
-    found = _compared_items(list(zip(a, b, strict=True)), rtol, atol, verdicts=True)
-    return all(verdict is None or bool(verdict) for verdict in found)  # None: no elements
+    found, exchanged = _compared_items(list(zip(a, b, strict=True)), rtol, atol, verdicts=True)
+    equal = all(verdict is None or bool(verdict) for verdict in found)  # None: no elements
+    # a process's own arrays may differ on one process only: every process then walks the trees,
+    # whose comparisons make the same exchanges on each
+    return all(every_process(equal)) if exchanged else equal
 
 
 def _pair(item: Any) -> Pair:
@@ -89,9 +92,10 @@ def _pair(item: Any) -> Pair:
 
 def _compared_items(
     items: list[Pair] | list[tuple[Any, Any]], rtol: float, atol: float, verdicts: bool
-) -> list[Any]:
+) -> tuple[list[Any], bool]:
     """`compare_values` of `items` (`Pair`s, or `(a, b)` of numbers, one value an element): each
-    item's `Compared` (None: without elements), or with `verdicts` whether it is equal."""
+    item's `Compared` (None: without elements), or with `verdicts` whether it is equal; and
+    whether the processes exchanged results (`Split.exchanged`)."""
     tolerant = rtol > 0 or atol > 0
     kernel: Kernel[Any] = Kernel(
         arrays=_arrays,
@@ -130,9 +134,9 @@ def _compared_items(
         for (i, _), compared in zip(large, found, strict=True):
             results[i] = compared.changed == 0 if verdicts else compared
     if not (parts.spread or parts.exchanged):
-        return results
+        return results, False
     merge = (lambda shards: all(shard is None or bool(shard) for shard in shards)) if verdicts else _merged
-    return combined(parts, results, merge)
+    return combined(parts, results, merge), parts.exchanged
 
 
 _arrays = operator.itemgetter(0, 1)
