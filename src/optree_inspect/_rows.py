@@ -303,9 +303,11 @@ class _LeafMetadata:
         types = set(map(type, leaves))
         concrete = {kind for kind in types if is_concrete_array_type(kind)}
         deleted = operator.methodcaller("is_deleted")
-        self.deleted = [  # positions of deleted (donated) arrays, ascending
-            position for position, leaf in enumerate(leaves) if type(leaf) in concrete and deleted(leaf)
-        ]
+        if types <= concrete:  # every leaf a concrete array: the calls alone, in C
+            flags: Iterable[bool] = map(deleted, leaves)
+        else:
+            flags = (type(leaf) in concrete and deleted(leaf) for leaf in leaves)
+        self.deleted = list(itertools.compress(itertools.count(), flags))  # donated arrays, ascending
         self.spread = spans_devices(leaves)
 
     def summary(self, start: int, stop: int) -> tuple[tuple[str, ...], int]:
