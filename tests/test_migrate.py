@@ -384,3 +384,129 @@ def test_the_old_step_of_an_nnx_state() -> None:
         )
         == 5
     )
+
+
+def partition(labels: dict[str, str]) -> optax.GradientTransformation:
+    groups = {"a": optax.adam(2.0**-10), "b": optax.adam(2.0**-8), "s": optax.sgd(0.1, momentum=0.9)}
+    return optax.partition(groups, labels)
+
+
+LABELS = {name: "a" for name in PARAMS}
+
+
+def test_each_row_names_the_old_region_its_values_came_from(form: str) -> None:
+    """A group that takes moments from two old groups: a row for each run of one source, whose
+    `source` holds, at each leaf's place below it, that leaf's value."""
+    old = trained(partition({**LABELS, "layer1": "b", "layer2": "b"}))
+    source = old if form == "live" else as_restored(old)
+    migration = oi.migrate(source, partition(LABELS).init(PARAMS))
+    old_values = dict(jax.tree_util.tree_leaves_with_path(source))
+    checked = 0
+    for row in migration.rows:
+        if row.kind != "carried":
+            continue
+        assert row.source is not None
+        below = oi.get(migration.state, row.query) if row.query else migration.state
+        for suffix, value in jax.tree_util.tree_leaves_with_path(below):
+            np.testing.assert_array_equal(value, old_values[(*row.source, *suffix)])
+            checked += 1
+    assert checked >= 2 * 2 * len(PARAMS)  # every mu and nu leaf
+    sources = {jax.tree_util.keystr(row.source) for row in migration.rows if "layer1" in row.summary}
+    assert sources and all("['b']" in text for text in sources)
+
+
+@pytest.mark.parametrize("lost", [("layer1", "layer3"), ("layer0",), ("layer1", "layer2")])
+def test_an_errors_drop_queries_select_exactly_the_leaves_that_carry_nowhere(
+    form: str, lost: tuple[str, ...]
+) -> None:
+    """Following the error's suggestion drops what carries nowhere and nothing else."""
+    old = trained(optax.adam(2.0**-10))
+    kept = {name: value for name, value in PARAMS.items() if name not in lost}
+    like = optax.adam(2.0**-10).init(kept)
+    source = old if form == "live" else as_restored(old)
+    with pytest.raises(oi.MigrationError) as raised:
+        oi.migrate(source, like)
+    queries = [line.rsplit("drop=", 1)[1].strip("'") for line in str(raised.value).splitlines()[1:]]
+    covered = set()
+    for query in queries:
+        for match in oi.find(source, query):
+            covered |= {(*match.path, *p) for p, _ in jax.tree_util.tree_leaves_with_path(match.value)}
+    lost_leaves = {
+        path
+        for path, _ in jax.tree_util.tree_leaves_with_path(source)
+        if any(f"'{name}'" in jax.tree_util.keystr(path) for name in lost)
+    }
+    assert covered == lost_leaves
+    state = oi.migrate(source, like, drop=queries).state
+    for name in kept:
+        np.testing.assert_array_equal(state[0].mu[name]["w"], old[0].mu[name]["w"])
+    assert int(state[0].count) == int(old[0].count)
+
+
+def test_a_counter_whose_states_moments_all_start_anew_keeps_likes_value(form: str) -> None:
+    """An adam group that held no parameters kept counting; given parameters whose moments are
+    all new, its count starts anew (bias correction), as does one whose moments are dropped."""
+    old = trained(partition({name: "s" for name in PARAMS}), steps=3)
+    source = old if form == "live" else as_restored(old)
+    state = oi.migrate(source, partition(LABELS).init(PARAMS), drop="trace").state
+    assert int(state.inner_states["a"].inner_state[0].count) == 0
+    adam = trained(optax.adam(2.0**-10))
+    dropped = oi.migrate(
+        adam if form == "live" else as_restored(adam), optax.adam(2.0**-10).init(PARAMS), drop=["mu", "nu"]
+    )
+    assert int(dropped.state[0].count) == 0
+    assert int(oi.migrate(adam, optax.adam(2.0**-10).init(PARAMS)).state[0].count) == 3
+
+
+def test_multisteps_mini_step_and_accumulators_keep_likes_values() -> None:
+    old = trained(optax.MultiSteps(optax.adam(2.0**-10), every_k_schedule=4), steps=7)
+    like = optax.MultiSteps(optax.adam(2.0**-10), every_k_schedule=2).init(PARAMS)
+    migration = oi.migrate(old, like)
+    assert int(old.mini_step) == 3 and int(migration.state.mini_step) == 0
+    assert int(migration.state.gradient_step) == int(old.gradient_step)
+    assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(migration.state.acc_grads))
+    np.testing.assert_array_equal(
+        migration.state.inner_opt_state[0].nu["layer2"]["w"], old.inner_opt_state[0].nu["layer2"]["w"]
+    )
+    assert "mini_step" in str(migration) and "initialised" in str(migration)
+
+
+@pytest.mark.parametrize("keys", [("1", "01"), ("0", "00"), ("7", "007", "70")])
+def test_keys_that_spell_one_int_differently_stay_apart(keys: tuple[str, ...]) -> None:
+    params = {key: jnp.full(2, float(i)) for i, key in enumerate(keys)}
+    old = trained(optax.adam(2.0**-10), params)
+    state = oi.migrate(old, optax.adam(2.0**-10).init(params)).state
+    for key in keys:
+        np.testing.assert_array_equal(state[0].mu[key], old[0].mu[key])
+
+
+def test_a_rename_into_another_partition_group() -> None:
+    renamed = {("encoder" if name == "layer0" else name): value for name, value in PARAMS.items()}
+    old = trained(partition({**LABELS, "layer0": "b"}))
+    like = partition({("encoder" if n == "layer0" else n): "a" for n in PARAMS}).init(renamed)
+    state = oi.migrate(old, like, rules={"encoder.*": "layer0.*"}).state
+    np.testing.assert_array_equal(
+        state.inner_states["a"].inner_state[0].nu["encoder"]["b"],
+        old.inner_states["b"].inner_state[0].nu["layer0"]["b"],
+    )
+
+
+def test_an_abstract_old_step_for_a_new_counter_is_refused() -> None:
+    abstract = jax.eval_shape(lambda: trained(optax.adam(2.0**-10)))
+    like = optax.inject_hyperparams(optax.scale)(step_size=1.0).init(PARAMS)
+    with pytest.raises(oi.LeafTypeError, match="step="):
+        oi.migrate(abstract, like, drop=True)
+    assert int(oi.migrate(abstract, like, drop=True, step=5).state.count) == 5
+
+
+def test_a_scheduled_hyperparameter_keeps_the_value_its_last_update_used() -> None:
+    tx = optax.inject_hyperparams(optax.adam)(learning_rate=optax.linear_schedule(1.0, 0.0, 10))
+    old = trained(tx, steps=4)
+    migration = oi.migrate(old, tx.init(PARAMS))
+    kept = migration.state.hyperparams["learning_rate"]
+    assert float(kept) == float(old.hyperparams["learning_rate"]) == np.float32(0.7)
+    assert "used at step 3" in str(oi.describe(migration.state))
+    constant = optax.inject_hyperparams(optax.adam)(learning_rate=0.5)
+    assert float(oi.migrate(old, constant.init(PARAMS)).state.hyperparams["learning_rate"]) == 0.5
+    fresh = oi.migrate(trained(optax.sgd(0.1)), tx.init(PARAMS), drop=True, step=0).state
+    assert float(fresh.hyperparams["learning_rate"]) == 1.0

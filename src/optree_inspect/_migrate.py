@@ -20,7 +20,6 @@ parameter path; outside every state, by path.
 from __future__ import annotations
 
 import fnmatch
-import itertools
 import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NamedTuple
@@ -39,6 +38,7 @@ from ._listing import Listing
 from ._naming import shortest_query
 from ._optax.fields import STATE_FIELDS
 from ._optax.names import COUNTER_NAMES, INJECT_STATE_NAMES, SCHEDULE_BOOKKEEPING
+from ._optax.states import scheduled_slot_on
 from ._resolve import find
 from ._treekit import name_of
 
@@ -145,15 +145,16 @@ def migrate(
     )
     sources = _sources(old_side, like_side, pairs, rules, old_index, like_index)
     _refuse_abstract(like_side, sources, like_leaves, old_leaves, like_index)
-    fresh = _fresh_states(like_side, sources, like_index)
+    fresh, anew = _fresh_states(like_side, sources, like_index)
     old_step = _old_step(old_index, old_side, old_leaves) if step is None else step
     kinds: list[MigrationKind] = []
     values: list[Any] = []
     for leaf in like_side:
         source = sources.get(leaf.position)
-        kind, value = _carry(leaf, source, like_index, like_leaves, old_leaves, old_step, fresh)
+        kind, value = _carry(leaf, source, like_index, like_leaves, old_leaves, old_step, fresh, anew)
         kinds.append(kind)
         values.append(value)
+    _keep_scheduled(like, like_index, like_side, sources, kinds, values, old_leaves)
     used = set(sources.values())
     dropped = [leaf for leaf in every_old if leaf.position not in used]
     if not drop_all:
@@ -235,7 +236,12 @@ def _leaves(index: StructureIndex) -> list[_Leaf]:
 def _name(index: StructureIndex, node: int) -> Any:
     key = index.keys[node]
     name = name_of(key) if key is not None else None
-    return int(name) if isinstance(name, str) and name.isdecimal() else name
+    return int(name) if isinstance(name, str) and _spells_int(name) else name
+
+
+def _spells_int(text: str) -> bool:
+    """Whether `text` is an int as orbax writes one (`'0'`, `'12'`; not `'01'` or `'١'`)."""
+    return text.isascii() and text.isdigit() and (text == "0" or not text.startswith("0"))
 
 
 def _context(index: StructureIndex, node: int) -> tuple[Any, ...]:
@@ -332,31 +338,41 @@ def _sources(
     matched_new: set[str] = set()
     matched_old: set[str] = set()
     sources: dict[int, int] = {}
-    waiting: list[tuple[_Leaf, tuple[Any, ...]]] = []
+    # each leaf's names in the old state: as a rule renames them (the first whose new side
+    # matches), else its own
+    waiting: list[tuple[_Leaf, list[tuple[tuple[Any, ...], str | None]]]] = []
     for leaf in like_side:
         state = pairs.get(leaf.state, -1) if leaf.state >= 0 else -1
-        names = leaf.names
+        spellings: list[tuple[tuple[Any, ...], str | None]] = []
         for new_pattern, old_pattern, new_text, old_text in compiled:
-            renamed = _renamed(names, new_pattern, old_pattern, old_text)
+            renamed = _renamed(leaf.names, new_pattern, old_pattern, old_text)
             if renamed is not None:
                 matched_new.add(new_text)
-                if (state, renamed) in by_place:
-                    matched_old.add(old_text)
-                    names = renamed
+                spellings.append((renamed, old_text))
                 break
-        source = by_place.get((state, names)) if leaf.state < 0 or state >= 0 else None
-        if source is not None:
+        spellings.append((leaf.names, None))
+        found = None
+        if leaf.state < 0 or state >= 0:
+            found = next(((n, rule) for n, rule in spellings if (state, n) in by_place), None)
+        if found is not None:
+            source = by_place[(state, found[0])]
             sources[leaf.position] = source
             taken.add(source)
-        elif leaf.state >= 0 and len(names) > 1:
-            waiting.append((leaf, names))
+            if found[1] is not None:
+                matched_old.add(found[1])
+        elif leaf.state >= 0 and len(leaf.names) > 1:
+            waiting.append((leaf, spellings))
     # then what no state of the same place holds: a parameter that moved to another group
-    for leaf, names in waiting:
+    for leaf, spellings in waiting:
         name = like_index.state_names[leaf.state] or ""
-        source = next((p for p in by_type.get((name, names), []) if p not in taken), None)
-        if source is not None:
-            sources[leaf.position] = source
-            taken.add(source)
+        for names, rule in spellings:
+            moved = next((p for p in by_type.get((name, names), []) if p not in taken), None)
+            if moved is not None:
+                sources[leaf.position] = moved
+                taken.add(moved)
+                if rule is not None:
+                    matched_old.add(rule)
+                break
     unmatched = [
         f"{new!r}: {old!r}" for new, old in rules.items() if new not in matched_new or old not in matched_old
     ]
@@ -391,7 +407,7 @@ def _renamed(names: tuple[Any, ...], new: list[str], old: list[str], old_text: s
         if component == "*":
             spelled.append(next(stars, "*"))
         else:
-            spelled.append(int(component) if component.isdecimal() else component)
+            spelled.append(int(component) if _spells_int(component) else component)
     return (*names[: len(names) - len(new)], *spelled)
 
 
@@ -404,18 +420,24 @@ def _old_step(index: StructureIndex, side: list[_Leaf], leaves: list[Any]) -> An
     return None
 
 
-def _fresh_states(like_side: list[_Leaf], sources: dict[int, int], index: StructureIndex) -> set[int]:
-    """The states of `like` whose moments start anew (a params-shaped field with nothing to
-    take): their counters start anew too, or bias correction would be lost."""
-    return {
-        leaf.state
-        for leaf in like_side
-        if leaf.state >= 0
-        and len(leaf.names) > 1
-        and leaf.names[0] not in KEEPS_LIKE | ACCUMULATORS
-        and not index.hidden[leaf.node]
-        and leaf.position not in sources
-    }
+def _fresh_states(
+    like_side: list[_Leaf], sources: dict[int, int], index: StructureIndex
+) -> tuple[set[int], set[int]]:
+    """The states of `like` with moments that start anew (a params-shaped field with nothing to
+    take), whose counters without a counterpart start anew too; and those all of whose moments
+    start anew, whose counters start anew even where the old state has one (an adam state
+    that held no parameters before), or bias correction would be lost."""
+    fresh: set[int] = set()
+    carried: set[int] = set()
+    for leaf in like_side:
+        if (
+            leaf.state >= 0
+            and len(leaf.names) > 1
+            and leaf.names[0] not in KEEPS_LIKE | ACCUMULATORS
+            and not index.hidden[leaf.node]
+        ):
+            (carried if leaf.position in sources else fresh).add(leaf.state)
+    return fresh, fresh - carried
 
 
 def _refuse_abstract(
@@ -450,29 +472,71 @@ def _carry(
     old_leaves: list[Any],
     old_step: Any,
     fresh: set[int],
+    anew: set[int],
 ) -> tuple[MigrationKind, Any]:
     """What the leaf of the new state holds, and how it got it."""
     new = like_leaves[leaf.position]
     field = leaf.names[0] if leaf.names else None
-    if leaf.state >= 0 and field in KEEPS_LIKE:
+    counter = leaf.state >= 0 and len(leaf.names) == 1 and field in COUNTER_NAMES
+    if leaf.state >= 0 and (
+        field in KEEPS_LIKE | STARTS_AT_ZERO | ACCUMULATORS or (counter and leaf.state in anew)
+    ):
         return "initialised", new
     if source is not None:
-        value = old_leaves[source]
-        if stands_as(value, new):
-            return "carried", value
-        cast = cast_leaf(new, value, like_index.path(leaf.node), fill=True)
-        same = getattr(cast, "dtype", None) == getattr(value, "dtype", None)
-        return ("carried" if same or is_abstract(cast) else "cast"), cast
-    counter = leaf.state >= 0 and len(leaf.names) == 1 and field in COUNTER_NAMES
-    if counter and field not in STARTS_AT_ZERO and leaf.state not in fresh:
+        return _taken(new, old_leaves[source], like_index.path(leaf.node))
+    if counter and leaf.state not in fresh:
         path = like_index.path(leaf.node)
         if old_step is None:
             raise MigrationError(
                 f"The counter at {path_text(path)} has no counterpart in the old state, and the old "
                 "state has no `count` to take the step from: pass step=."
             )
+        if is_abstract(old_step) and not is_abstract(new):
+            raise LeafTypeError(
+                f"The counter at {path_text(path)} takes the old step, but the old state's `count` is "
+                "abstract (jax.ShapeDtypeStruct): load the arrays with load(path, arrays=True), or "
+                "pass step=."
+            )
         return "counter", cast_leaf(new, old_step, path, fill=True)
     return "initialised", new
+
+
+def _taken(new: Any, value: Any, path: KeyPath) -> tuple[MigrationKind, Any]:
+    """The old `value` in place of `new`, cast as `set` casts it."""
+    if stands_as(value, new):
+        return "carried", value
+    cast = cast_leaf(new, value, path, fill=True)
+    same = getattr(cast, "dtype", None) == getattr(value, "dtype", None)
+    return ("carried" if same or is_abstract(cast) else "cast"), cast
+
+
+def _keep_scheduled(
+    like: Any,
+    index: StructureIndex,
+    like_side: list[_Leaf],
+    sources: dict[int, int],
+    kinds: list[MigrationKind],
+    values: list[Any],
+    old_leaves: list[Any],
+) -> None:
+    """An injected hyperparameter that a schedule sets holds the value the update at step
+    `count - 1` used (`describe` says so): where the inject state's count goes on from the old
+    step, the old state's value stays (the next update sets the new schedule's), not `like`'s
+    for step 0."""
+    for leaf in like_side:
+        source = sources.get(leaf.position)
+        if source is None or leaf.state < 0 or leaf.names[:1] != ("hyperparams",):
+            continue
+        path = index.path(leaf.node)
+        slot = scheduled_slot_on(like, path)
+        counter = None if slot is None else index.number_of(slot.field_path("count"))
+        if counter is None or not index.leaf_counts[counter]:
+            continue
+        step = values[index.leaf_starts[counter]]
+        if is_concrete(step) and np.ndim(step) == 0 and int(np.asarray(step)) != 0:
+            kinds[leaf.position], values[leaf.position] = _taken(
+                values[leaf.position], old_leaves[source], path
+            )
 
 
 def _check_dropped(index: StructureIndex, dropped: list[_Leaf]) -> None:
@@ -510,13 +574,38 @@ def _bookkeeping(index: StructureIndex, leaf: _Leaf) -> bool:
 
 
 def _regions(index: StructureIndex, leaves: list[_Leaf]) -> list[tuple[int, int]]:
-    """The leaves grouped by their state's field (or alone outside every state), in order, each
-    group as the deepest node that holds it, with how many leaves it holds."""
-    regions: list[tuple[int, int]] = []
-    for region, group in itertools.groupby(leaves, key=lambda leaf: _region_node(index, leaf)):
-        members = list(group)
-        regions.append((_common_ancestor(index, region, members[0].node, members[-1].node), len(members)))
-    return regions
+    """The leaves in order, grouped as `_groups` groups them (all alike), each group as its node
+    with how many leaves it holds."""
+    return [(node, len(members)) for node, members in _groups(index, leaves, [None] * len(leaves))]
+
+
+def _groups(index: StructureIndex, leaves: list[_Leaf], labels: list[Any]) -> list[tuple[int, list[_Leaf]]]:
+    """`leaves` (in tree order) in groups, each under one node that holds those leaves and no
+    other leaf of the tree: each leaf's highest ancestor, up to its state's field (or itself
+    outside every state, `_region_node`), all of whose leaves are among `leaves` with the same
+    label; consecutive leaves under one such node form a group."""
+    mark = object()
+    label_at: list[Any] = [mark] * len(index.leaf_nodes)
+    for leaf, label in zip(leaves, labels, strict=True):
+        label_at[leaf.position] = (label,)
+    run_end = list(range(1, len(label_at) + 1))  # where the run of equal labels through i ends
+    for i in range(len(label_at) - 2, -1, -1):
+        if label_at[i] is not mark and label_at[i] == label_at[i + 1]:
+            run_end[i] = run_end[i + 1]
+    starts, counts, parents = index.leaf_starts, index.leaf_counts, index.parents
+    groups: list[tuple[int, list[_Leaf]]] = []
+    for leaf in leaves:
+        region, node = _region_node(index, leaf), leaf.node
+        while node != region:
+            parent = parents[node]
+            if run_end[starts[parent]] < starts[parent] + counts[parent]:
+                break
+            node = parent
+        if groups and groups[-1][0] == node:
+            groups[-1][1].append(leaf)
+        else:
+            groups.append((node, [leaf]))
+    return groups
 
 
 def _region_node(index: StructureIndex, leaf: _Leaf) -> int:
@@ -540,19 +629,19 @@ def _rows(
     old_leaves: list[Any],
 ) -> list[MigrationRow]:
     rows = []
-    keyed = [(leaf, kinds[leaf.position]) for leaf in like_side]
-    for (region, kind), group in itertools.groupby(
-        keyed, key=lambda item: (_region_node(like, item[0]), item[1])
-    ):
-        members = [leaf for leaf, _ in group]
-        node = _common_ancestor(like, region, members[0].node, members[-1].node)
+
+    def source_region(leaf: _Leaf) -> int | None:
+        source = sources.get(leaf.position)
+        return None if source is None else _region_node(old, old_side[source])
+
+    labels = [(kinds[leaf.position], source_region(leaf)) for leaf in like_side]
+    for node, members in _groups(like, like_side, labels):
+        kind = kinds[members[0].position]
         path = like.path(node)
-        first, last = sources.get(members[0].position), sources.get(members[-1].position)
-        source = None
-        if first is not None and last is not None:
-            ends = old_side[first], old_side[last]
-            source_region = _region_node(old, ends[0])
-            source = old.path(_common_ancestor(old, source_region, ends[0].node, ends[1].node))
+        found = [old_side[sources[m.position]].node for m in members if m.position in sources]
+        region, source = source_region(members[0]), None
+        if region is not None and len(found) == len(members):  # from one region (the label)
+            source = old.path(_common_ancestor(old, region, min(found), max(found)))
         count = len(members)
         many = "" if like.is_leaf[node] or like.variables[node] else f" {_leaves_text(count)}"
         where = f" from {path_text(source)}" if source is not None else ""
