@@ -288,6 +288,75 @@ def test_an_array_given_twice_is_counted_once() -> None:
     assert int(metrics(held, params=held.params)["all/nonfinite"]) == 1
 
 
+def test_an_array_in_two_trees_counts_in_each_eagerly_and_under_jit() -> None:
+    """`masked` passes a frozen parameter's gradient through as its update (the same array): it
+    counts in both trees, as the same values in two arrays do, and under `jit` alike; the
+    state's own params stand for the params given, whether the same arrays or not."""
+    params = {"frozen": jnp.ones(3), "head": jnp.ones(3)}
+    grads = {"frozen": jnp.array([jnp.nan, 1.0, 1.0]), "head": jnp.ones(3)}
+    tx = optax.masked(optax.adam(1e-3), {"frozen": False, "head": True})
+    updates, state = tx.update(grads, tx.init(params), params)
+    assert updates["frozen"] is grads["frozen"]
+
+    def count(state: Any, grads: Any, updates: Any) -> Any:
+        return metrics(state, params=params, grads=grads, updates=updates)["all/nonfinite"]
+
+    copied = jax.tree.map(jnp.array, updates)
+    assert int(count(state, grads, updates)) == int(count(state, grads, copied)) == 2
+    assert int(jax.jit(count)(state, grads, updates)) == 2
+    held = train_state.TrainState.create(apply_fn=None, params=grads, tx=optax.sgd(0.1))
+    assert int(jax.jit(lambda h, p: metrics(h, params=p)["all/nonfinite"])(held, held.params)) == 1
+    assert int(metrics(held, params=jax.tree.map(jnp.array, held.params))["all/nonfinite"]) == 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.complex64])
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-20, 1e-12, 1e20, 3e38, 0.0])
+def test_an_rms_is_right_whatever_the_magnitudes(magnitude: float, dtype: Any) -> None:
+    """Squares that underflow or overflow float32 (adam's `nu` for gradients of 1e-10, parameters
+    of 1e20): the RMS is the values', eagerly and in a jitted step, alone or beside ordinary
+    values, and nothing is counted as non-finite."""
+    finfo = jnp.finfo(jnp.real(jnp.zeros((), dtype)).dtype)
+    if magnitude and not float(finfo.tiny) <= magnitude <= float(finfo.max):
+        pytest.skip("not a normal number of this dtype")
+    value = jnp.asarray(magnitude, dtype)
+    params = {"odd": jnp.full((5, 3), value), "plain": jnp.full(4, 0.5)}
+    expected = float(np.abs(np.asarray(value, np.complex128)))
+    both = np.sqrt((15 * expected**2 + 4 * 0.25) / 19)
+    state = optax.sgd(0.1).init(params)
+    for found in (
+        metrics(state, params=params),
+        jax.jit(lambda s, p: metrics(s, params=p))(state, params),
+    ):
+        assert float(found["odd/params_rms"]) == pytest.approx(expected, rel=1e-6)
+        assert float(found["all/params_rms"]) == pytest.approx(both, rel=1e-6)
+        assert int(found["all/nonfinite"]) == 0
+
+
+def test_arrays_on_several_device_sets_and_longdouble_leaves() -> None:
+    """Pipeline stages, each on its own devices, and NumPy longdouble leaves (read in float64)."""
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, numpy as np, optax, optree_inspect as oi
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        devices = np.array(jax.devices())
+        stages = [NamedSharding(Mesh(devices[i : i + 4], ("x",)), P("x")) for i in (0, 4)]
+        params = {f"s{i}": jax.device_put(jnp.full((8, 4), i + 1.0), s) for i, s in enumerate(stages)}
+        params["lone"] = jax.device_put(jnp.full(3, np.nan), jax.devices()[5])
+        found = oi.metrics(optax.adam(1e-3).init(params), params=params)
+        assert float(found["s1/params_rms"]) == 2.0, found
+        assert int(found["all/nonfinite"]) == 3, found
+        long = {"w": np.full(3, 2.0, np.longdouble)}
+        assert float(oi.metrics(optax.sgd(0.1).init(long), grads=long)["all/grads_rms"]) == 2.0
+        print("ok")
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
 def test_fields_of_one_name_in_several_states_combine() -> None:
     tx = optax.chain(optax.scale_by_adam(), optax.scale_by_adam(b1=0.5))
     state = stepped(tx)[0]

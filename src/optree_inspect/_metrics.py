@@ -108,12 +108,16 @@ def metrics(
             given_index, given_leaves = index_and_leaves(tree)
             trees.append((name, tree, given_index, unwrap_all(given_leaves)))
     everything = [value for *_, tree_values in trees for value in tree_values]
-    layout = _layout(trees, leaf_roles(index, values), chosen, _aliases(everything))
+    layout = _layout(trees, leaf_roles(index, values), chosen)
     candidates = [everything[position] for position in layout.candidates]
     plan = layout.plan(candidates)
-    arguments = tuple(candidates[number] for number in plan.arguments)
+    arguments = tuple(map(_readable, (candidates[number] for number in plan.arguments)))
     try:
-        floats, counts = _from_leaf_rows(plan, arguments) if _spread(arguments) else _compute(plan, arguments)
+        if _spread(arguments) or _on_several_device_sets(arguments):
+            floats, counts, usual = (*_from_leaf_rows(plan, arguments), True)
+        else:
+            traced = any(isinstance(x, jax.core.Tracer) for x in arguments)
+            floats, counts, usual = _compute(plan, arguments, traced)
     except Exception:
         if any(map(is_deleted, arguments)):
             raise DeletedArrayError(
@@ -128,7 +132,9 @@ def metrics(
         found.update((key, floats[n]) for n, key in enumerate(plan.float_keys))
         found.update((key, counts[n]) for n, key in enumerate(plan.count_keys))
     else:
-        floats, counts, read = jax.device_get((floats, counts, read))  # one transfer
+        floats, counts, read, usual = jax.device_get((floats, counts, read, usual))  # one transfer
+        if not usual:  # squares that overflow or underflow, zeros, NaN or Inf: read exactly
+            floats, counts = _from_leaf_rows(plan, arguments)
         found = {key: np.asarray(value)[()] for key, value in read.items()}
         found.update(zip(plan.float_keys, floats, strict=True))
         found.update(zip(plan.count_keys, counts, strict=True))
@@ -154,19 +160,6 @@ def _checked_regions(regions: Any) -> tuple[tuple[str, Any, ParsedQuery], ...] |
             )
         checked.append((name, query, parse_query(query)))
     return tuple(checked)
-
-
-def _aliases(values: list[Any]) -> tuple[tuple[int, int], ...]:
-    """(position, first position) of each array that stands at an earlier position too (the
-    params given and a `TrainState`'s own): it is counted once."""
-    seen: dict[int, int] = {}
-    found = []
-    for position, value in enumerate(values):
-        if isinstance(value, jax.Array | np.ndarray):
-            first = seen.setdefault(id(value), position)
-            if first != position:
-                found.append((position, first))
-    return tuple(found)
 
 
 # Which leaves enter which value ------------------------------------------------------------------
@@ -289,7 +282,6 @@ def _layout(
     trees: Trees,
     roles: list[str],
     regions: tuple[tuple[str, Any, ParsedQuery], ...] | None,
-    aliases: tuple[tuple[int, int], ...],
 ) -> _Layout:
     """The layout for these trees, from the cache where their structures were seen; a predicate
     region is resolved anew on each call (it may look at values). The cache holds the indexes it
@@ -297,7 +289,7 @@ def _layout(
     key: Hashable = None
     if regions is None or not any(isinstance(parsed, PredicateQuery) for *_, parsed in regions):
         queries = None if regions is None else tuple((name, query) for name, query, _ in regions)
-        key = (tuple((name, id(index)) for name, _, index, _ in trees), queries, aliases)
+        key = (tuple((name, id(index)) for name, _, index, _ in trees), queries)
         try:
             hash(key)
         except TypeError:  # an unhashable query
@@ -307,7 +299,7 @@ def _layout(
             cached = _LAYOUTS.get(key)
         if cached is not None and (cached[1] is roles or cached[1] == roles):
             return cached[2]
-    layout = _build(trees, roles, regions, aliases)
+    layout = _build(trees, roles, regions)
     if key is not None:
         with _LOCK:
             _LAYOUTS[key] = (tuple(index for _, _, index, _ in trees), roles, layout)
@@ -320,7 +312,6 @@ def _build(
     trees: Trees,
     roles: list[str],
     regions: tuple[tuple[str, Any, ParsedQuery], ...] | None,
-    aliases: tuple[tuple[int, int], ...],
 ) -> _Layout:
     index = trees[0][2]
     bases, base = {}, 0
@@ -335,7 +326,7 @@ def _build(
     else:
         names = [name for name, _, _ in regions]
         members = [_selected(name, query, parsed, sources, fields) for name, query, parsed in regions]
-    candidate_of = _candidates(trees, aliases)
+    candidate_of = _candidates(trees)
     candidates = sorted({c for c in candidate_of if c >= 0})
     number = {position: n for n, position in enumerate(candidates)}
 
@@ -357,16 +348,20 @@ def _fields(sources: dict[str, list[_Source]]) -> list[str]:
     return [name for name in GIVEN if name in sources] + sorted(n for n in sources if n not in GIVEN)
 
 
-def _candidates(trees: Trees, aliases: tuple[tuple[int, int], ...]) -> list[int]:
-    """For each leaf of the trees (concatenated), the position whose value stands for it among
-    `_compute`'s candidates (its first, where an array is given twice), or -1: a leaf that holds
-    no floats (a Python int, None, a string, an abstract array). An nnx Variable that is a leaf
-    (before flax 0.11) stands for its value."""
+def _candidates(trees: Trees) -> list[int]:
+    """For each leaf of the trees (concatenated), its position among `_compute`'s candidates, or
+    -1: a leaf that holds no floats (a Python int, None, a string, an abstract array), or one of
+    the state's own parameters where `params=` is given (they stand for them: counted once,
+    whether or not they are the same arrays, eagerly and under `jit` alike). An nnx Variable
+    that is a leaf (before flax 0.11) stands for its value."""
     kinds = [index.types[node] for _, _, index, _ in trees for node in index.leaf_nodes]
     holds = [issubclass(kind, _VALUE_TYPES) or is_nnx_variable_type(kind) for kind in kinds]
     candidate_of = [p if held else -1 for p, held in enumerate(holds)]
-    for position, first in aliases:
-        candidate_of[position] = candidate_of[first]
+    index = trees[0][2]
+    own = params_field(index)
+    if own is not None and any(name == "params" for name, *_ in trees[1:]):
+        start, count = index.leaf_starts[own], index.leaf_counts[own]
+        candidate_of[start : start + count] = [-1] * count
     return candidate_of
 
 
@@ -585,32 +580,43 @@ def _selected_in(parsed: ParsedQuery, source: _Source) -> set[int]:
 # The computation --------------------------------------------------------------------------------
 
 
-def _vectors(plan: _Plan, arguments: tuple[Any, ...]) -> tuple[Array, Array]:
+def _vectors(
+    plan: _Plan, arguments: tuple[Any, ...], rescale: bool = True
+) -> tuple[Array, Array, Array]:
     """The RMS of each entry, then each ratio, in JAX's default float dtype; the non-finite
-    elements of each count entry, in its default int dtype."""
+    elements of each count entry, in its default int dtype; and whether the plain sums of
+    squares were usual (`_sums_of_squares`, whose `rescale` it takes: without, the RMS are
+    right only where they were)."""
     floating = jax.dtypes.canonicalize_dtype(np.float64)
     integer = jax.dtypes.canonicalize_dtype(np.int64)
     arrays = [jnp.asarray(x) for x in arguments]
     if not arrays:
-        return jnp.zeros((0,), floating), jnp.zeros((len(plan.nonfinite),), integer)
+        return jnp.zeros((0,), floating), jnp.zeros((len(plan.nonfinite),), integer), jnp.asarray(True)
     groups = _groups(arrays)
     order = np.asarray([n for members in groups for n in members], np.int32)
     row_of = np.empty(len(arrays), np.int32)
     row_of[order] = np.arange(len(order), dtype=np.int32)
     stacked = [_stacked([arrays[n] for n in members]) for members in groups]
-    squares = jnp.concatenate([_sums_of_squares(x) for x in stacked]).astype(floating)
+    squares, exponents, usual = _sums_of_squares(stacked, rescale)
+    squares = squares.astype(floating)
     sizes = np.asarray([arrays[n].size for n in order], np.float64)
-    totals = _segment_sums(squares, [row_of[list(m)] for m in plan.rms])
-    elements = np.asarray([sizes[row_of[list(m)]].sum() for m in plan.rms], np.float64)
-    rms = jnp.sqrt(totals / elements.astype(floating))
+    entries = [row_of[list(m)] for m in plan.rms]
+    # each entry's sum of squares is `totals * 4**top`: its rows' scaled to its largest row's
+    top = _segment_reduce(exponents, entries, jax.ops.segment_max)
+    rows, ids = _rows_and_ids(entries)
+    relative = jnp.ldexp(squares[rows], 2 * (exponents[rows] - top[ids]))
+    totals = jax.ops.segment_sum(relative, ids, num_segments=len(entries))
+    elements = np.asarray([sizes[rows_].sum() for rows_ in entries], np.float64)
+    rms = jnp.ldexp(jnp.sqrt(totals / elements.astype(floating)), top)
     ratios = [rms[updates] / rms[params] for updates, params in plan.ratios]
     floats = jnp.concatenate([rms, jnp.stack(ratios)]) if ratios else rms
     segments = [row_of[list(m)] for m in plan.nonfinite]
-    return floats, _nonfinite_counts(stacked, squares, segments, integer)
+    return floats, _nonfinite_counts(stacked, squares, segments, integer), usual
 
 
-_compute = jax.jit(_vectors, static_argnums=0)
-"""`_vectors` compiled once per plan and argument shapes; inlined into a jitted caller's trace."""
+_compute = jax.jit(_vectors, static_argnums=(0, 2))
+"""`_vectors` compiled once per plan, argument shapes and `rescale`; inlined into a jitted
+caller's trace."""
 
 
 def _spread(arguments: tuple[Any, ...]) -> bool:
@@ -621,10 +627,33 @@ def _spread(arguments: tuple[Any, ...]) -> bool:
     )
 
 
+def _readable(value: Any) -> Any:
+    """`value` as JAX can read it: a NumPy `longdouble` (or its complex) in float64 (complex128),
+    as `stats` reads it (docs/health.md)."""
+    dtype = getattr(value, "dtype", None)
+    if isinstance(value, np.ndarray | np.generic) and dtype is not None and dtype.itemsize > 8:
+        if dtype.kind == "f":
+            return np.asarray(value, np.float64)
+        if dtype.kind == "c" and dtype.itemsize > 16:
+            return np.asarray(value, np.complex128)
+    return value
+
+
+def _on_several_device_sets(arguments: tuple[Any, ...]) -> bool:
+    """Concrete arrays on different sets of devices (pipeline stages), which one compiled program
+    cannot take."""
+    shardings = {
+        x.sharding for x in arguments if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+    }
+    return len({frozenset(sharding.device_set) for sharding in shardings}) > 1
+
+
 def _from_leaf_rows(plan: _Plan, arguments: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """`_vectors`' results from each argument's statistics (`leaf_table`: each process reduces
-    the shards it holds and the rows are exchanged once), where arrays span processes: one
-    partitioned program of every reduction would take XLA minutes to compile."""
+    """`_vectors`' results from each argument's statistics (`leaf_table`: each reduced where it
+    lives, in sums scaled by its largest magnitude, and, where arrays span processes, each
+    process reducing the shards it holds, the rows exchanged once). Where arrays span processes
+    (one partitioned program of every reduction would take XLA minutes to compile) or stand on
+    several device sets, and eagerly where a plain sum of squares is not usual."""
     table = leaf_table(list(arguments))
     counts, sums = np.asarray(table.counts), np.asarray(table.sums)
     nan, inf = counts[:, 0], counts[:, 1]
@@ -666,21 +695,69 @@ def _stacked(xs: list[Array]) -> Array:
     return jnp.stack(xs).reshape(len(xs), -1) if len(xs) > 1 else xs[0].reshape(1, -1)
 
 
-def _sums_of_squares(x: Array) -> Array:
-    """The sum of squares (of magnitudes) of each row, in float32 at least."""
-    if jnp.issubdtype(x.dtype, jnp.complexfloating):
-        wide = at_least_float32(x.real.dtype)
-        return (jnp.square(x.real.astype(wide)) + jnp.square(x.imag.astype(wide))).sum(axis=1)
-    return jnp.square(x.astype(at_least_float32(x.dtype))).sum(axis=1)
+def _shift(dtype: Any) -> int:
+    """The power of two `k` that rescales a sum of squares in `dtype` that overflowed (the
+    elements times `2**-k`) or is below `2**-k` (times `2**k`): either way every normal element's
+    square is then a normal number and the sum of up to `2**32` of them is finite (float32: 80)."""
+    return int(jnp.finfo(dtype).maxexp) // 2 + 16
 
 
-def _segment_sums(values: Array, segments: list[np.ndarray]) -> Array:
-    """The sum of `values` over each segment's rows."""
+def _sums_of_squares(stacked: list[Array], rescale: bool) -> tuple[Array, Array, Array]:
+    """The sum of squares (of magnitudes) of each row of the matrices `stacked`, in float32 at
+    least, as `(sums, e)`: a row's sum is `sums * 4**e`; and whether every row's plain sum is
+    usual: finite and at least `2**-_shift` (a NaN or Inf, a zero row, squares that overflow or
+    underflow are not). Plain sums (`e` 0) are one reduction of each matrix. Rescaled ones
+    reduce each matrix again, the elements of a row whose plain sum overflowed times
+    `2**-_shift`, of one whose sum is below `2**-_shift` times `2**_shift`, others as they are.
+    With `rescale`, rescaled where some plain sum is not usual (a conditional: in a jitted step);
+    else plain (eagerly: where some is not usual, `_from_leaf_rows` reads them, exactly)."""
+    parts = [_parts(x) for x in stacked]
+    plains = [_total([jnp.square(part).sum(axis=1) for part in each]) for each in parts]
+    plain = jnp.concatenate(plains)
+    usual = jnp.all(jnp.stack([jnp.all((p >= 2.0 ** -_shift(p.dtype)) & (p < jnp.inf)) for p in plains]))
+
+    def unscaled(parts: list[list[Array]]) -> tuple[Array, Array]:
+        return plain, jnp.zeros(plain.shape, jnp.int32)
+
+    def scaled(parts: list[list[Array]]) -> tuple[Array, Array]:
+        sums, exponents = [], []
+        for each, sum_ in zip(parts, plains, strict=True):
+            shift = _shift(sum_.dtype)
+            exponent = jnp.where(sum_ == jnp.inf, shift, jnp.where(sum_ < 2.0**-shift, -shift, 0))
+            factor = jnp.ldexp(jnp.ones((), sum_.dtype), -exponent)[:, None]
+            sums.append(_total([jnp.square(part * factor).sum(axis=1) for part in each]))
+            exponents.append(exponent.astype(jnp.int32))
+        return jnp.concatenate(sums).astype(plain.dtype), jnp.concatenate(exponents)
+
+    if rescale:
+        return (*jax.lax.cond(usual, unscaled, scaled, parts), usual)
+    return (*unscaled(parts), usual)
+
+
+def _total(sums: list[Array]) -> Array:
+    """The sum of the real part's sums and (for a complex matrix) the imaginary part's."""
+    return sums[0] if len(sums) == 1 else sums[0] + sums[1]
+
+
+def _parts(x: Array) -> list[Array]:
+    """A matrix's real and imaginary parts (its values alone where it is real), in float32 at
+    least."""
+    parts = [x.real, x.imag] if jnp.issubdtype(x.dtype, jnp.complexfloating) else [x]
+    return [part.astype(at_least_float32(part.dtype)) for part in parts]
+
+
+def _rows_and_ids(segments: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.concatenate(segments) if segments else np.zeros((0,), np.int32)
+    ids = np.repeat(np.arange(len(segments), dtype=np.int32), [len(rows_) for rows_ in segments])
+    return rows, ids
+
+
+def _segment_reduce(values: Array, segments: list[np.ndarray], reduce: Any = jax.ops.segment_sum) -> Array:
+    """`reduce` (a `jax.ops.segment_*`) of `values` over each segment's rows."""
     if not segments:
         return jnp.zeros((0,), values.dtype)
-    rows = np.concatenate(segments)
-    ids = np.repeat(np.arange(len(segments), dtype=np.int32), [len(rows_) for rows_ in segments])
-    return jax.ops.segment_sum(values[rows], ids, num_segments=len(segments))
+    rows, ids = _rows_and_ids(segments)
+    return reduce(values[rows], ids, num_segments=len(segments))
 
 
 def _nonfinite_counts(
@@ -692,7 +769,7 @@ def _nonfinite_counts(
 
     def counted(operands: list[Array]) -> Array:
         per_row = jnp.concatenate([(~jnp.isfinite(x)).sum(axis=1, dtype=integer) for x in operands])
-        return _segment_sums(per_row, segments)
+        return _segment_reduce(per_row, segments)
 
     def finite(operands: list[Array]) -> Array:
         return jnp.zeros((len(segments),), integer)
