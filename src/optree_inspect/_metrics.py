@@ -580,9 +580,7 @@ def _selected_in(parsed: ParsedQuery, source: _Source) -> set[int]:
 # The computation --------------------------------------------------------------------------------
 
 
-def _vectors(
-    plan: _Plan, arguments: tuple[Any, ...], rescale: bool = True
-) -> tuple[Array, Array, Array]:
+def _vectors(plan: _Plan, arguments: tuple[Any, ...], rescale: bool = True) -> tuple[Array, Array, Array]:
     """The RMS of each entry, then each ratio, in JAX's default float dtype; the non-finite
     elements of each count entry, in its default int dtype; and whether the plain sums of
     squares were usual (`_sums_of_squares`, whose `rescale` it takes: without, the RMS are
