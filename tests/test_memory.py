@@ -9,7 +9,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +98,41 @@ def test_a_train_state_counts_its_own_params_once() -> None:
     other = jax.tree.map(jnp.copy, PARAMS)
     assert oi.memory(ts, params=other).roles["params"].total_bytes == 2 * PARAM_BYTES
     assert "params=" in oi.memory(ts, params=other).regions
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_an_array_held_by_several_leaves_counts_once(given: bool) -> None:
+    """Tied weights: one array at two leaves of the params (and the state's own params) holds
+    its bytes once, at its first leaf."""
+    embedding = jnp.ones((256,))
+    params = {"embed": embedding, "head": jnp.ones(8), "unembed": embedding}
+    state = optax.sgd(0.1, momentum=0.9).init(params)
+    report = oi.memory(state, params=params) if given else oi.memory({"params": params, "opt": state})
+    assert report.roles["params"].total_bytes == embedding.nbytes + 8 * 4
+    assert report.roles["trace"].total_bytes == 2 * embedding.nbytes + 8 * 4  # two arrays
+    assert sum(report.by_device[0].values()) == report.roles["params"].total_bytes + 2 * 1024 + 32
+
+
+@pytest.mark.parametrize("held", ["namedtuple", "dict", "tuple"])
+def test_moments_of_scalar_parameters_are_moments_however_held(held: str) -> None:
+    """Adam's moments of two scalar parameters: `mu` and `nu` roles, and their RMS keys, whether
+    the parameters are a NamedTuple of the user's, a dict or a tuple (lbfgs's `info`, a
+    NamedTuple of optax's, stays with the counters)."""
+
+    class Line(NamedTuple):
+        slope: Any
+        intercept: Any
+
+    values = (jnp.array(2.0), jnp.array(-1.0))
+    params = {"namedtuple": Line(*values), "dict": dict(zip("ab", values, strict=True)), "tuple": values}[
+        held
+    ]
+    tx = optax.adam(0.1)
+    _, state = tx.update(params, tx.init(params), params)
+    assert {"mu", "nu"} <= set(oi.memory(state).roles)
+    assert {"all/mu_rms", "all/nu_rms"} <= set(oi.metrics(state))
+    lbfgs = optax.lbfgs().init({"w": jnp.ones(3)})
+    assert "info" not in oi.memory(lbfgs).roles
 
 
 def test_nnx_optimizer_and_its_state() -> None:
@@ -508,7 +543,8 @@ def test_scalar_fields_count_with_the_hyperparameters(tx: Any) -> None:
     scalars = {"last_finite", "notfinite_count", "total_notfinite", "value", "learning_rate", "b1"}
     assert not scalars & set(report.roles), report.roles.keys()
     assert not {"weight_sum", "max_lr", "decrease_error"} & set(report.roles)
-    total = sum(x.nbytes for x in jax.tree.leaves(state))
+    distinct = {id(x): x for x in jax.tree.leaves(state)}  # lbfgs's init shares some arrays
+    total = sum(x.nbytes for x in distinct.values())
     assert sum(usage.total_bytes for usage in report.roles.values()) == total
     assert "params" not in report.roles  # lbfgs's own `params` field is a state's
     assert len(repr(report).splitlines()) <= 30

@@ -15,6 +15,7 @@ import itertools
 from typing import Any
 
 from ._index import StructureIndex
+from ._optax.names import is_optax_state_type
 from ._optax.states import is_counter
 from ._rows import is_hyperparameter, row_node
 
@@ -57,9 +58,9 @@ def names_under(index: StructureIndex, root: int, leaf: int) -> tuple[str, ...]:
 def leaf_roles(index: StructureIndex, values: list[Any]) -> list[str]:
     """Each leaf's role (`_structural_roles`), where a state's field that is a scalar (a flag
     such as `apply_if_finite`'s `last_finite`, a running value such as lbfgs's `value`) or a
-    NamedTuple of scalars (lbfgs's linesearch `info`) counts with the hyperparameters and
-    counters rather than as a moment; a dict of scalars (the moments of scalar parameters) stays
-    a moment."""
+    NamedTuple of scalars that optax defines (lbfgs's linesearch `info`) counts with the
+    hyperparameters and counters rather than as a moment; a dict or a NamedTuple of the user's
+    of scalars (the moments of scalar parameters) stays a moment."""
     roles, fields = _structural_roles(index)
     candidates = [
         p
@@ -80,12 +81,11 @@ def leaf_roles(index: StructureIndex, values: list[Any]) -> list[str]:
 
 
 def _may_be_scalars(index: StructureIndex, field: int) -> bool:
-    """A field that is a leaf (or an nnx Variable), or a NamedTuple of leaves: a record of
-    scalars, never a params-shaped moment."""
-    kind = index.types[field]
+    """A field that is a leaf (or an nnx Variable), or a NamedTuple that optax defines: a record
+    of scalars, never a params-shaped moment (a NamedTuple of another module's is the params')."""
     if index.is_leaf[field] or index.variables[field]:
         return True
-    return issubclass(kind, tuple) and hasattr(kind, "_fields")
+    return is_optax_state_type(index.types[field])
 
 
 _ROLES = ("roles", "by structure")
