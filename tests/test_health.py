@@ -253,6 +253,23 @@ def test_describe_with_stats_shows_a_moment_that_stays_zero() -> None:
     assert rows["mu"].stats is not None and rows["mu"].stats["zero_fraction"] == 1.0
 
 
+@pytest.mark.parametrize(
+    ("values", "shown"),
+    [
+        ([1.0, 1.001], "[1 .. 1.001; rms 1]"),
+        ([1.0, 1.0000001], "[1 .. 1.00000012; rms 1]"),
+        ([2.5, 2.5], "[all 2.5]"),
+        ([1e-30, 1.0000001e-30], "[1e-30 .. 1.0000001e-30; rms 1e-30]"),
+        ([-0.0, 0.0], "[all 0]"),
+    ],
+)
+def test_describe_says_all_only_of_a_leaf_whose_values_are_one(values: list[float], shown: str) -> None:
+    """The range is rounded to 3 digits, or to as many as tell its ends apart: "all" only where
+    the minimum and the maximum are one number."""
+    text = str(oi.describe({"w": np.asarray(values, np.float32)}, stats=True))
+    assert text.endswith(shown), text
+
+
 # Sharding --------------------------------------------------------------------------------------
 
 

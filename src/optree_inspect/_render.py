@@ -160,7 +160,7 @@ def _stats_parts(values: dict[str, Any], range_shown: bool) -> tuple[str, list[s
     ]
     rest = []
     if range_shown and not math.isnan(values["min"]):
-        low, high = _short(values["min"]), _short(values["max"])
+        low, high = _distinct(values["min"], values["max"])
         rest.append(f"{low} .. {high}" if low != high else f"all {low}")
         if low != high:
             rest.append(f"rms {_short(values['rms'])}")
@@ -172,6 +172,16 @@ def _stats_parts(values: dict[str, Any], range_shown: bool) -> tuple[str, list[s
 
 def _short(value: float) -> str:
     return f"{value:.3g}"
+
+
+def _distinct(low: float, high: float) -> tuple[str, str]:
+    """`low` and `high` in 3 significant digits, or in as many more as it takes to tell them
+    apart where they differ (`1 .. 1.001`, never `all 1`)."""
+    for digits in (3, 6, 9, 17):
+        shown = f"{low:.{digits}g}", f"{high:.{digits}g}"
+        if shown[0] != shown[1] or low == high:
+            return shown
+    return shown
 
 
 # HTML ------------------------------------------------------------------------------------------
