@@ -4,6 +4,7 @@ keys, and costs that stay flat (rows found in near-linear work, compilations bou
 from __future__ import annotations
 
 import copy
+import fractions
 import math
 import os
 import pathlib
@@ -576,7 +577,17 @@ def test_large_leaves_compile_once_per_shape_that_holds_enough_data(monkeypatch:
 
 
 @pytest.mark.parametrize(
-    "tolerance", [np.float32(0.6), np.float64(0.6), np.int64(1), 1, 0.6, jnp.finfo(jnp.float32).eps]
+    "tolerance",
+    [
+        np.float32(0.6),
+        np.float64(0.6),
+        np.int64(1),
+        1,
+        0.6,
+        jnp.finfo(jnp.float32).eps,
+        10**400,  # beyond float64: inf
+        fractions.Fraction(10**400, 3),
+    ],
 )
 def test_tolerances_may_be_any_real_number_python_or_numpy(tolerance: Any) -> None:
     a, b = {"x": jnp.zeros(2)}, {"x": jnp.full(2, 0.5, jnp.float32)}

@@ -117,7 +117,8 @@ def diff(a: PyTree, b: PyTree, /, *, rtol: float = 0.0, atol: float = 0.0) -> Di
             raise InvalidArgumentError(
                 f"{name}= takes a number at least 0, got {bounded(repr(tolerance), 60)}."
             )
-    if _equal_by_position(a, b, float(rtol), float(atol)):
+    rtol, atol = _as_float(rtol), _as_float(atol)
+    if _equal_by_position(a, b, rtol, atol):
         return Diff([])
     rows: list[_Row | int] = []  # a row, or the number of the `_Pending` whose value rows stand here
     pending: list[_Pending] = []
@@ -131,6 +132,14 @@ def diff(a: PyTree, b: PyTree, /, *, rtol: float = 0.0, atol: float = 0.0) -> Di
             where = keystr(path) or "<root>"
             result.append(DiffRow(path, query, kind, before, after, f"{where}: {kind}: {what}"))
     return Diff(result)
+
+
+def _as_float(tolerance: Any) -> float:
+    """A tolerance as a float: one beyond float64's range (`10**400`) is `inf`."""
+    try:
+        return float(tolerance)
+    except OverflowError:
+        return math.inf
 
 
 def _equal_by_position(a: Any, b: Any, rtol: float, atol: float) -> bool:
