@@ -631,3 +631,21 @@ def test_float8_leaves_are_read_on_the_device_as_on_the_host(dtype: Any) -> None
     assert oi.set(narrower, "x", jnp.ones(3, jnp.float8_e5m2))["x"].dtype == jnp.float8_e4m3fn
     with pytest.raises(oi.StructureError, match="out of range"):
         oi.set(narrower, "x", jnp.full(3, 1024, jnp.float8_e5m2))
+
+
+@pytest.mark.parametrize("dtype", [np.longdouble, np.clongdouble])
+def test_a_longdouble_leaf_is_read_in_float64_by_every_verb(dtype: Any) -> None:
+    """Beyond float64's range a longdouble value is Inf for `stats`, `check` and `describe`
+    alike, within it the value itself; no NumPy warning escapes (the suite makes them errors)."""
+    if (
+        np.dtype(dtype).itemsize
+        <= np.dtype(np.complex128 if np.dtype(dtype).kind == "c" else np.float64).itemsize
+    ):
+        pytest.skip("longdouble is float64 here")
+    huge = np.array([np.longdouble("1e400"), 1, 3], dtype)
+    found = oi.stats({"x": huge})["x"]
+    assert (int(found["inf"]), float(found["min"]), float(found["max"]), float(found["mean"])) == (1, 1, 3, 2)
+    assert "x: 1 Inf in 3 elements" in str(oi.check({"x": huge}))
+    assert "[!! 1 Inf; 1 .. 3; rms 2.24]" in str(oi.describe({"x": huge}, stats=True))
+    plain = oi.stats({"x": np.array([1.5, 2.5], dtype)})["x"]
+    assert float(plain["mean"]) == 2.0 and int(plain["inf"]) == 0

@@ -9,7 +9,7 @@ elements divided by `scale`, so that neither overflows whatever the values. Rows
 The rows are computed on the device engine (`_engine`), which places each leaf:
 
 - NumPy and Python leaves, and small arrays this process holds whole: on the host, in float64 (a
-  wider dtype in its own), by a few vectorised NumPy calls per dtype (`_host_rows`). Nothing is
+  longdouble too), by a few vectorised NumPy calls per dtype (`_host_rows`). Nothing is
   compiled. Except: many small float arrays of one shape, dtype and device (the layers of a
   moment) are stacked and reduced on that device (`_reduce_stack`), and only their rows come back.
 - Larger arrays, and arrays this process does not hold whole: on their devices, one compiled
@@ -65,12 +65,11 @@ def _host_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     flat = np.concatenate([a.reshape(-1) for a in arrays]) if len(arrays) > 1 else arrays[0].reshape(-1)
     with np.errstate(all="ignore"):
-        if np.iscomplexobj(flat):  # the magnitude in float64 at least
-            flat = np.abs(flat.astype(np.result_type(flat.dtype, np.complex128)))
+        if np.iscomplexobj(flat):  # the magnitude, in float64
+            flat = np.abs(flat.astype(np.complex128))
         if flat.dtype == np.bool_:
             flat = flat.astype(np.uint8)
-        wide_type = flat.dtype if flat.dtype.kind == "f" and flat.dtype.itemsize > 8 else np.float64
-        wide = flat.astype(wide_type)
+        wide = flat.astype(np.float64)  # a longdouble too (docs/health.md): beyond float64, Inf
         nan, finite = np.isnan(wide), np.isfinite(wide)
 
         def count(mask: np.ndarray) -> np.ndarray:
@@ -464,8 +463,15 @@ def _finite_sums(*leaves: Shaped[Array, "*shape"]) -> tuple[Bool[Array, " leaves
 
 
 def _host_finite(leaves: list[Any], arrays: list[tuple[np.ndarray, ...]]) -> list[bool]:
-    with np.errstate(all="ignore"):
-        return [bool(np.isfinite(array).all()) for (array,) in arrays]
+    with np.errstate(all="ignore"):  # a longdouble in float64, as `leaf_table` reads it
+        return [bool(np.isfinite(_in_float64(array)).all()) for (array,) in arrays]
+
+
+def _in_float64(array: np.ndarray) -> np.ndarray:
+    """A longdouble (or its complex) array in float64 (complex128); any other as it is."""
+    if array.dtype.kind in "fc" and array.dtype.itemsize > (8 if array.dtype.kind == "f" else 16):
+        return array.astype(np.float64 if array.dtype.kind == "f" else np.complex128)
+    return array
 
 
 _SUMS: Kernel[Any] = Kernel(
