@@ -768,3 +768,15 @@ def test_many_small_pairs_on_two_devices_compare_as_on_one() -> None:
     kinds, values = result.stdout.splitlines()[-2:]
     assert kinds == "['sharding', 'value']", kinds
     assert values == str(["<root>: value: 1 of 70 leaves changed, max |diff| 10"]), values
+
+
+@pytest.mark.parametrize("unit", ["s", "ns", "D"])
+def test_durations_are_compared_and_summarised_as_dates_are(unit: str) -> None:
+    """NumPy counts `timedelta64` as an integer; its NaT is no number (the smallest int64): NaT
+    equals NaT, a changed duration is counted, and statistics and checks leave durations out."""
+    before = {"t": np.array(["NaT", 5, 7], f"timedelta64[{unit}]")}
+    after = {"t": np.array(["NaT", 6, 7], f"timedelta64[{unit}]")}
+    assert str(oi.diff(before, before)) == "No differences."
+    assert str(oi.diff(before, after)) == "['t']: value: 1 of 3 elements differ"
+    assert oi.stats(before) == {} and str(oi.check(before)) == "No findings."
+    assert str(oi.describe(before, stats=True)).splitlines()[1].endswith(f"timedelta64[{unit}][3]")

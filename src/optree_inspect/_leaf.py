@@ -145,10 +145,9 @@ def dtype_and_weak(leaf: Any) -> tuple[Any, bool] | None:
 
 @functools.cache
 def is_numeric_dtype(dtype: Any) -> bool:
-    """A number or bool dtype (not a PRNG key, a string or an object)."""
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        return False
-    return bool(jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_))
+    """A number or bool dtype (not a PRNG key, a string, an object, a date or a duration: NumPy
+    counts `timedelta64` as an integer, whose NaT would read as its smallest value)."""
+    return value_kind(dtype) == "number"
 
 
 def at_least_float32(dtype: Any) -> np.dtype:
@@ -189,9 +188,10 @@ def value_kind(dtype: Any) -> str:
     """ "key" for PRNG keys, "number" for numbers and bools, else NumPy's kind letter."""
     if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         return "key"
-    if jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_):
+    kind = np.dtype(dtype).kind
+    if kind not in "mM" and (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
         return "number"
-    return np.dtype(dtype).kind
+    return kind
 
 
 # Text ------------------------------------------------------------------------------------------
