@@ -780,3 +780,43 @@ def test_durations_are_compared_and_summarised_as_dates_are(unit: str) -> None:
     assert str(oi.diff(before, after)) == "['t']: value: 1 of 3 elements differ"
     assert oi.stats(before) == {} and str(oi.check(before)) == "No findings."
     assert str(oi.describe(before, stats=True)).splitlines()[1].endswith(f"timedelta64[{unit}][3]")
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "atol", "differs", "largest"),
+    [
+        (np.array([0]), np.array([2**53 + 1]), 2**53, True, "9.01e+15"),
+        (np.array([0]), np.array([2**53 + 1]), 2**53 + 2, False, None),
+        (np.array([2**60 + 100]), np.array([2.0**60]), 0, True, "100"),
+        (np.array([2**60 + 100]), np.array([2.0**60]), 50, True, "100"),
+        (np.array([2**60 + 100]), np.array([2.0**60]), 100, False, None),
+        (np.array([5], np.uint8), np.array([250], np.uint8), 244, True, "245"),
+        (np.array([5], np.uint8), np.array([250], np.uint8), 245, False, None),
+        (np.array([3], np.int32), np.array([3.5]), 0.5, False, None),
+        (np.zeros(8, np.int32), np.full(8, 2**24 + 1, np.int32), 2**24, True, "1.68e+07"),
+        (
+            jnp.zeros(1 << 22, jnp.int32),
+            jnp.zeros(1 << 22, jnp.int32).at[-1].set(2**24 + 1),
+            2**24,
+            True,
+            "1.68e+07",
+        ),
+        (
+            jnp.zeros(1 << 22, jnp.int32),
+            jnp.zeros(1 << 22, jnp.int32).at[0].set(2**24 + 3),
+            2**24 + 4,
+            False,
+            None,
+        ),
+    ],
+)
+def test_integer_gaps_meet_the_tolerance_exactly(
+    a: Any, b: Any, atol: float, differs: bool, largest: Any
+) -> None:
+    """An integer gap is compared with the tolerance as an integer (with its floor), on the host
+    and on a device alike: a float would round `2**53 + 1` to `2**53`, or `2**24 + 1` to `2**24`
+    in float32, and an int64 beside a float64 is compared exactly where the float is whole."""
+    text = str(oi.diff({"x": a}, {"x": b}, atol=atol))
+    assert ("elements differ" in text) is differs, text
+    if largest is not None:
+        assert f"max |diff| {largest}," in text, text

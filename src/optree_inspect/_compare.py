@@ -484,12 +484,24 @@ def _integers(xp: Any, a: Any, b: Any, rtol: Any, atol: Any, tolerant: bool, wid
         )
         gap = gap_float
     scale = xp.abs(b.astype(wide))
-    if tolerant:
+    if tolerant and signed_a == signed_b:  # the exact gap against the tolerance
+        changed = changed & ~_within(xp, gap, atol + rtol * scale, unsigned_type)
+    elif tolerant:
         changed = changed & ~(gap_float <= atol + rtol * scale)
     nothing = xp.zeros_like(changed)
     gap = xp.where(changed, gap, 0)
     rel = xp.where(changed & (scale > 0), gap_float / xp.where(scale > 0, scale, 1), 0)
     return changed, nothing, nothing, nothing, nothing, changed, gap, xp.zeros(changed.shape, wide), rel
+
+
+def _within(xp: Any, gap: Any, threshold: Any, unsigned_type: Any) -> Any:
+    """Whether each exact integer `gap` (of `unsigned_type`) is at most `threshold` (floats at
+    least 0), compared as integers: with its floor, where that is below the type's range (a float
+    rounds a gap above 2**53, or 2**24 in float32). A NaN threshold holds no gap."""
+    limit = xp.floor(threshold)
+    top = float(2 ** (8 * np.dtype(unsigned_type).itemsize))
+    below = limit < top
+    return (limit >= top) | (below & (gap <= xp.where(below, limit, 0).astype(unsigned_type)))
 
 
 def _integer_and_float(
@@ -503,13 +515,18 @@ def _integer_and_float(
     if xp.iscomplexobj(number):
         whole = whole & (xp.imag(number) == 0)
     fits = whole & (real >= float(info.min)) & (real < float(info.max) + 1)  # bounds: powers of two
-    changed = ~(fits & (xp.where(fits, real, 0).astype(integer.dtype) == integer))
+    as_integer = xp.where(fits, real, 0).astype(integer.dtype)  # exact where it fits
+    changed = ~(fits & (as_integer == integer))
     finite = xp.isfinite(number)
     wide_number = number.astype(np.result_type(wide, np.complex64) if xp.iscomplexobj(number) else wide)
-    gap = xp.abs(integer.astype(wide) - wide_number)
+    unsigned_type = np.dtype(f"uint{8 * integer.dtype.itemsize}")
+    exact_gap = _bitcast(xp, xp.maximum(as_integer, integer) - xp.minimum(as_integer, integer), unsigned_type)
+    gap = xp.where(fits, exact_gap.astype(wide), xp.abs(integer.astype(wide) - wide_number))
     scale = xp.abs(wide_number if float_is_b else integer.astype(wide))
     if tolerant:
-        changed = changed & ~(finite & (gap <= atol + rtol * scale))
+        threshold = atol + rtol * scale
+        within = xp.where(fits, _within(xp, exact_gap, threshold, unsigned_type), gap <= threshold)
+        changed = changed & ~(finite & within)
     measured = changed & finite
     nothing = xp.zeros_like(changed)
     if float_is_b:
