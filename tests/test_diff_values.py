@@ -820,3 +820,16 @@ def test_integer_gaps_meet_the_tolerance_exactly(
     assert ("elements differ" in text) is differs, text
     if largest is not None:
         assert f"max |diff| {largest}," in text, text
+
+
+@pytest.mark.parametrize("size", [2, 1 << 22])
+@pytest.mark.parametrize(("rtol", "differs"), [(0.0, True), (1.5, True), (2.5, False)])
+def test_a_difference_beyond_the_float_range_is_measured_and_meets_tolerances(
+    size: int, rtol: float, differs: bool
+) -> None:
+    """float32 `3e38` against `-3e38`: the difference (6e38) overflows float32, and so may
+    `rtol * |b|`; both are measured in halves, on the host and on a device."""
+    a = jnp.zeros(size, jnp.float32).at[0].set(3e38)
+    b = jnp.zeros(size, jnp.float32).at[0].set(-3e38)
+    text = str(oi.diff({"x": a}, {"x": b}, rtol=rtol))
+    assert ("elements differ, max |diff| 6e+38, max rel 2" in text) is differs, text

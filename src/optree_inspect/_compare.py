@@ -443,17 +443,20 @@ def _floats(xp: Any, a: Any, b: Any, rtol: Any, atol: Any, tolerant: bool) -> tu
     finite = finite_a & finite_b
     gap, scale = xp.abs(a - b), xp.abs(b)
     changed = ~((a == b) | (nan_a & nan_b))
+    overflow = finite & xp.isinf(gap)  # |3e38 - -3e38| in float32: measured in halves
+    half = xp.where(overflow, xp.abs(a * 0.5 - b * 0.5), 0)
     if tolerant:  # between finite values only: a value that became Inf is no closer for |b| = Inf
-        changed = changed & ~(finite & (gap <= atol + rtol * scale))
-    overflow = finite & xp.isinf(gap)
+        within = xp.where(overflow, half <= atol * 0.5 + rtol * (scale * 0.5), gap <= atol + rtol * scale)
+        changed = changed & ~(finite & within)
     measured = changed & finite
     if xp.iscomplexobj(b):
         inf, neginf = changed & ~finite_b & ~nan_b, xp.zeros_like(changed)
     else:
         inf, neginf = changed & (b == xp.inf), changed & (b == -xp.inf)
-    half = xp.where(measured & overflow, xp.abs(a * 0.5 - b * 0.5), 0)
+    half = xp.where(measured, half, 0)
     gap = xp.where(measured & ~overflow, gap, 0)
-    rel = xp.where(scale > 0, gap / xp.where(scale > 0, scale, 1), 0)
+    positive = xp.where(scale > 0, scale, 1)
+    rel = xp.where(scale > 0, xp.where(overflow, half / positive * 2, gap / positive), 0)
     return changed, changed & nan_b, inf, neginf, changed & ~finite_a & finite_b, measured, gap, half, rel
 
 
