@@ -649,3 +649,38 @@ def test_a_longdouble_leaf_is_read_in_float64_by_every_verb(dtype: Any) -> None:
     assert "[!! 1 Inf; 1 .. 3; rms 2.24]" in str(oi.describe({"x": huge}, stats=True))
     plain = oi.stats({"x": np.array([1.5, 2.5], dtype)})["x"]
     assert float(plain["mean"]) == 2.0 and int(plain["inf"]) == 0
+
+
+@pytest.mark.parametrize("largest", [2.0**-126, 2.0**-125 * 1.5, 2.0**-124, 1e-30, 3e38])
+def test_stats_under_jit_of_values_near_the_float32_ends(largest: float) -> None:
+    """Under `jit` the mean and RMS of values whose largest magnitude is a small normal float32
+    are theirs (no divisor below float32's smallest normal, which a CPU flushes to zero)."""
+    tree = {"w": jnp.array([largest, largest], jnp.float32)}  # a mean float32 holds
+    traced = jax.jit(oi.stats)(tree)["w"]
+    eager = oi.stats(tree)["w"]
+    for key in ("min", "max", "mean", "rms"):
+        assert float(traced[key]) == pytest.approx(float(eager[key]), rel=1e-6), key
+    assert float(traced["mean"]) > 0
+
+
+def test_stats_under_jit_with_x64_are_read_in_float64() -> None:
+    """With `jax_enable_x64` a traced row is float64: an int32's or int64's min and max, and a
+    complex64 magnitude beyond float32, are exact or finite as eagerly."""
+    script = textwrap.dedent(
+        """
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp, optree_inspect as oi
+        tree = {"i32": jnp.array([2**31 - 1, 5], jnp.int32), "i64": jnp.array([2**40 + 1, 3], jnp.int64),
+                "c64": jnp.full(4, 3e38 + 3e38j, jnp.complex64)}
+        eager, traced = oi.stats(tree), jax.jit(oi.stats)(tree)
+        assert float(traced["i32"]["max"]) == 2**31 - 1 and float(traced["i64"]["max"]) == 2**40 + 1, traced
+        assert abs(float(traced["c64"]["max"]) / float(eager["c64"]["max"]) - 1) < 1e-6, traced
+        print("ok")
+        """
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

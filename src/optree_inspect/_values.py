@@ -105,7 +105,7 @@ def _device_rows(
     if x.dtype == jnp.bool_:
         x = x.astype(jnp.uint8)
     floating = jnp.issubdtype(x.dtype, jnp.floating)
-    wide = x.astype(at_least_float32(x.dtype) if floating else jnp.float32)
+    wide = x.astype(at_least_float32(x.dtype) if floating else jax.dtypes.canonicalize_dtype(np.float64))
     nan, finite = jnp.isnan(wide), jnp.isfinite(wide)
     integer = jax.dtypes.canonicalize_dtype(np.int64)
 
@@ -119,6 +119,8 @@ def _device_rows(
     else:
         low, high = x.min(axes).astype(wide.dtype), x.max(axes).astype(wide.dtype)
     exponent = jnp.frexp(jnp.where(finite, jnp.abs(wide), 0).max(axes))[1]
+    # at least minexp + 2, so that the divisor `2**(e - 2)` is no subnormal, which a device flushes
+    exponent = jnp.maximum(exponent, jnp.finfo(wide.dtype).minexp + 2)
     factor = jnp.ldexp(jnp.ones((), wide.dtype), jnp.expand_dims(2 - exponent, axes))
     scaled = jnp.where(finite, wide * factor, 0)
     exponent = exponent + 1 if halved else exponent  # the sums are of the whole magnitudes' scale
@@ -392,7 +394,7 @@ def _with_traced(
     """The table under `jit`: the host rows, then the traced leaves' rows (of the leaves `rows`,
     complex or not), reduced in the trace."""
     integer, floating = jax.dtypes.canonicalize_dtype(np.int64), jax.dtypes.canonicalize_dtype(np.float64)
-    scaled = [_with_scale(jnp, s, complex_) for _, (_, s), complex_ in traced]
+    scaled = [_with_scale(jnp, s.astype(floating), complex_) for _, (_, s), complex_ in traced]
     index = np.concatenate([rows for rows, _, _ in traced])
     all_counts = jnp.concatenate([c.astype(integer) for _, (c, _), _ in traced])
     all_sums = jnp.concatenate([s.astype(floating) for s in scaled])
