@@ -357,6 +357,15 @@ def test_arrays_on_several_device_sets_and_longdouble_leaves() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
+def test_a_region_of_zero_size_arrays_has_no_rms_keys() -> None:
+    """No element, no RMS: the keys are left out (a NaN would read as a fault to a logger)."""
+    params = {"w": jnp.ones(3), "z": jnp.zeros((0, 4))}
+    state = optax.adam(1e-3).init(params)
+    for found in (metrics(state, params=params), jax.jit(lambda s, p: metrics(s, params=p))(state, params)):
+        assert sorted(k for k in found if k.startswith("z/")) == ["z/nonfinite"]
+        assert float(found["all/params_rms"]) == 1.0
+
+
 def test_fields_of_one_name_in_several_states_combine() -> None:
     tx = optax.chain(optax.scale_by_adam(), optax.scale_by_adam(b1=0.5))
     state = stepped(tx)[0]

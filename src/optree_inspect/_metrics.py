@@ -253,14 +253,14 @@ _FLOATING: dict[Any, bool] = {}
 
 
 def _is_floating(value: Any) -> bool:
-    """Whether a leaf holds floating (or complex) numbers."""
+    """Whether a leaf holds floating (or complex) numbers: one at least."""
     dtype = getattr(value, "dtype", None)
     if dtype is None:
         return isinstance(value, float | complex)
     found = _FLOATING.get(dtype)
     if found is None:
         found = _FLOATING[dtype] = bool(jnp.issubdtype(dtype, jnp.inexact))
-    return found
+    return found and getattr(value, "size", 1) != 0  # a zero-size array holds none
 
 
 _LAYOUTS: collections.OrderedDict[Hashable, tuple[tuple[StructureIndex, ...], list[str], _Layout]] = (
