@@ -708,11 +708,22 @@ def _sums_of_squares(stacked: list[Array], rescale: bool) -> tuple[Array, Array,
     reduce each matrix again, the elements of a row whose plain sum overflowed times
     `2**-_shift`, of one whose sum is below `2**-_shift` times `2**_shift`, others as they are.
     With `rescale`, rescaled where some plain sum is not usual (a conditional: in a jitted step);
-    else plain (eagerly: where some is not usual, `_from_leaf_rows` reads them, exactly)."""
+    else plain and marked (eagerly: each nonzero element adds `_marks`' mark to its square, so
+    that a zero row, whose sum is 0, is told from one whose squares underflowed, and is usual;
+    where some is not, `_from_leaf_rows` reads them, exactly)."""
     parts = [_parts(x) for x in stacked]
-    plains = [_total([jnp.square(part).sum(axis=1) for part in each]) for each in parts]
+    if rescale:
+        plains = [_total([jnp.square(part).sum(axis=1) for part in each]) for each in parts]
+        usual = jnp.all(jnp.stack([jnp.all((p >= 2.0 ** -_shift(p.dtype)) & (p < jnp.inf)) for p in plains]))
+    else:
+        plains, verdicts = [], []
+        for each in parts:
+            mark, least = _marks(each[0].dtype)
+            marked = [jnp.square(part) + jnp.where(part != 0, mark, 0) for part in each]
+            plains.append(_total([x.sum(axis=1) for x in marked]))
+            verdicts.append(jnp.all((plains[-1] == 0) | ((plains[-1] >= least) & (plains[-1] < jnp.inf))))
+        usual = jnp.all(jnp.stack(verdicts))
     plain = jnp.concatenate(plains)
-    usual = jnp.all(jnp.stack([jnp.all((p >= 2.0 ** -_shift(p.dtype)) & (p < jnp.inf)) for p in plains]))
 
     def unscaled(parts: list[list[Array]]) -> tuple[Array, Array]:
         return plain, jnp.zeros(plain.shape, jnp.int32)
@@ -730,6 +741,15 @@ def _sums_of_squares(stacked: list[Array], rescale: bool) -> tuple[Array, Array,
     if rescale:
         return (*jax.lax.cond(usual, unscaled, scaled, parts), usual)
     return (*unscaled(parts), usual)
+
+
+def _marks(dtype: Any) -> tuple[float, float]:
+    """The mark a nonzero element adds to its square in an eager sum of squares in `dtype`, and
+    the least usual marked sum: up to `2**31` marks are below its rounding (`2**-(nmant + 3)` of
+    it), and so are the squares that underflow (float32: `2**-124` and `2**-67`)."""
+    info = jnp.finfo(dtype)
+    mark = int(info.minexp) + 2
+    return 2.0**mark, 2.0 ** (mark + 31 + int(info.nmant) + 3)
 
 
 def _total(sums: list[Array]) -> Array:
