@@ -332,6 +332,34 @@ def test_an_rms_is_right_whatever_the_magnitudes(magnitude: float, dtype: Any) -
         assert int(found["all/nonfinite"]) == 0
 
 
+def test_host_floats_are_read_as_jax_reads_them_on_every_route() -> None:
+    """A float64 beyond float32's range is Inf (without x64), for the RMS and for `nonfinite`,
+    beside other values that send the eager call to its second route."""
+    tree = {"params": {"a": np.array([1e39, 1.0]), "b": 1e-30, "c": np.float16(2.0)}}
+    found = metrics(tree)
+    assert int(found["all/nonfinite"]) == int(found["a/nonfinite"]) == 1
+    assert float(found["a/params_rms"]) == np.inf and float(found["c/params_rms"]) == 2.0
+    assert float(found["b/params_rms"]) == pytest.approx(1e-30, rel=1e-6)
+
+
+def test_arrays_closed_over_by_a_jitted_function_are_rescaled_too() -> None:
+    tree = {"params": {"a": jnp.array([1e20, 3.0]), "b": jnp.array([1e-25, 0.0])}}
+    eager, traced = metrics(tree), jax.jit(lambda: metrics(tree))()
+    for key in ("a/params_rms", "b/params_rms", "all/params_rms"):
+        assert float(traced[key]) == pytest.approx(float(eager[key]), rel=1e-6), key
+    assert float(eager["a/params_rms"]) == pytest.approx(np.sqrt((1e40 + 9) / 2), rel=1e-6)
+
+
+def test_zero_arrays_need_no_second_read() -> None:
+    """A zero array (frozen parameters' updates, moments at `init`) is told from one whose
+    squares underflow by the plain sums alone: a jitted step reads it once."""
+    from optree_inspect._metrics import _sums_of_squares
+
+    for rows in (jnp.zeros((3, 5)), jnp.array([[0.0, 0.0], [1.0, 2.0]]), jnp.zeros((1, 4), jnp.bfloat16)):
+        assert bool(_sums_of_squares([rows], False)[2])
+    assert not bool(_sums_of_squares([jnp.full((1, 4), 1e-30)], False)[2])
+
+
 def test_arrays_on_several_device_sets_and_longdouble_leaves() -> None:
     """Pipeline stages, each on its own devices, and NumPy longdouble leaves (read in float64)."""
     script = textwrap.dedent(

@@ -118,6 +118,8 @@ def metrics(
         else:
             traced = any(isinstance(x, jax.core.Tracer) for x in arguments)
             floats, counts, usual = _compute(plan, arguments, traced)
+            if not traced and isinstance(floats, jax.core.Tracer):  # concrete arrays inside a trace
+                floats, counts, usual = _compute(plan, arguments, True)
     except Exception:
         if any(map(is_deleted, arguments)):
             raise DeletedArrayError(
@@ -626,15 +628,22 @@ def _spread(arguments: tuple[Any, ...]) -> bool:
 
 
 def _readable(value: Any) -> Any:
-    """`value` as JAX can read it: a NumPy `longdouble` (or its complex) in float64 (complex128),
-    as `stats` reads it (docs/health.md)."""
+    """A host value as JAX reads it, in its default float or complex dtype (a float64 beyond
+    float32's range is Inf unless `jax_enable_x64`; a NumPy `longdouble` in float64 first), so
+    that every route reads the same numbers."""
+    if isinstance(value, jax.Array):
+        return value
+    if isinstance(value, float | complex):
+        value = np.asarray(value)
     dtype = getattr(value, "dtype", None)
-    if isinstance(value, np.ndarray | np.generic) and dtype is not None and dtype.itemsize > 8:
-        if dtype.kind == "f":
-            return np.asarray(value, np.float64)
-        if dtype.kind == "c" and dtype.itemsize > 16:
-            return np.asarray(value, np.complex128)
-    return value
+    if not isinstance(value, np.ndarray | np.generic) or dtype is None or dtype.kind not in "fc":
+        return value
+    wide = np.float64 if dtype.kind == "f" else np.complex128
+    target = jax.dtypes.canonicalize_dtype(wide if dtype.itemsize >= np.dtype(wide).itemsize else dtype)
+    if target == dtype:
+        return value
+    with np.errstate(over="ignore"):
+        return np.asarray(value, wide).astype(target)
 
 
 def _on_several_device_sets(arguments: tuple[Any, ...]) -> bool:
@@ -695,34 +704,32 @@ def _stacked(xs: list[Array]) -> Array:
 
 def _shift(dtype: Any) -> int:
     """The power of two `k` that rescales a sum of squares in `dtype` that overflowed (the
-    elements times `2**-k`) or is below `2**-k` (times `2**k`): either way every normal element's
-    square is then a normal number and the sum of up to `2**32` of them is finite (float32: 80)."""
+    elements times `2**-k`) or is below `_marks`' least (times `2**k`): either way every normal
+    element's square is then a normal number and the sum of up to `2**32` of them is finite
+    (float32: 80)."""
     return int(jnp.finfo(dtype).maxexp) // 2 + 16
 
 
 def _sums_of_squares(stacked: list[Array], rescale: bool) -> tuple[Array, Array, Array]:
     """The sum of squares (of magnitudes) of each row of the matrices `stacked`, in float32 at
     least, as `(sums, e)`: a row's sum is `sums * 4**e`; and whether every row's plain sum is
-    usual: finite and at least `2**-_shift` (a NaN or Inf, a zero row, squares that overflow or
-    underflow are not). Plain sums (`e` 0) are one reduction of each matrix. Rescaled ones
-    reduce each matrix again, the elements of a row whose plain sum overflowed times
-    `2**-_shift`, of one whose sum is below `2**-_shift` times `2**_shift`, others as they are.
-    With `rescale`, rescaled where some plain sum is not usual (a conditional: in a jitted step);
-    else plain and marked (eagerly: each nonzero element adds `_marks`' mark to its square, so
-    that a zero row, whose sum is 0, is told from one whose squares underflowed, and is usual;
-    where some is not, `_from_leaf_rows` reads them, exactly)."""
+    usual: 0 or finite and at least `_marks`' least (a NaN or Inf, squares that overflow or
+    underflow are not). Plain sums (`e` 0) are one reduction of each matrix, each nonzero
+    element adding `_marks`' mark to its square, so that a zero row is told from one whose
+    squares underflowed. Rescaled ones reduce each matrix again, the elements of a row whose
+    plain sum overflowed times `2**-_shift`, of one whose sum is below the least times
+    `2**_shift`, others as they are. With `rescale`, rescaled where some plain sum is not usual
+    (a conditional: in a jitted step); else plain (eagerly: where some is not usual,
+    `_from_leaf_rows` reads them, exactly)."""
     parts = [_parts(x) for x in stacked]
-    if rescale:
-        plains = [_total([jnp.square(part).sum(axis=1) for part in each]) for each in parts]
-        usual = jnp.all(jnp.stack([jnp.all((p >= 2.0 ** -_shift(p.dtype)) & (p < jnp.inf)) for p in plains]))
-    else:
-        plains, verdicts = [], []
-        for each in parts:
-            mark, least = _marks(each[0].dtype)
-            marked = [jnp.square(part) + jnp.where(part != 0, mark, 0) for part in each]
-            plains.append(_total([x.sum(axis=1) for x in marked]))
-            verdicts.append(jnp.all((plains[-1] == 0) | ((plains[-1] >= least) & (plains[-1] < jnp.inf))))
-        usual = jnp.all(jnp.stack(verdicts))
+    plains, verdicts, leasts = [], [], []
+    for each in parts:
+        mark, least = _marks(each[0].dtype)
+        marked = [jnp.square(part) + jnp.where(part != 0, mark, 0) for part in each]
+        plains.append(_total([x.sum(axis=1) for x in marked]))
+        verdicts.append(jnp.all((plains[-1] == 0) | ((plains[-1] >= least) & (plains[-1] < jnp.inf))))
+        leasts.append(least)
+    usual = jnp.all(jnp.stack(verdicts))
     plain = jnp.concatenate(plains)
 
     def unscaled(parts: list[list[Array]]) -> tuple[Array, Array]:
@@ -730,12 +737,14 @@ def _sums_of_squares(stacked: list[Array], rescale: bool) -> tuple[Array, Array,
 
     def scaled(parts: list[list[Array]]) -> tuple[Array, Array]:
         sums, exponents = [], []
-        for each, sum_ in zip(parts, plains, strict=True):
+        for each, sum_, least in zip(parts, plains, leasts, strict=True):
             shift = _shift(sum_.dtype)
-            exponent = jnp.where(sum_ == jnp.inf, shift, jnp.where(sum_ < 2.0**-shift, -shift, 0))
-            factor = jnp.ldexp(jnp.ones((), sum_.dtype), -exponent)[:, None]
-            sums.append(_total([jnp.square(part * factor).sum(axis=1) for part in each]))
-            exponents.append(exponent.astype(jnp.int32))
+            small = (sum_ > 0) & (sum_ < least)
+            exponent = jnp.where(sum_ == jnp.inf, shift, jnp.where(small, -shift, 0)).astype(jnp.int32)
+            # ldexp, not a product by a constant factor, which XLA may fold into the square
+            shifted = [jnp.ldexp(part, -exponent[:, None]) for part in each]
+            sums.append(_total([jnp.square(part).sum(axis=1) for part in shifted]))
+            exponents.append(exponent)
         return jnp.concatenate(sums).astype(plain.dtype), jnp.concatenate(exponents)
 
     if rescale:
