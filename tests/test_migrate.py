@@ -443,6 +443,30 @@ def test_an_errors_drop_queries_select_exactly_the_leaves_that_carry_nowhere(
     assert int(state[0].count) == int(old[0].count)
 
 
+@pytest.mark.parametrize("change", ["layer added", "regrouped"])
+def test_a_rows_source_stands_where_its_path_does(form: str, change: str) -> None:
+    """Each carried row's leaves stand below its `source` in the old state as below its `path`
+    in the new one (the same names under both)."""
+    if change == "layer added":
+        old = trained(optax.adam(2.0**-10))
+        like = optax.adam(2.0**-10).init({**PARAMS, "extra": {"w": jnp.ones(2)}})
+    else:
+        old = trained(partition({**LABELS, "layer1": "b"}))
+        like = partition({**LABELS, "layer2": "b"}).init(PARAMS)
+    source_tree = old if form == "live" else as_restored(old)
+    migration = oi.migrate(source_tree, like, drop=True)
+    old_values = dict(jax.tree_util.tree_leaves_with_path(source_tree))
+    checked = 0
+    for row in migration.rows:
+        if row.kind != "carried" or not row.query:
+            continue
+        assert row.source is not None
+        for suffix, value in jax.tree_util.tree_leaves_with_path(oi.get(migration.state, row.query)):
+            np.testing.assert_array_equal(value, old_values[(*row.source, *suffix)])
+            checked += 1
+    assert checked >= 2 * 2 * len(PARAMS)
+
+
 def test_a_counter_whose_states_moments_all_start_anew_keeps_likes_value(form: str) -> None:
     """An adam group that held no parameters kept counting; given parameters whose moments are
     all new, its count starts anew (bias correction), as does one whose moments are dropped."""
@@ -458,17 +482,27 @@ def test_a_counter_whose_states_moments_all_start_anew_keeps_likes_value(form: s
     assert int(oi.migrate(adam, optax.adam(2.0**-10).init(PARAMS)).state[0].count) == 3
 
 
-def test_multisteps_mini_step_and_accumulators_keep_likes_values() -> None:
-    old = trained(optax.MultiSteps(optax.adam(2.0**-10), every_k_schedule=4), steps=7)
-    like = optax.MultiSteps(optax.adam(2.0**-10), every_k_schedule=2).init(PARAMS)
-    migration = oi.migrate(old, like)
-    assert int(old.mini_step) == 3 and int(migration.state.mini_step) == 0
-    assert int(migration.state.gradient_step) == int(old.gradient_step)
-    assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(migration.state.acc_grads))
+def test_multisteps_accumulation_carries_or_starts_anew_with_its_accumulators() -> None:
+    """An accumulation in progress carries (the next update is the old optimizer's); where the
+    accumulators are dropped, `mini_step` starts anew with them and `gradient_step` goes on."""
+    tx = optax.MultiSteps(optax.adam(2.0**-10), every_k_schedule=4)
+    old = trained(tx, steps=7)
+    assert int(old.mini_step) == 3
+    carried = oi.migrate(old, tx.init(PARAMS)).state
+    assert int(carried.mini_step) == 3
+    new_update, _ = tx.update(grads_at(7), carried, PARAMS)
+    old_update, _ = tx.update(grads_at(7), old, PARAMS)
+    jax.tree.map(np.testing.assert_array_equal, new_update, old_update)
+    with pytest.raises(oi.MigrationError):
+        oi.migrate(old, optax.adam(2.0**-10).init(PARAMS))  # the accumulators carry nowhere
+    restarted = oi.migrate(old, tx.init(PARAMS), drop="acc_grads")
+    assert int(restarted.state.mini_step) == 0
+    assert int(restarted.state.gradient_step) == int(old.gradient_step) == 1
+    assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(restarted.state.acc_grads))
     np.testing.assert_array_equal(
-        migration.state.inner_opt_state[0].nu["layer2"]["w"], old.inner_opt_state[0].nu["layer2"]["w"]
+        restarted.state.inner_opt_state[0].nu["layer2"]["w"], old.inner_opt_state[0].nu["layer2"]["w"]
     )
-    assert "mini_step" in str(migration) and "initialised" in str(migration)
+    assert "mini_step: initialised" in str(restarted) and "acc_grads: dropped" in str(restarted)
 
 
 @pytest.mark.parametrize("keys", [("1", "01"), ("0", "00"), ("7", "007", "70")])

@@ -46,8 +46,8 @@ MigrationKind = Literal["carried", "cast", "counter", "initialised", "dropped"]
 KINDS: tuple[str, ...] = ("carried", "cast", "counter", "initialised", "dropped")
 
 STARTS_AT_ZERO = frozenset({"mini_step"})
-"""Counters of a new state that start where `like` has them, never at the old step (`MultiSteps`'
-`mini_step` counts the mini-steps of the update being accumulated)."""
+"""Counters that count the accumulation in progress (`MultiSteps`' `mini_step`): carried with
+the accumulators, else `like`'s value, never the old step."""
 ACCUMULATORS = frozenset({"acc_grads"})
 """Params-shaped fields that start at zero whatever the step (`MultiSteps`' accumulated
 gradients): a state whose only fresh fields these are keeps counting from the old step."""
@@ -146,12 +146,15 @@ def migrate(
     sources = _sources(old_side, like_side, pairs, rules, old_index, like_index)
     _refuse_abstract(like_side, sources, like_leaves, old_leaves, like_index)
     fresh, anew = _fresh_states(like_side, sources, like_index)
+    restarted = _accumulating_anew(like_side, sources)
     old_step = _old_step(old_index, old_side, old_leaves) if step is None else step
     kinds: list[MigrationKind] = []
     values: list[Any] = []
     for leaf in like_side:
         source = sources.get(leaf.position)
-        kind, value = _carry(leaf, source, like_index, like_leaves, old_leaves, old_step, fresh, anew)
+        kind, value = _carry(
+            leaf, source, like_index, like_leaves, old_leaves, old_step, fresh, anew, restarted
+        )
         kinds.append(kind)
         values.append(value)
     _keep_scheduled(like, like_index, like_side, sources, kinds, values, old_leaves)
@@ -218,6 +221,14 @@ def _checked_rules(rules: Mapping[str, str] | None) -> dict[str, str]:
 def _leaves(index: StructureIndex) -> list[_Leaf]:
     """Each leaf with its innermost state and its names below it (an nnx Variable's `value` left
     out, digit strings read as the ints orbax saved them from); one pass over the nodes."""
+    states, names = _states_and_names(index)
+    return [
+        _Leaf(position, node, states[node], names[node]) for position, node in enumerate(index.leaf_nodes)
+    ]
+
+
+def _states_and_names(index: StructureIndex) -> tuple[list[int], list[tuple[Any, ...]]]:
+    """Each node's innermost state (-1 outside every state) and its names below it (`_leaves`)."""
     states = [-1] * len(index)
     names: list[tuple[Any, ...]] = [()] * len(index)
     parents, state_names, variables = index.parents, index.state_names, index.variables
@@ -228,9 +239,7 @@ def _leaves(index: StructureIndex) -> list[_Leaf]:
         else:
             states[node], above = states[parent], names[parent]
         names[node] = above if variables[parent] else (*above, _name(index, node))
-    return [
-        _Leaf(position, node, states[node], names[node]) for position, node in enumerate(index.leaf_nodes)
-    ]
+    return states, names
 
 
 def _name(index: StructureIndex, node: int) -> Any:
@@ -440,6 +449,19 @@ def _fresh_states(
     return fresh, fresh - carried
 
 
+def _accumulating_anew(like_side: list[_Leaf], sources: dict[int, int]) -> set[int]:
+    """The states of `like` whose accumulators (`MultiSteps`' `acc_grads`) take nothing from
+    `old`, in part or whole: their `mini_step` starts anew with them."""
+    return {
+        leaf.state
+        for leaf in like_side
+        if leaf.state >= 0
+        and leaf.names[:1]
+        and leaf.names[0] in ACCUMULATORS
+        and leaf.position not in sources
+    }
+
+
 def _refuse_abstract(
     like_side: list[_Leaf],
     sources: dict[int, int],
@@ -473,14 +495,15 @@ def _carry(
     old_step: Any,
     fresh: set[int],
     anew: set[int],
+    restarted: set[int],
 ) -> tuple[MigrationKind, Any]:
     """What the leaf of the new state holds, and how it got it."""
     new = like_leaves[leaf.position]
     field = leaf.names[0] if leaf.names else None
     counter = leaf.state >= 0 and len(leaf.names) == 1 and field in COUNTER_NAMES
-    if leaf.state >= 0 and (
-        field in KEEPS_LIKE | STARTS_AT_ZERO | ACCUMULATORS or (counter and leaf.state in anew)
-    ):
+    if leaf.state >= 0 and (field in KEEPS_LIKE or (counter and leaf.state in anew)):
+        return "initialised", new
+    if field in STARTS_AT_ZERO and (source is None or leaf.state in restarted):
         return "initialised", new
     if source is not None:
         return _taken(new, old_leaves[source], like_index.path(leaf.node))
@@ -629,6 +652,7 @@ def _rows(
     old_leaves: list[Any],
 ) -> list[MigrationRow]:
     rows = []
+    like_names, old_names = _states_and_names(like)[1], _states_and_names(old)[1]
 
     def source_region(leaf: _Leaf) -> int | None:
         source = sources.get(leaf.position)
@@ -641,7 +665,7 @@ def _rows(
         found = [old_side[sources[m.position]].node for m in members if m.position in sources]
         region, source = source_region(members[0]), None
         if region is not None and len(found) == len(members):  # from one region (the label)
-            source = old.path(_common_ancestor(old, region, min(found), max(found)))
+            source = old.path(_source_node(old, old_names, region, found, len(like_names[node])))
         count = len(members)
         many = "" if like.is_leaf[node] or like.variables[node] else f" {_leaves_text(count)}"
         where = f" from {path_text(source)}" if source is not None else ""
@@ -659,6 +683,21 @@ def _rows(
             )
         )
     return rows
+
+
+def _source_node(
+    old: StructureIndex, names: list[tuple[Any, ...]], region: int, found: list[int], depth: int
+) -> int:
+    """The node of `old` that a row's leaves came from: the one above the first leaf's source
+    with as many names as the row's node has (so that each leaf stands below both alike), where
+    it holds every source in its region; else the deepest node that holds them all."""
+    node = found[0]
+    while node != region and len(names[old.parents[node]]) >= depth:
+        node = old.parents[node]
+    holds = all(node <= n < node + old.sizes[node] for n in found)
+    if len(names[node]) == depth and holds and region <= node < region + old.sizes[region]:
+        return node
+    return _common_ancestor(old, region, min(found), max(found))
 
 
 def _differs(leaf: _Leaf, sources: dict[int, int], like_leaves: list[Any], old_leaves: list[Any]) -> bool:
