@@ -13,7 +13,6 @@ import html
 import re
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 from jax.tree_util import keystr
 from jaxtyping import PyTree
@@ -250,9 +249,6 @@ def memory(tree: PyTree, /, *, params: PyTree | None = None) -> Memory:
     matrix = unique[table.rows]
     sizes = np.array(table.logical_bytes, dtype=np.int64)[table.rows]
     placed = np.array([found is not None for found in table.device_bytes], dtype=bool)[table.rows]
-    repeated = _repeated(values + extra_values)
-    if repeated:  # one array at several leaves (tied weights) holds its bytes once
-        matrix[repeated], sizes[repeated], placed[repeated] = 0, 0, False
     role_names = [*roles, *([PARAMS] * len(extra_values))]
     order = _role_order(role_names, matrix)
     number_of = {name: number for number, name in enumerate(order)}
@@ -297,18 +293,6 @@ def memory(tree: PyTree, /, *, params: PyTree | None = None) -> Memory:
             column = int(np.argmax(per_device))
             held[kind] = devices[column], int(per_device[column])
     return Memory(role_usage, region_usage, by_device, [finding for _, finding in findings], held)
-
-
-def _repeated(values: list[Any]) -> list[int]:
-    """The positions of arrays that stand at an earlier position too (the same object)."""
-    seen: set[int] = set()
-    found = []
-    for position, value in enumerate(values):
-        if isinstance(value, jax.Array | np.ndarray) and not isinstance(value, jax.core.Tracer):
-            if id(value) in seen:
-                found.append(position)
-            seen.add(id(value))
-    return found
 
 
 def _matrix(found: list[tuple[tuple[int, int], ...] | None], column: dict[int, int]) -> np.ndarray:
