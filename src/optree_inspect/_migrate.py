@@ -137,9 +137,10 @@ def migrate(
     old_index, old_leaves = index_and_leaves(old)
     like_index, like_leaves = index_and_leaves(like)
     named = _named_nodes(old, old_index, drop_queries)
-    every_old = _leaves(old_index)
+    old_nodes, like_nodes = _states_and_names(old_index), _states_and_names(like_index)
+    every_old = _leaves(old_index, old_nodes)
     old_side = [leaf for leaf in every_old if not named[leaf.node]]
-    like_side = _leaves(like_index)
+    like_side = _leaves(like_index, like_nodes)
     pairs = _pair_states(
         old_index, like_index, named, _with_moments(old_side) | _with_moments(like_side, True)
     )
@@ -163,7 +164,16 @@ def migrate(
     if not drop_all:
         _check_dropped(old_index, [leaf for leaf in dropped if not named[leaf.node]])
     state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), values)
-    rows = _rows(like_index, old_index, like_side, kinds, sources, every_old, like_leaves, old_leaves)
+    rows = _rows(
+        (like_index, like_nodes[1]),
+        (old_index, old_nodes[1]),
+        like_side,
+        kinds,
+        sources,
+        every_old,
+        like_leaves,
+        old_leaves,
+    )
     rows += _dropped_rows(old_index, dropped)
     return Migration(state, rows)
 
@@ -218,17 +228,19 @@ def _checked_rules(rules: Mapping[str, str] | None) -> dict[str, str]:
     return dict(rules)
 
 
-def _leaves(index: StructureIndex) -> list[_Leaf]:
-    """Each leaf with its innermost state and its names below it (an nnx Variable's `value` left
-    out, digit strings read as the ints orbax saved them from); one pass over the nodes."""
-    states, names = _states_and_names(index)
+def _leaves(index: StructureIndex, nodes: tuple[list[int], list[tuple[Any, ...]]]) -> list[_Leaf]:
+    """Each leaf with its innermost state and its names below it (`nodes`, from
+    `_states_and_names`)."""
+    states, names = nodes
     return [
         _Leaf(position, node, states[node], names[node]) for position, node in enumerate(index.leaf_nodes)
     ]
 
 
 def _states_and_names(index: StructureIndex) -> tuple[list[int], list[tuple[Any, ...]]]:
-    """Each node's innermost state (-1 outside every state) and its names below it (`_leaves`)."""
+    """Each node's innermost state (-1 outside every state) and its names below it (an nnx
+    Variable's `value` left out, digit strings read as the ints orbax saved them from); one pass
+    over the nodes."""
     states = [-1] * len(index)
     names: list[tuple[Any, ...]] = [()] * len(index)
     parents, state_names, variables = index.parents, index.state_names, index.variables
@@ -642,8 +654,8 @@ def _region_node(index: StructureIndex, leaf: _Leaf) -> int:
 
 
 def _rows(
-    like: StructureIndex,
-    old: StructureIndex,
+    like_named: tuple[StructureIndex, list[tuple[Any, ...]]],
+    old_named: tuple[StructureIndex, list[tuple[Any, ...]]],
     like_side: list[_Leaf],
     kinds: list[MigrationKind],
     sources: dict[int, int],
@@ -651,8 +663,10 @@ def _rows(
     like_leaves: list[Any],
     old_leaves: list[Any],
 ) -> list[MigrationRow]:
+    """A row for each group of `like`'s leaves (`_groups`), with the node of `old` they came from;
+    each index with its nodes' names (`_states_and_names`)."""
+    (like, like_names), (old, old_names) = like_named, old_named
     rows = []
-    like_names, old_names = _states_and_names(like)[1], _states_and_names(old)[1]
 
     def source_region(leaf: _Leaf) -> int | None:
         source = sources.get(leaf.position)
