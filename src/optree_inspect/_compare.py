@@ -473,7 +473,7 @@ def _integers(xp: Any, a: Any, b: Any, rtol: Any, atol: Any, tolerant: bool, wid
         common = np.promote_types(a.dtype, b.dtype)
         a, b = a.astype(common), b.astype(common)
         changed = a != b
-        gap = _bitcast(xp, xp.maximum(a, b) - xp.minimum(a, b), unsigned_type)  # wraps into the exact gap
+        gap = _integer_gap(xp, a, b, unsigned_type)
         gap_float = gap.astype(wide)
     else:
         negative = signed < 0
@@ -495,6 +495,12 @@ def _integers(xp: Any, a: Any, b: Any, rtol: Any, atol: Any, tolerant: bool, wid
     gap = xp.where(changed, gap, 0)
     rel = xp.where(changed & (scale > 0), gap_float / xp.where(scale > 0, scale, 1), 0)
     return changed, nothing, nothing, nothing, nothing, changed, gap, xp.zeros(changed.shape, wide), rel
+
+
+def _integer_gap(xp: Any, a: Any, b: Any, unsigned_type: Any) -> Any:
+    """`|a - b|` of two integer arrays of one dtype, exactly, in the unsigned type of its size:
+    the difference wraps into the exact gap."""
+    return _bitcast(xp, xp.maximum(a, b) - xp.minimum(a, b), unsigned_type)
 
 
 def _within(xp: Any, gap: Any, threshold: Any, unsigned_type: Any) -> Any:
@@ -523,7 +529,7 @@ def _integer_and_float(
     finite = xp.isfinite(number)
     wide_number = number.astype(np.result_type(wide, np.complex64) if xp.iscomplexobj(number) else wide)
     unsigned_type = np.dtype(f"uint{8 * integer.dtype.itemsize}")
-    exact_gap = _bitcast(xp, xp.maximum(as_integer, integer) - xp.minimum(as_integer, integer), unsigned_type)
+    exact_gap = _integer_gap(xp, as_integer, integer, unsigned_type)
     gap = xp.where(fits, exact_gap.astype(wide), xp.abs(integer.astype(wide) - wide_number))
     scale = xp.abs(wide_number if float_is_b else integer.astype(wide))
     if tolerant:
